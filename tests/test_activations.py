@@ -1,0 +1,128 @@
+"""Text -> tokens -> activations -> batches, on the tiny Gemma-2 through the real setting's code."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sae_harness import activations as A
+from sae_harness.language_model import residual_stream
+
+
+def test_contexts_start_with_bos_and_separate_documents_with_eos(tiny_lm):
+    preset, lm = tiny_lm
+    tok = lm.tokenizer
+    docs = ["alpha beta gamma " * 20, "delta epsilon " * 30, "zeta " * 50]
+    rows = list(A.iter_contexts(iter(docs), tok, 16, docs_per_call=2))
+    assert rows and all(len(r) == 16 and r[0] == tok.bos_token_id for r in rows)
+    stream = [t for r in rows for t in r[1:]]
+    expected = []
+    for doc in docs:
+        expected += tok(doc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert stream == expected[:len(stream)]
+    assert len(expected) - len(stream) < 15  # only the last partial context is dropped
+
+
+def test_training_activations_equal_transformer_lens_hook_resid_post(tiny_lm):
+    """What we train on is what SAE-Bench reads: blocks.L.hook_resid_post (and HF hidden_states)."""
+    preset, lm = tiny_lm
+    rows = list(A.iter_contexts(iter(["The quick brown fox. " * 40]), lm.tokenizer, 32))[:4]
+    tokens = torch.tensor(rows)
+    ours = residual_stream(lm.model, tokens, preset.hook_layer)
+    _, cache = lm.model.run_with_cache(tokens, names_filter=[preset.hook_name],
+                                       stop_at_layer=preset.hook_layer + 1)
+    assert torch.equal(ours, cache[preset.hook_name])
+
+    from sae_bench.sae_bench_utils.activation_collection import get_llm_activations
+    theirs = get_llm_activations(tokens, lm.model, 2, preset.hook_layer, preset.hook_name,
+                                 show_progress=False)
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+    # and TransformerLens matches Hugging Face's model (HF's last hidden state is after the final
+    # norm, so compare below the top block)
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(preset.model_name, dtype=torch.float32,
+                                              attn_implementation="eager")
+    with torch.no_grad():
+        hidden = hf(tokens, output_hidden_states=True).hidden_states[1]
+    ours0 = residual_stream(lm.model, tokens, 0)
+    assert ((ours0 - hidden).norm() / hidden.norm()).item() < 1e-4
+
+
+def test_activations_drop_bos_eos_and_pad_positions(tiny_lm):
+    preset, lm = tiny_lm
+    rows = list(A.iter_contexts(iter(["one two three. " * 10, "four five. " * 10]), lm.tokenizer, 32))
+    tokens = torch.tensor(rows)
+    chunks = list(A.iter_activations(lm, iter(rows), preset.hook_layer, 8, "cpu"))
+    kept = ~torch.isin(tokens, torch.tensor(A.special_token_ids(lm.tokenizer)))
+    assert sum(len(c) for c in chunks) == kept.sum().item()
+    full = residual_stream(lm.model, tokens, preset.hook_layer)
+    assert torch.allclose(torch.cat(chunks), full[kept])
+
+
+def spec(**changes):
+    base = dict(model_name="m", weights_id="w", hook_name="h", text="t", n_heldout=10, n_train=90,
+                context_length=8, dtype="bfloat16")
+    return A.ActivationSpec(**{**base, **changes})
+
+
+def write_cache(root, spec_, d=4, seed=0):
+    cache = A.ActivationCache(root, spec_)
+    data = torch.randn(spec_.n_heldout + spec_.n_train, d, generator=torch.Generator().manual_seed(seed))
+    from tqdm import tqdm
+    cache.write(iter(data.split(7)), d, tqdm(disable=True))
+    return cache, data
+
+
+def test_cache_round_trips_and_is_keyed_by_everything(tmp_path):
+    cache, data = write_cache(tmp_path, spec())
+    assert cache.problem() is None
+    rows = A._rows_to_torch(cache.open(), "bfloat16").float()
+    assert torch.equal(rows, data.to(torch.bfloat16).float())
+    for change in (dict(weights_id="other"), dict(n_train=91), dict(context_length=16),
+                   dict(hook_name="blocks.2"), dict(text="x"), dict(dtype="float32")):
+        assert A.ActivationCache(tmp_path, spec(**change)).problem() == "absent"
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda c: c.data_path.write_bytes(c.data_path.read_bytes()[:-8]), "truncated"),
+    (lambda c: c.data_path.write_bytes(b"\x00" * c.data_path.stat().st_size), "corrupted"),
+    (lambda c: c.meta_path.unlink(), "interrupted"),
+    (lambda c: c.meta_path.write_text("{"), "not valid JSON"),
+])
+def test_damaged_caches_are_detected_not_used(tmp_path, damage, reason):
+    cache, _ = write_cache(tmp_path, spec())
+    damage(cache)
+    assert reason in cache.problem()
+
+
+def test_cached_batches_cover_the_cache_once_per_epoch_and_depend_only_on_step(tmp_path):
+    rows = np.arange(100 * 2, dtype=np.float32).reshape(100, 2)
+    batches = A.CachedBatches(rows, "float32", 10, seed=3)
+    seen = torch.cat([batches.batch(s)[:, 0] for s in range(10)])
+    assert sorted(seen.tolist()) == list(range(0, 200, 2))  # every row exactly once
+    again = A.CachedBatches(rows, "float32", 10, seed=3)
+    assert torch.equal(again.batch(7), batches.batch(7))  # resumable at any step
+    assert not torch.equal(batches.batch(10), batches.batch(0))  # reshuffled next epoch
+
+
+def test_streaming_batches_shuffle_and_use_each_row_once():
+    chunks = iter(torch.arange(1000, dtype=torch.float32).reshape(-1, 1).split(50))
+    batches = A.StreamingBatches(chunks, buffer_rows=200, batch_size=20, seed=0, device="cpu")
+    out = torch.cat(list(batches.iterate(0, 40)))[:, 0]
+    assert len(set(out.tolist())) == 800  # no row twice
+    assert not torch.equal(out, out.sort().values)  # shuffled
+
+
+def test_prepare_activations_caches_and_reuses(tiny_lm, tmp_path):
+    preset, lm = tiny_lm
+    first = A.prepare_activations(lm, preset, n_train=600, n_heldout=100, cache_root=tmp_path,
+                                  batch_size=100, seed=0)
+    assert not first.cache_hit and first.heldout.shape == (100, 2304)
+    second = A.prepare_activations(lm, preset, n_train=600, n_heldout=100, cache_root=tmp_path,
+                                   batch_size=100, seed=0)
+    assert second.cache_hit and torch.equal(first.heldout, second.heldout)
+    assert torch.equal(first.train.batch(3), second.train.batch(3))
+    meta = json.loads((first.cache_dir / "meta.json").read_text())
+    assert meta["spec"]["weights_id"].startswith("hf-commit:")

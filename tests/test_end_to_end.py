@@ -1,0 +1,153 @@
+"""An end-to-end run on the tiny Gemma-2 through the real setting's code path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import experiment as E
+from conftest import REPO
+from sae_harness.presets import RunEnvironment
+from sae_harness.run_directory import read_training_log
+from sae_harness.sae_lens_format import load_sae
+from tiny_gemma2 import tiny_real_preset
+
+TINY = dict(d_sae_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
+            log_every=5, dead_window_tokens=2048)
+
+
+def tiny_env(tiny_gemma2, cache_dir, variant="tuned_cosine", **changes):
+    return RunEnvironment(preset=tiny_real_preset(tiny_gemma2["text"]), preset_reason="test fixture",
+                          variant=variant, training_tokens=None, cache_dir=cache_dir,
+                          overwrite=changes.pop("overwrite", False))
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_gemma2, tiny_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run_1"
+    E.run_experiment(out, tiny_env(tiny_gemma2, tiny_cache), overrides=TINY)
+    return out
+
+
+def test_end_to_end_run_writes_every_promised_file(tiny_run):
+    for name in ("final_info.json", "run_status.json", "config.json", "training_log.jsonl",
+                 "sae/cfg.json", "sae/sae_weights.safetensors", "sae/concept_level.safetensors",
+                 "sae/hierarchical_sae.json"):
+        assert (tiny_run / name).is_file(), name
+    info = json.loads((tiny_run / "final_info.json").read_text())
+    means = info["training"]["means"]
+    for key in ("final_loss", "steps", "tokens", "l0_base", "l0_concept", "l0_total",
+                "explained_variance", "dead_fraction_base", "dead_fraction_concept", "seconds"):
+        assert isinstance(means[key], float), key
+    assert means["steps"] == 40 and means["tokens"] == 40 * 128
+    assert means["l0_total"] == pytest.approx(means["l0_base"] + means["l0_concept"])
+    assert json.loads((tiny_run / "run_status.json").read_text())["state"] == "finished"
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["preset"]["model_name"] == "google/gemma-2-2b"
+    assert config["provenance"]["packages"]["sae-bench"] == "0.6.0"
+
+
+def test_training_log_records_every_term_and_the_loss_decreases(tiny_run):
+    log = read_training_log(tiny_run / "training_log.jsonl")
+    for key in ("step", "lr", "lw2", "total", "reconstruction", "l1_base", "l1_concept",
+                "weight_l1_base", "weight_l1_concept", "l0_base", "l0_concept"):
+        assert key in log[0], key
+    assert log[-1]["step"] == 39
+    assert log[-1]["reconstruction"] < 0.9 * log[0]["reconstruction"]
+    assert log[-1]["total"] < log[0]["total"]
+    lw2 = [r["lw2"] for r in log]
+    assert lw2 == sorted(lw2)  # the ramp only rises
+
+
+def test_saved_sae_loads_back_and_reproduces_its_outputs(tiny_run, tiny_lm):
+    preset, lm = tiny_lm
+    saved = load_sae(tiny_run / "sae")
+    sae = E.HierarchicalSAE.from_saved(saved)
+    tokens = torch.tensor([lm.tokenizer("Return the value of the attribute. " * 5)["input_ids"][:32]])
+    x = lm.model(tokens, stop_at_layer=preset.hook_layer + 1)[0, 1:]  # BOS dropped, as in training
+    again = E.HierarchicalSAE.from_saved(load_sae(tiny_run / "sae"))
+    assert torch.equal(sae.encode(x), again.encode(x))
+    # the base level alone is a standard SAE-Lens SAE computing z1
+    from sae_lens import SAE
+    base = SAE.load_from_disk(tiny_run / "sae")
+    assert torch.allclose(base.encode(x), sae.encode(x)[:, :sae.n_base], atol=1e-4)
+
+def test_saved_sae_reproduces_the_recorded_heldout_statistics(tiny_run, tiny_lm, tiny_cache):
+    from sae_harness.activations import prepare_activations
+
+    preset, lm = tiny_lm
+    data = prepare_activations(lm, preset, TINY["training_tokens"], TINY["heldout_tokens"],
+                               tiny_cache, TINY["batch_size"], seed=0)
+    assert data.cache_hit
+    sae = E.HierarchicalSAE.from_saved(load_sae(tiny_run / "sae"))
+    recorded = json.loads((tiny_run / "final_info.json").read_text())["training"]["means"]
+    stats = E.heldout_statistics(sae, data.heldout)
+    for key in ("explained_variance", "mse", "l0_base", "l0_concept", "dead_fraction_base"):
+        assert stats[key] == pytest.approx(recorded[key], rel=1e-6, abs=1e-9), key
+
+
+def test_sae_meets_sae_bench_custom_sae_expectations(tiny_run, tiny_lm):
+    """What sae_bench.custom_saes.base_sae.BaseSAE.test_sae and load_and_format_sae check."""
+    from sae_bench.sae_bench_utils import activation_collection, general_utils
+
+    preset, lm = tiny_lm
+    sae = E.HierarchicalSAE.from_saved(load_sae(tiny_run / "sae"))
+    d, width = sae.d_in, sae.n_base + sae.n_concept
+    assert sae.W_dec.shape == (width, d) and sae.W_enc.shape == (d, width)
+    assert sae.b_enc.shape == (width,) and sae.b_dec.shape == (d,)
+    assert sae.cfg.d_sae == width and sae.cfg.hook_name == preset.hook_name
+    assert sae.dtype == torch.float32 and str(sae.device) == "cpu"
+    _, same, _ = general_utils.load_and_format_sae("custom", sae, "cpu")
+    assert same is sae and general_utils.check_decoder_norms(sae.W_dec.data)
+    assert sae.cfg.to_dict()["d_sae"] == width
+
+    tokens = torch.tensor([lm.tokenizer("The scientist named the population. " * 4)["input_ids"][:24]])
+    _, cache = lm.model.run_with_cache(tokens, names_filter=[sae.cfg.hook_name],
+                                       stop_at_layer=sae.cfg.hook_layer + 1)
+    acts = cache[sae.cfg.hook_name]
+    encoded = sae.encode(acts)
+    assert encoded.shape == (*acts.shape[:2], width)
+    decoded = sae.decode(encoded)
+    flat = sae(acts.reshape(-1, d)).reshape(acts.shape)
+    assert torch.allclose(flat, decoded, atol=1e-5)
+    # SAE-Bench's mean-pooled encoding runs on it (bf16 inputs too, as in the real setting)
+    pooled = activation_collection.get_sae_meaned_activations({"c": acts.to(torch.bfloat16)}, sae, 4)
+    assert pooled["c"].shape == (1, width)
+
+
+def test_a_finished_run_is_not_overwritten_without_permission(tiny_run, tiny_gemma2, tmp_path):
+    from sae_harness.errors import ConfigurationError
+
+    before = (tiny_run / "final_info.json").read_text()
+    with pytest.raises(ConfigurationError, match="EXPERIMENT_OVERWRITE=1"):
+        E.run_experiment(tiny_run, tiny_env(tiny_gemma2, tmp_path), overrides=TINY)
+    assert (tiny_run / "final_info.json").read_text() == before
+
+
+def run_cli(*args, **env):
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, str(REPO / "experiment.py"), *args], capture_output=True,
+                          text=True, env=full_env, cwd=REPO, timeout=300)
+
+
+@pytest.mark.parametrize("args,env,fragment", [
+    ((), {}, "--out_dir"),
+    (("--out_dir=x", "--lr=1"), {}, "unrecognized arguments"),
+    (("--out_dir=/tmp/never_written",), {"EXPERIMENT_VARIANT": "nope"}, "EXPERIMENT_VARIANT='nope'"),
+    (("--out_dir=/tmp/never_written",), {"EXPERIMENT_PRESET": "moon"}, "EXPERIMENT_PRESET='moon'"),
+    (("--out_dir=/tmp/never_written",), {"EXPERIMENT_TOKENS": "lots"}, "EXPERIMENT_TOKENS='lots'"),
+    (("--out_dir=/tmp/never_written",), {"EXPERIMENT_PRESET": "real"}, "needs a CUDA GPU"),
+])
+def test_bad_input_fails_fast_with_one_explaining_last_line(args, env, fragment):
+    result = run_cli(*args, **env)
+    assert result.returncode != 0
+    assert fragment in result.stderr.strip().splitlines()[-1]
+    assert not os.path.exists("/tmp/never_written")

@@ -1,0 +1,167 @@
+"""The SAE and its schedules, held to the specification in DESIGN 3."""
+
+import math
+
+import pytest
+import torch
+
+import experiment as E
+
+
+def make_sae(d=32, n1=64, k=3, **kwargs):
+    return E.HierarchicalSAE(d, n1, n1 // 4, k, model_name="google/gemma-2-2b", hook_layer=1,
+                             context_size=64, **kwargs)
+
+
+def test_topk_keeps_exactly_k_concepts_per_token():
+    sae = make_sae(init_scale_concept=1.0)
+    x = torch.randn(200, 32) * 3
+    out = sae.forward_levels(x)
+    assert out.z2_indices.shape == (200, 3)
+    assert all(len(set(row.tolist())) == 3 for row in out.z2_indices)  # k distinct latents
+    z2 = sae.encode(x)[:, sae.n_base:]
+    active = (z2 > 0).sum(-1)
+    assert active.max().item() <= 3
+    pre = torch.relu(out.z1 @ sae.W_enc2 + sae.b_enc2)
+    enough = (pre > 0).sum(-1) >= 3
+    assert enough.any()
+    assert (active[enough] == 3).all()  # exactly k wherever k pre-activations are positive
+    # the kept ones are the largest
+    kth = pre.topk(3, dim=-1).values[:, -1:]
+    assert torch.all((z2 > 0) <= (pre >= kth))
+
+
+def test_concept_level_reads_base_latents():
+    sae = make_sae(init_scale_concept=1.0)
+    x = torch.randn(10, 32)
+    out = sae.forward_levels(x)
+    expected = torch.relu(out.z1 @ sae.W_enc2 + sae.b_enc2).topk(3, dim=-1).values
+    assert torch.allclose(out.z2_values.sort(-1).values, expected.sort(-1).values, atol=1e-6)
+
+
+def test_reconstruction_uses_both_decoders():
+    sae = make_sae(init_scale_concept=1.0)
+    x = torch.randn(7, 32)
+    latents = sae.encode(x)
+    z1, z2 = latents[:, :sae.n_base], latents[:, sae.n_base:]
+    expected = z1 @ sae.W_dec1 + z2 @ sae.W_dec2 + sae.b_dec
+    assert torch.allclose(sae.forward_levels(x).x_hat, expected, atol=1e-5)
+    assert torch.allclose(sae(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("step,fraction", [(0, 0.0), (2500, 0.5), (5000, 1.0), (9000, 1.0)])
+def test_lw2_schedule_equals_closed_form(step, fraction):
+    lo, hi, T = 0.001, 0.12, 5000
+    expected = lo + (hi - lo) * (1 - math.cos(math.pi * min(step, T) / T)) / 2
+    assert E.lw2_at(step, lo, hi, T) == pytest.approx(expected, abs=1e-12)
+    assert E.lw2_at(step, lo, hi, T) == pytest.approx(lo + (hi - lo) * fraction, abs=1e-12)
+
+
+def schedule(**changes):
+    cfg = E.Config(training_tokens=E.REFERENCE_STEPS * 4096, batch_size=4096, **changes)
+    return E.StepSchedule.for_run(cfg)
+
+
+def test_warm_restarts_happen_at_the_configured_steps():
+    s = schedule(lr_schedule="cosine_restarts", lr_warmup_steps=1000, lr_restart_period_steps=2000,
+                 lr_restart_mult=2.0, lr_min_ratio=0.1)
+    assert s.total_steps == E.REFERENCE_STEPS  # reference run: no scaling
+    assert s.restart_steps() == [3000, 7000]  # warm-up 1000, then periods 2000 and 4000
+    for r in s.restart_steps():
+        assert s.lr_factor(r) == pytest.approx(1.0)  # back at the peak
+        assert s.lr_factor(r - 1) < 0.11  # just before: near eta_min
+    assert s.lr_factor(0) == pytest.approx(1 / 1000)
+    assert s.lr_factor(999) == pytest.approx(1.0)
+    assert s.lr_factor(1000 + 1000) == pytest.approx(0.1 + 0.9 * 0.5)  # half a period
+
+
+def test_schedule_steps_scale_with_the_token_budget():
+    cfg = E.Config(training_tokens=E.REFERENCE_STEPS * 4096 // 10, batch_size=4096)
+    s = E.StepSchedule.for_run(cfg)
+    assert s.lw2_ramp == round(5000 * s.total_steps / E.REFERENCE_STEPS)
+    assert s.lw2(s.lw2_ramp) == pytest.approx(cfg.lw2_max)  # the ramp completes inside the run
+    assert s.lw2_ramp < s.total_steps
+
+
+def test_constant_and_single_cosine_schedules():
+    s = schedule(lr_schedule="constant")
+    assert s.lr_factor(5000) == 1.0 and s.restart_steps() == []
+    s = schedule(lr_schedule="cosine", lr_min_ratio=0.0)
+    assert s.lr_factor(s.total_steps - 1) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("base_init,expected", [
+    ("xavier_normal", lambda d, n: math.sqrt(2 / (d + n))),
+    ("dictionary_learning", lambda d, n: 0.1 / math.sqrt(d)),
+])
+def test_init_standard_deviations_match_per_level(base_init, expected):
+    d, n1 = 256, 2048
+    sae = E.HierarchicalSAE(d, n1, n1 // 4, 10, model_name="m", hook_layer=0, context_size=8,
+                            base_init=base_init, init_scale_base=1.0, init_scale_concept=0.002)
+    assert sae.W_enc1.std().item() == pytest.approx(expected(d, n1), rel=0.02)
+    assert sae.W_enc2.std().item() == pytest.approx(0.002, rel=0.02)
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(n1 + n1 // 4), atol=1e-5)
+    sae2 = E.HierarchicalSAE(d, n1, n1 // 4, 10, model_name="m", hook_layer=0, context_size=8,
+                             base_init=base_init, init_scale_base=3.0, init_scale_concept=0.002)
+    assert sae2.W_enc1.std().item() == pytest.approx(3 * expected(d, n1), rel=0.02)
+
+
+def test_decoder_rows_stay_unit_norm_after_steps():
+    cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=128, training_tokens=128 * 20,
+                   lr=1e-2, lr_warmup_steps=1)
+    sae = E.HierarchicalSAE(32, 64, 16, 3, model_name="m", hook_layer=0, context_size=8,
+                            init_scale_concept=0.5)
+    trainer = E.HierarchicalTrainer(sae, cfg, E.StepSchedule.for_run(cfg), input_std=1.0)
+    for step in range(20):
+        trainer.update(step, torch.randn(128, 32) * 2)
+    norms = sae.W_dec.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    from sae_bench.sae_bench_utils.general_utils import check_decoder_norms
+    assert check_decoder_norms(sae.W_dec.data)
+
+
+def test_folding_the_input_scale_makes_the_sae_read_raw_activations():
+    sae = make_sae(init_scale_concept=1.0)
+    with torch.no_grad():
+        for b in (sae.b_enc1, sae.b_enc2, sae.b_dec):
+            b.normal_()
+    x = torch.randn(50, 32)
+    before = sae.forward_levels(x)
+    c = 37.5
+    sae.fold_input_scale_(c)
+    after = sae.forward_levels(x * c)
+    assert torch.allclose(after.x_hat, before.x_hat * c, rtol=1e-4, atol=1e-3)
+    assert torch.equal(after.z2_indices.sort(-1).values, before.z2_indices.sort(-1).values)
+    assert torch.allclose(after.z1, before.z1 * c, rtol=1e-4, atol=1e-3)
+
+
+def test_baseline_variant_has_no_concept_level():
+    cfg = E.make_config("baseline", "embedded")
+    assert cfg.n_concept == 0
+    sae = E.HierarchicalSAE(32, 64, 0, 0, model_name="m", hook_layer=0, context_size=8)
+    x = torch.randn(5, 32)
+    assert sae.encode(x).shape == (5, 64)
+    assert sae.W_dec.shape == (64, 32)
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    (dict(concept_k=600), "exceeds"),
+    (dict(l1_base=-1.0), "must not be negative"),
+    (dict(d_sae_base=2050), "not divisible"),
+    (dict(batch_size=10**9), "exceeds training_tokens"),
+    (dict(lr_schedule="linear"), "lr_schedule"),
+])
+def test_impossible_configurations_are_refused_with_a_reason(changes, fragment):
+    from dataclasses import replace
+    from sae_harness.errors import ConfigurationError
+
+    cfg = replace(E.make_config("tuned_cosine", "embedded"), **changes)
+    with pytest.raises(ConfigurationError, match=fragment):
+        E.validate_config(cfg)
+
+
+def test_unknown_variant_is_refused():
+    from sae_harness.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="EXPERIMENT_VARIANT='nope'"):
+        E.make_config("nope", "embedded")

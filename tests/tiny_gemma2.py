@@ -1,0 +1,77 @@
+"""A tiny random Gemma-2 saved as `google/gemma-2-2b` in a local Hugging Face hub cache.
+
+The real setting loads `google/gemma-2-2b` through the hub cache; with HF_HOME pointing here and
+HF_HUB_OFFLINE=1 the very same code loads this model instead. It has Gemma-2-2B's layer sizes
+(TransformerLens takes an official model's dimensions from its own table) but 2 blocks, random
+weights and a 512-token BPE vocabulary trained on Python's docstrings. A small local text dataset
+(jsonl) stands in for OpenWebText.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from sae_harness.presets import PRESETS, Preset
+from sae_harness.text_sources import python_docstrings
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+VOCAB_SIZE = 512
+N_LAYERS = 2
+
+
+def build_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]  # Gemma's ids 0, 1, 2, 3
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                       special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>", padding_side="right")
+
+
+def build(root: Path) -> dict[str, Path]:
+    """Write the hub cache (root/hf_home) and the text dataset (root/text); return both paths."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    root = Path(root)
+    hf_home = root / "hf_home"
+    snapshot = hf_home / "hub" / "models--google--gemma-2-2b" / "snapshots" / COMMIT
+    text_dir = root / "text"
+    if (snapshot / "model.safetensors").exists() and (text_dir / "train.jsonl").exists():
+        return {"hf_home": hf_home, "text": text_dir}
+
+    docs = python_docstrings()
+    tokenizer = build_tokenizer(docs)
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=VOCAB_SIZE, num_hidden_layers=N_LAYERS, bos_token_id=2,
+                          eos_token_id=1, pad_token_id=0)
+    model = Gemma2ForCausalLM(config).to(torch.bfloat16)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    refs = snapshot.parent.parent / "refs"
+    refs.mkdir(exist_ok=True)
+    (refs / "main").write_text(COMMIT)
+
+    text_dir.mkdir(parents=True, exist_ok=True)
+    with open(text_dir / "train.jsonl", "w") as handle:
+        for doc in docs:
+            handle.write(json.dumps({"text": doc}) + "\n")
+    return {"hf_home": hf_home, "text": text_dir}
+
+
+def tiny_real_preset(text_dir: Path, **changes) -> Preset:
+    """The real preset with only what the tiny fixture needs changed (CPU, 2 blocks, local text)."""
+    return replace(PRESETS["real"], device="cpu", model_dtype="float32", n_layers_loaded=N_LAYERS,
+                   hook_layer=1, text_dataset=str(text_dir), context_length=64, llm_batch_size=8,
+                   **changes)
