@@ -58,6 +58,12 @@ class Preset:
     """Load only the first n blocks (None: all). Only the tiny test fixture sets it."""
     text_column: str = "text"
     """Column holding the text in `text_dataset`."""
+    probing_datasets: str = "sae_bench"
+    """Sparse-probing data: 'sae_bench' (SAE-Bench's 8 hub datasets) or 'sae_probes' (the
+    embedded suite of labelled datasets shipped in the sae-probes wheel)."""
+    eval_sizes: str = "sae_bench"
+    """Eval sizes: 'sae_bench' (SAE-Bench's defaults) or 'cpu' (smaller, to fit the embedded
+    run's time budget on a 2-core CPU); each eval module documents both."""
 
     @property
     def hook_name(self) -> str:
@@ -87,6 +93,8 @@ PRESETS: dict[str, Preset] = {
         model_dtype="bfloat16",
         context_length=128,
         llm_batch_size=16,
+        probing_datasets="sae_probes",
+        eval_sizes="cpu",
     ),
 }
 
