@@ -20,7 +20,9 @@ The SAE, for an input x in R^d scaled by one scalar so that E||x||^2 = d:
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import signal
 import sys
 import time
 import traceback
@@ -34,11 +36,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sae_harness.activations import ActivationData, prepare_activations
+from sae_harness.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
 from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.language_model import load_language_model
+from sae_harness.preflight import preflight
 from sae_harness.presets import Preset, RunEnvironment, read_run_environment
 from sae_harness.provenance import provenance
-from sae_harness.run_directory import CONFIG, TRAINING_LOG, RunDirectory, TrainingLog
+from sae_harness.run_directory import CHECKPOINT, CONFIG, TRAINING_LOG, RunDirectory, TrainingLog
 from sae_harness.sae_lens_format import SavedSAE, load_sae, save_sae
 
 REPO = Path(__file__).resolve().parent
@@ -122,6 +126,9 @@ class Config:
     """A latent that has not fired for this many training tokens counts as dead."""
     dead_warning_fraction: float = 0.5
     """Warn during training when more than this fraction of a level is dead."""
+    checkpoint_every_steps: int = 2000
+    checkpoint_every_minutes: float = 10.0
+    """A checkpoint is saved when either many steps or minutes have passed since the last one."""
 
     @property
     def n_concept(self) -> int:
@@ -484,6 +491,16 @@ class HierarchicalTrainer:
                 self.tokens_since_fired_concept.add_(len(x)).masked_fill_(fired2, 0)
         return terms
 
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "tokens_since_fired_base": self.tokens_since_fired_base,
+                "tokens_since_fired_concept": self.tokens_since_fired_concept}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tokens_since_fired_base.copy_(state["tokens_since_fired_base"])
+        self.tokens_since_fired_concept.copy_(state["tokens_since_fired_concept"])
+
     def dead_fractions(self) -> tuple[float, float]:
         window = self.cfg.dead_window_tokens
         base = (self.tokens_since_fired_base >= window).float().mean().item()
@@ -507,7 +524,12 @@ def input_std(sample: torch.Tensor) -> float:
 
 def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirectory
               ) -> tuple[HierarchicalSAE, dict]:
-    """Train on the activations; returns the SAE (reading raw activations) and summary figures."""
+    """Train on the activations, resuming from the run's checkpoint if there is one.
+
+    Returns the SAE (with the input scale folded in: it reads raw activations) and summary
+    figures. A checkpoint is saved every `checkpoint_every_steps` steps or
+    `checkpoint_every_minutes`, and on SIGINT/SIGTERM before stopping.
+    """
     torch.manual_seed(cfg.seed)
     device = preset.device
     sae = HierarchicalSAE(
@@ -518,66 +540,102 @@ def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirecto
         seed=cfg.seed,
     ).to(device)
     schedule = StepSchedule.for_run(cfg)
-    batches = data.train.iterate(0, schedule.total_steps)
+    checkpoint = Checkpoint(run.file(CHECKPOINT))
+    state = checkpoint.load()
+    if state is not None and state["config"] != asdict(cfg):
+        raise ConfigurationError(
+            f"{run.path} holds an unfinished run with another configuration; use a new --out_dir "
+            "or set EXPERIMENT_OVERWRITE=1 to start it over"
+        )
+    if state is None:
+        # scale and b_dec from the first batch (it is trained on too)
+        first = data.train.first_batch()
+        scale, start_step, seconds_before = input_scale(first), 0, 0.0
+        with torch.no_grad():
+            sae.b_dec.copy_(first.mean(0).to(device) / scale)
+        trainer = HierarchicalTrainer(sae, cfg, schedule, input_std(first / scale))
+    else:
+        scale, start_step, seconds_before = state["input_scale"], state["step"], state["seconds"]
+        sae.load_state_dict(state["sae"])
+        trainer = HierarchicalTrainer(sae, cfg, schedule, state["input_std"])
+        trainer.load_state_dict(state["trainer"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"[train] resuming from the checkpoint at step {start_step} of {schedule.total_steps}")
+    log = TrainingLog(run.file(TRAINING_LOG), truncate_after_step=start_step if state else None)
 
-    # scale and b_dec from the first batch (it is trained on too)
-    first = next(batches)
-    scale = input_scale(first)
-    with torch.no_grad():
-        sae.b_dec.copy_(first.mean(0).to(device) / scale)
-    trainer = HierarchicalTrainer(sae, cfg, schedule, input_std(first / scale))
-    log = TrainingLog(run.file(TRAINING_LOG))
+    def save_checkpoint(next_step: int) -> None:
+        if not all(torch.isfinite(p).all() for p in sae.parameters()):
+            raise HarnessError(f"training diverged before step {next_step}: non-finite SAE weights; "
+                               "the last good checkpoint is kept; lower lr in experiment.py")
+        checkpoint.save({"step": next_step, "config": asdict(cfg), "sae": sae.state_dict(),
+                         "trainer": trainer.state_dict(), "input_scale": scale,
+                         "input_std": trainer.input_std, "torch_rng": torch.get_rng_state(),
+                         "seconds": seconds_before + time.time() - started})
 
     print(f"[train] {schedule.total_steps} steps x {cfg.batch_size} tokens; n1={sae.n_base} "
-          f"n2={sae.n_concept} k={sae.concept_k}; input scale {scale:.4g}, std {trainer.input_std:.3g}; warm-up "
-          f"{schedule.warmup}, lw2 ramp {schedule.lw2_ramp}, restarts at {schedule.restart_steps()}")
-    started = time.time()
-    progress = tqdm(total=schedule.total_steps * cfg.batch_size, unit="tok", unit_scale=True,
-                    desc="train", dynamic_ncols=True)
-    terms = None
-    warned = set()
-    for step, x in enumerate(_chain(first, batches)):
-        terms = trainer.update(step, x.to(device, non_blocking=True) / scale)
-        progress.update(cfg.batch_size)
-        if step % cfg.log_every == 0 or step == schedule.total_steps - 1:
-            values = {name: value.item() for name, value in terms._asdict().items()}
-            if not all(math.isfinite(v) for v in values.values()):
-                raise HarnessError(f"training diverged at step {step}: non-finite loss terms {values}; "
-                                   "lower lr or the penalties in experiment.py")
-            dead_base, dead_concept = trainer.dead_fractions()
-            log.write({"step": step, "tokens": (step + 1) * cfg.batch_size,
-                       "lr": trainer.optimizer.param_groups[0]["lr"], "lw2": schedule.lw2(step),
-                       **values, "dead_fraction_base": dead_base,
-                       "dead_fraction_concept": dead_concept,
-                       "seconds": time.time() - started})
-            progress.set_postfix(loss=f"{values['total']:.4f}", rec=f"{values['reconstruction']:.4f}",
-                                 l0=f"{values['l0_base']:.0f}/{values['l0_concept']:.1f}")
-            for level, fraction in (("base", dead_base), ("concept", dead_concept)):
-                if fraction > cfg.dead_warning_fraction and level not in warned:
-                    tqdm.write(f"[train] warning: {fraction:.0%} of the {level} latents have not fired "
-                               f"in the last {cfg.dead_window_tokens} tokens (step {step})")
-                    warned.add(level)
+          f"n2={sae.n_concept} k={sae.concept_k}; input scale {scale:.4g}, std {trainer.input_std:.3g}; "
+          f"warm-up {schedule.warmup}, lw2 ramp {schedule.lw2_ramp}, restarts at {schedule.restart_steps()}")
+    started = last_saved = time.time()
+    steps_since_save = 0
+    progress = tqdm(total=schedule.total_steps * cfg.batch_size, initial=start_step * cfg.batch_size,
+                    unit="tok", unit_scale=True, desc="train", dynamic_ncols=True)
+    values, warned = {}, set()
+    with GracefulStop() as stop:
+        batches = data.train.iterate(start_step, schedule.total_steps)
+        for step, x in zip(range(start_step, schedule.total_steps), batches):
+            terms = trainer.update(step, x.to(device, non_blocking=True) / scale)
+            progress.update(cfg.batch_size)
+            steps_since_save += 1
+            last = step == schedule.total_steps - 1
+            if step % cfg.log_every == 0 or last or stop.requested:
+                values = {name: value.item() for name, value in terms._asdict().items()}
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise HarnessError(
+                        f"training diverged at step {step}: non-finite loss terms "
+                        f"{ {k: round(v, 6) for k, v in values.items()} }; the last good checkpoint "
+                        "is kept; lower lr or the penalties in experiment.py")
+                dead_base, dead_concept = trainer.dead_fractions()
+                log.write({"step": step, "tokens": (step + 1) * cfg.batch_size,
+                           "lr": trainer.optimizer.param_groups[0]["lr"], "lw2": schedule.lw2(step),
+                           **values, "dead_fraction_base": dead_base,
+                           "dead_fraction_concept": dead_concept,
+                           "seconds": seconds_before + time.time() - started})
+                progress.set_postfix(loss=f"{values['total']:.4f}", rec=f"{values['reconstruction']:.4f}",
+                                     l0=f"{values['l0_base']:.0f}/{values['l0_concept']:.1f}")
+                for level, fraction in (("base", dead_base), ("concept", dead_concept)):
+                    if fraction > cfg.dead_warning_fraction and level not in warned:
+                        tqdm.write(f"[train] warning: {fraction:.0%} of the {level} latents have not "
+                                   f"fired in the last {cfg.dead_window_tokens} tokens (step {step})")
+                        warned.add(level)
+                due = (steps_since_save >= cfg.checkpoint_every_steps
+                       or time.time() - last_saved >= 60 * cfg.checkpoint_every_minutes)
+                if stop.requested or (due and not last):
+                    save_checkpoint(step + 1)
+                    last_saved, steps_since_save = time.time(), 0
+                if stop.requested:
+                    progress.close()
+                    name = signal.Signals(stop.signal_number).name
+                    raise TrainingInterrupted(
+                        f"{name} received: stopped after step {step} of {schedule.total_steps} with a "
+                        f"checkpoint in {checkpoint.path}; run the same command to resume",
+                        stop.signal_number)
     progress.close()
-    seconds = time.time() - started
+    seconds = seconds_before + time.time() - started
 
     sae.fold_input_scale_(scale)
-    final = {name: value.item() for name, value in terms._asdict().items()}
     summary = {
-        "final_loss": final["total"],
-        "final_reconstruction_loss": final["reconstruction"],
+        "final_loss": values["total"],
+        "final_reconstruction_loss": values["reconstruction"],
         "steps": float(schedule.total_steps),
         "tokens": float(schedule.total_steps * cfg.batch_size),
         "seconds": seconds,
-        "tokens_per_second": schedule.total_steps * cfg.batch_size / max(seconds, 1e-9),
+        "tokens_per_second": (schedule.total_steps - start_step) * cfg.batch_size
+                             / max(time.time() - started, 1e-9),
         "input_scale": scale,
         "input_std": trainer.input_std,
+        "resumed_at_step": float(start_step),
     }
     return sae, summary
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 @torch.no_grad()
@@ -631,18 +689,36 @@ def training_degeneracy(stats: dict, n_base: int) -> list[str]:
 # Main
 # =============================================================================================
 def run_experiment(out_dir: Path, env: RunEnvironment, overrides: dict | None = None) -> RunDirectory:
-    """The whole experiment into `out_dir`; `overrides` replaces Config fields (tests use it)."""
+    """The whole experiment into `out_dir`; `overrides` replaces Config fields (tests use it).
+
+    An unfinished run in `out_dir` with the same configuration is resumed: training from its
+    checkpoint, or, when training had finished, straight to the evaluations.
+    """
     preset = env.preset
     cfg = make_config(env.variant, preset.name, env.training_tokens)
     if overrides:
         cfg = replace(cfg, **overrides)
         validate_config(cfg)
+    preflight(preset, env.cache_dir)
     run = RunDirectory(out_dir)
     run.prepare(overwrite=env.overwrite)
+    with run.lock():
+        return _run_locked(run, cfg, env)
+
+
+def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirectory:
+    preset = env.preset
     if env.overwrite:
         run.reset_results()
+    elif run.previous_config() not in (None, json_round_trip(asdict(cfg))):
+        raise ConfigurationError(
+            f"{run.path} holds an unfinished run with another configuration; use a new --out_dir "
+            "or set EXPERIMENT_OVERWRITE=1 to start it over"
+        )
+    resuming = run.status().get("state") in ("running", "failed", "interrupted")
     origin = provenance(REPO, preset.device)
-    print(f"[run] {out_dir}: variant {cfg.variant}, preset {preset.name} ({env.preset_reason})")
+    print(f"[run] {run.path}: variant {cfg.variant}, preset {preset.name} ({env.preset_reason})"
+          + (" - resuming an unfinished run" if resuming else ""))
     print(f"[run] model {preset.model_name} {preset.hook_name} on {origin['device']} "
           f"({preset.model_dtype}); text {preset.text_dataset}; {cfg.training_tokens} tokens")
     print(f"[run] code {origin['git']['commit']}{' (modified)' if origin['git']['dirty'] else ''}; "
@@ -659,22 +735,33 @@ def run_experiment(out_dir: Path, env: RunEnvironment, overrides: dict | None = 
                                cfg.batch_size, cfg.seed)
     validate_config(cfg, d_model=data.d_model)
 
-    sae, summary = train_sae(cfg, preset, data, run)
-    save_sae(run.sae_dir, sae.to_saved({"variant": cfg.variant, "dataset_path": preset.text_dataset,
-                                        "training_tokens": cfg.training_tokens}))
-    stats = {**summary, **heldout_statistics(sae, data.heldout),
-             "activation_seconds": data.collect_seconds,
-             "activation_cache_hit": float(data.cache_hit)}
-    reasons = training_degeneracy(stats, sae.n_base)
-    stats["degenerate"] = float(bool(reasons))
-    run.set_group("training", stats, degenerate_reasons=reasons)
-    if reasons:
-        print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
+    if "training" in run.final_info() and (run.sae_dir / "hierarchical_sae.json").is_file():
+        print("[train] training had finished in an earlier attempt; reusing its SAE")
+        sae = HierarchicalSAE.from_saved(load_sae(run.sae_dir)).to(preset.device)
+        stats = run.final_info()["training"]["means"]
+    else:
+        sae, summary = train_sae(cfg, preset, data, run)
+        save_sae(run.sae_dir, sae.to_saved({"variant": cfg.variant, "dataset_path": preset.text_dataset,
+                                            "training_tokens": cfg.training_tokens}))
+        stats = {**summary, **heldout_statistics(sae, data.heldout),
+                 "activation_seconds": data.collect_seconds,
+                 "activation_cache_hit": float(data.cache_hit)}
+        reasons = training_degeneracy(stats, sae.n_base)
+        stats["degenerate"] = float(bool(reasons))
+        run.set_group("training", stats, degenerate_reasons=reasons)
+        Checkpoint(run.file(CHECKPOINT)).remove()
+        if reasons:
+            print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
     print(f"[train] EV {stats['explained_variance']:.3f}, L0 base {stats['l0_base']:.1f} / "
           f"concept {stats['l0_concept']:.1f}, dead {stats['dead_fraction_base']:.1%} / "
           f"{stats['dead_fraction_concept']:.1%}, {stats['seconds']:.0f} s")
     run.set_status("finished", seconds=time.time() - started)
     return run
+
+
+def json_round_trip(obj):
+    """`obj` as it reads back from JSON (tuples become lists), for comparing configurations."""
+    return json.loads(json.dumps(obj))
 
 
 def parse_args(argv: list[str] | None) -> Path:
@@ -687,27 +774,45 @@ def parse_args(argv: list[str] | None) -> Path:
     return Path(args.out_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, environment: RunEnvironment | None = None,
+         overrides: dict | None = None) -> int:
+    """The command line: run, and turn every failure into an exit code and one last stderr line.
+    `environment` and `overrides` replace the environment variables' settings (tests use them)."""
     out_dir = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # SIGTERM outside training
     try:
-        env = read_run_environment()
-        run_experiment(out_dir, env)
+        env = environment or read_run_environment()
+        run_experiment(out_dir, env, overrides)
         return 0
+    except TrainingInterrupted as stop:
+        _mark(out_dir, "interrupted", str(stop))
+        print(f"error: {stop}", file=sys.stderr)
+        return 128 + stop.signal_number
+    except KeyboardInterrupt:
+        _mark(out_dir, "interrupted", "interrupted outside training")
+        print("error: interrupted (SIGINT/SIGTERM) outside training; results already written are "
+              "kept; run the same command to resume", file=sys.stderr)
+        return 130
     except HarnessError as error:
-        _mark_failed(out_dir, str(error))
+        _mark(out_dir, "failed", str(error))
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # unforeseen: full traceback, then the one-line summary last
         traceback.print_exc()
-        _mark_failed(out_dir, f"{type(error).__name__}: {error}")
+        _mark(out_dir, "failed", f"{type(error).__name__}: {error}")
         print(f"error: experiment failed: {type(error).__name__}: {str(error)[:300]}", file=sys.stderr)
         return 1
 
 
-def _mark_failed(out_dir: Path, reason: str) -> None:
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _mark(out_dir: Path, state: str, reason: str) -> None:
+    """Record why a run stopped, if this process was running it."""
     run = RunDirectory(out_dir)
     if run.path.is_dir() and run.status().get("state") == "running":
-        run.set_status("failed", error=reason)
+        run.set_status(state, error=reason)
 
 
 if __name__ == "__main__":

@@ -260,6 +260,10 @@ class CachedBatches:
         for step in range(start_step, n_steps):
             yield self.batch(step)
 
+    def first_batch(self) -> torch.Tensor:
+        """The first training batch (it is trained on too); used to set the input scale."""
+        return self.batch(0)
+
 
 class StreamingBatches:
     """Batches from an activation stream through a shuffling buffer (no cache; for big budgets).
@@ -291,12 +295,22 @@ class StreamingBatches:
             )
 
     def iterate(self, start_step: int, n_steps: int) -> Iterator[torch.Tensor]:
-        for _ in range(start_step, n_steps):
+        """Batches start_step..n_steps-1; earlier batches are replayed from the stream and
+        dropped, so a resumed run sees the same data (the language model reruns for them)."""
+        for step in range(n_steps):
             if len(self.buffer) < self.buffer_rows // 2:
                 self._refill()
             perm = torch.randperm(len(self.buffer), generator=self.generator).to(self.buffer.device)
-            yield self.buffer[perm[:self.batch_size]]
+            batch = self.buffer[perm[:self.batch_size]]
             self.buffer = self.buffer[perm[self.batch_size:]]
+            if step >= start_step:
+                yield batch
+
+    def first_batch(self) -> torch.Tensor:
+        """A batch-sized sample of the first buffer fill, not consumed; sets the input scale."""
+        if len(self.buffer) < self.buffer_rows // 2:
+            self._refill()
+        return self.buffer[: self.batch_size].clone()
 
 
 @dataclass

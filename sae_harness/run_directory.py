@@ -5,6 +5,7 @@
     run_i/config.json            the run's configuration, preset and provenance
     run_i/training_log.jsonl     one JSON object per logged training step
     run_i/sae/                   the SAE in SAE-Lens' format plus the concept level
+    run_i/checkpoints/           training state while a run is unfinished (removed at the end)
     run_i/<eval>.json            each eval's full result (SAE-Bench's own schema where it has one)
 
 JSON files are written to a temporary file and renamed into place (atomic on POSIX), with
@@ -13,10 +14,13 @@ NaN and infinity refused, so readers see either the old or the new file, never h
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ STATUS = "run_status.json"
 CONFIG = "config.json"
 TRAINING_LOG = "training_log.jsonl"
 SAE_DIR = "sae"
+CHECKPOINT = "checkpoints/train_state.pt"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -153,10 +158,33 @@ class RunDirectory:
         atomic_write_json(self.file(name), obj)
         return self.file(name)
 
+    def previous_config(self) -> dict | None:
+        """The configuration an earlier, unfinished attempt in this folder ran with."""
+        try:
+            return read_json(self.file(CONFIG))["config"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     def reset_results(self) -> None:
-        """Forget the results of an earlier run in this folder (when overwriting it)."""
-        for name in (FINAL_INFO, STATUS, TRAINING_LOG):
+        """Forget an earlier run in this folder (only when told to overwrite it)."""
+        for name in (FINAL_INFO, STATUS, TRAINING_LOG, CONFIG, CHECKPOINT):
             self.file(name).unlink(missing_ok=True)
+        shutil.rmtree(self.sae_dir, ignore_errors=True)
+
+    @contextmanager
+    def lock(self):
+        """Hold an exclusive lock on the folder: two processes never write one run at once."""
+        with open(self.file(".lock"), "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                raise ConfigurationError(
+                    f"another experiment is running in {self.path}; wait for it or pick another --out_dir"
+                ) from error
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class TrainingLog:

@@ -1,0 +1,33 @@
+"""Run experiment.main on the tiny Gemma-2 in a separate process (for kill and signal tests).
+
+    python tests/run_tiny_experiment.py OUT_DIR CACHE_DIR '{"config": "overrides"}' [STEP_SECONDS]
+
+STEP_SECONDS slows every training step down by sleeping, so that a test can interrupt training
+at a chosen point; it changes nothing that is computed.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import conftest  # noqa: F401  (offline settings and the fixture's HF_HOME, before any HF import)
+import experiment as E
+from sae_harness.presets import RunEnvironment
+from tiny_gemma2 import build, tiny_real_preset
+
+out_dir, cache_dir, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+step_seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+if step_seconds:
+    update = E.HierarchicalTrainer.update
+
+    def slow_update(self, step, x):
+        time.sleep(step_seconds)
+        return update(self, step, x)
+
+    E.HierarchicalTrainer.update = slow_update
+paths = build(conftest.FIXTURES)
+env = RunEnvironment(preset=tiny_real_preset(paths["text"]), preset_reason="test fixture",
+                     variant=overrides.pop("variant", "tuned_cosine"), training_tokens=None,
+                     cache_dir=cache_dir, overwrite=False)
+sys.exit(E.main([f"--out_dir={out_dir}"], environment=env, overrides=overrides))
