@@ -38,7 +38,7 @@ from tqdm import tqdm
 from sae_harness.activations import ActivationData, prepare_activations
 from sae_harness.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
 from sae_harness.errors import ConfigurationError, HarnessError
-from sae_harness.language_model import load_language_model
+from sae_harness.language_model import load_language_model, torch_dtype
 from sae_harness.preflight import preflight
 from sae_harness.presets import Preset, RunEnvironment, read_run_environment
 from sae_harness.provenance import provenance
@@ -96,6 +96,9 @@ class Config:
     """Sigma of W_enc2's entries (W_dec2 starts as random unit directions)."""
 
     # --- optimiser ---------------------------------------------------------------------------------
+    matmul_dtype: str = "bfloat16"
+    """dtype of the forward/backward matmuls (autocast); weights, Adam and the loss stay fp32.
+    'float32' switches mixed precision off. bf16 matmuls are ~4x faster on this kind of CPU."""
     lr: float = 1e-3
     adam_betas: tuple[float, float] = (0.9, 0.999)
     lr_warmup_steps: int = 1000
@@ -209,6 +212,8 @@ def validate_config(cfg: Config, d_model: int | None = None) -> None:
         problems.append(f"lr_schedule={cfg.lr_schedule!r} is not constant, cosine or cosine_restarts")
     if cfg.base_init not in ("xavier_normal", "dictionary_learning"):
         problems.append(f"base_init={cfg.base_init!r} is not xavier_normal or dictionary_learning")
+    if cfg.matmul_dtype not in ("bfloat16", "float32"):
+        problems.append(f"matmul_dtype={cfg.matmul_dtype!r} is not bfloat16 or float32")
     if cfg.lr_restart_mult < 1:
         problems.append(f"lr_restart_mult={cfg.lr_restart_mult} must be at least 1")
     if d_model is not None and d_model <= 0:
@@ -334,14 +339,16 @@ class HierarchicalSAE(nn.Module):
     # --- the model ---------------------------------------------------------------------------------
     def forward_levels(self, x: torch.Tensor) -> SAEOutput:
         """Both levels on (B, d) inputs; the concept decoder reads only the k selected rows."""
-        z1 = F.relu((x - self.b_dec) @ self.W_enc1 + self.b_enc1)
-        x_hat = z1 @ self.W_dec1 + self.b_dec
+        # addmm: bias fused into the matmul (under autocast, both run in the autocast dtype)
+        z1 = F.relu(torch.addmm(self.b_enc1, x - self.b_dec, self.W_enc1))
+        x_hat = torch.addmm(self.b_dec, z1, self.W_dec1)
         if self.n_concept == 0:
             empty = z1.new_zeros(len(x), 0)
             return SAEOutput(x_hat, z1, empty, empty.long())
-        pre2 = F.relu(z1 @ self.W_enc2 + self.b_enc2)
+        pre2 = F.relu(torch.addmm(self.b_enc2, z1, self.W_enc2))
         values, indices = pre2.topk(self.concept_k, dim=-1, sorted=False)
-        x_hat = x_hat + F.embedding_bag(indices, self.W_dec2, per_sample_weights=values, mode="sum")
+        x_hat = x_hat + F.embedding_bag(indices, self.W_dec2, mode="sum",
+                                        per_sample_weights=values.to(self.W_dec2.dtype))
         return SAEOutput(x_hat, z1, values, indices)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -449,42 +456,48 @@ class HierarchicalTrainer:
         self.sae, self.cfg, self.schedule = sae, cfg, schedule
         self.input_std = input_std
         """s: the per-dimension standard deviation of the (scaled) input; sets the loss units."""
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                          foreach=True)
         # tokens since each latent last fired, for dead-latent counts (kept on the device)
         self.tokens_since_fired_base = torch.zeros(sae.n_base, device=sae.W_enc1.device)
         self.tokens_since_fired_concept = torch.zeros(sae.n_concept, device=sae.W_enc1.device)
 
-    def loss_terms(self, x: torch.Tensor, step: int) -> tuple[LossTerms, SAEOutput]:
+    def loss_terms(self, x: torch.Tensor, step: int) -> tuple[LossTerms, SAEOutput, torch.Tensor]:
+        """The loss terms on inputs x (matmuls in cfg.matmul_dtype), the SAE's output, and which
+        base latents are active."""
         sae, cfg = self.sae, self.cfg
         d, s = x.shape[1], self.input_std
-        out = sae.forward_levels(x)
-        reconstruction = (x - out.x_hat).pow(2).sum(-1).mean() / (d * s * s)
-        l1_base = out.z1.sum(-1).mean() / (math.sqrt(d) * s)  # z1 >= 0, so sum = L1
-        l1_concept = out.z2_values.sum(-1).mean() / (math.sqrt(d) * s)
+        with torch.autocast(x.device.type, dtype=torch_dtype(cfg.matmul_dtype),
+                            enabled=cfg.matmul_dtype != "float32"):
+            out = sae.forward_levels(x)
+        reconstruction = (x - out.x_hat.float()).pow(2).sum(-1).mean() / (d * s * s)
+        # z >= 0, so the sum is the L1 norm
+        l1_base = out.z1.sum(-1, dtype=torch.float32).mean() / (math.sqrt(d) * s)
+        l1_concept = out.z2_values.sum(-1, dtype=torch.float32).mean() / (math.sqrt(d) * s)
         weight_l1_base = sae.W_enc1.abs().sum(0).mean() / math.sqrt(d)
         weight_l1_concept = (sae.W_enc2.abs().sum(0).mean() / math.sqrt(sae.n_base)
                              if sae.n_concept else x.new_zeros(()))
         total = (reconstruction + cfg.l1_base * l1_base + cfg.l1_concept * l1_concept
                  + cfg.lw_base * weight_l1_base + self.schedule.lw2(step) * weight_l1_concept)
         with torch.no_grad():
-            l0_base = (out.z1 > 0).float().sum(-1).mean()
-            l0_concept = (out.z2_values > 0).float().sum(-1).mean()
+            active = out.z1 > 0
+            l0_base = active.sum(-1, dtype=torch.float32).mean()
+            l0_concept = (out.z2_values > 0).sum(-1, dtype=torch.float32).mean()
         terms = LossTerms(total, reconstruction, l1_base, l1_concept, weight_l1_base,
                           weight_l1_concept, l0_base, l0_concept)
-        return terms, out
+        return terms, out, active
 
     def update(self, step: int, x: torch.Tensor) -> LossTerms:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * self.schedule.lr_factor(step)
-        terms, out = self.loss_terms(x, step)
+        terms, out, active = self.loss_terms(x, step)
         terms.total.backward()
         self.sae.remove_decoder_grad_parallel_()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.sae.normalize_decoder_()
         with torch.no_grad():
-            fired = (out.z1 > 0).any(0)
-            self.tokens_since_fired_base.add_(len(x)).masked_fill_(fired, 0)
+            self.tokens_since_fired_base.add_(len(x)).masked_fill_(active.any(0), 0)
             if self.sae.n_concept:
                 fired2 = torch.zeros(self.sae.n_concept, dtype=torch.bool, device=x.device)
                 fired2[out.z2_indices[out.z2_values > 0]] = True
@@ -755,8 +768,15 @@ def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirec
     print(f"[train] EV {stats['explained_variance']:.3f}, L0 base {stats['l0_base']:.1f} / "
           f"concept {stats['l0_concept']:.1f}, dead {stats['dead_fraction_base']:.1%} / "
           f"{stats['dead_fraction_concept']:.1%}, {stats['seconds']:.0f} s")
-    run.set_status("finished", seconds=time.time() - started)
+    run.set_status("finished", seconds=time.time() - started, peak_rss_gb=peak_memory_gb())
     return run
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def json_round_trip(obj):

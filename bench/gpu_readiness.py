@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""GPU readiness: the real setting's hot paths at full size, with random weights and no network.
+
+    python bench/gpu_readiness.py          # a CUDA machine: Gemma-2-2B architecture, bf16
+    python bench/gpu_readiness.py --toy    # anywhere (CPU): the same code at toy size
+
+1. Activations: Gemma-2-2B's architecture (transformers' Gemma2Config defaults are its sizes)
+   with random weights — throughput does not depend on weight values — turned into a
+   TransformerLens model exactly as the harness does, then `residual_stream` (early exit at
+   layer 12) timed in bf16. Ideal: 2 x (parameters of blocks 0..12) FLOPs per token at the
+   device's bf16 matmul rate (~380k tokens/s at 790 TFLOP/s).
+2. Training: experiment.py's HierarchicalTrainer (bf16 matmuls) at d_sae 16384 and 65536
+   (concept width d_sae/4), batch 4096. Ideal: the dense matmul FLOPs of a step at that rate;
+   printed for a plain one-level SAE (10 d n per token: ~2.1M tokens/s at 16k) and for ours
+   (plus 6 n1 n2 per token for the concept encoder that reads the base latents).
+
+Prints measured and ideal figures; asserts nothing. Keeps to one short process (~2-4 min on an
+H200, most of it building the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PEAK_BF16_FLOPS = 790e12
+"""Dense bf16 matmul rate assumed for the ideal figures (an H200/H100, measured ~790 TFLOP/s)."""
+
+
+def placeholder_tokenizer(folder: Path):
+    """A tokenizer for TransformerLens to hold (tokens are generated directly; no download).
+    Saved and reloaded because TransformerLens reloads tokenizers by their `name_or_path`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                            pad_token="<pad>", unk_token="<unk>").save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    """Best wall time of `repeats` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def activation_throughput(args, device: str, dtype: torch.dtype) -> None:
+    from transformer_lens import HookedTransformer
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from sae_harness.language_model import residual_stream
+
+    n_blocks = args.layer + 1  # blocks above the hook never run: building them changes nothing
+    config = Gemma2Config(num_hidden_layers=n_blocks, vocab_size=args.vocab)
+    started = time.perf_counter()
+    with torch.device(device):
+        hf_model = Gemma2ForCausalLM(config).to(dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        model = HookedTransformer.from_pretrained_no_processing(
+            "google/gemma-2-2b", hf_model=hf_model, tokenizer=placeholder_tokenizer(Path(folder)),
+            dtype=dtype, device=device, first_n_layers=n_blocks)
+    del hf_model
+    print(f"built Gemma-2-2B architecture ({n_blocks} blocks, random weights) in "
+          f"{time.perf_counter() - started:.0f} s")
+    tokens = torch.randint(4, args.vocab, (args.contexts, args.context_length), device=device)
+    tokens[:, 0] = 2
+    with torch.inference_mode():
+        seconds = timed(lambda: residual_stream(model, tokens, args.layer), device, args.repeats)
+    block_params = sum(p.numel() for name, p in model.named_parameters() if name.startswith("blocks."))
+    ideal = PEAK_BF16_FLOPS / (2 * block_params)
+    rate = tokens.numel() / seconds
+    print(f"activations at layer {args.layer}: {rate:,.0f} tokens/s ({tokens.numel()} tokens per "
+          f"forward); ideal {ideal:,.0f} tokens/s at {PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s -> {rate / ideal:.0%}")
+    if device == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    del model
+
+
+def training_throughput(args, device: str) -> None:
+    from dataclasses import replace
+
+    import experiment as E
+
+    for n_base in args.widths:
+        cfg = replace(E.make_config("tuned_cosine", "real"), d_sae_base=n_base, batch_size=args.batch)
+        sae = E.HierarchicalSAE(args.d_model, n_base, cfg.n_concept, cfg.concept_k,
+                                model_name="google/gemma-2-2b", hook_layer=args.layer,
+                                context_size=args.context_length,
+                                init_scale_concept=cfg.init_scale_concept).to(device)
+        x = torch.randn(args.batch, args.d_model, device=device)
+        trainer = E.HierarchicalTrainer(sae, cfg, E.StepSchedule.for_run(cfg), E.input_std(x))
+        step = iter(range(10**9))
+        seconds = timed(lambda: trainer.update(next(step), x), device, args.repeats)
+        rate = args.batch / seconds
+        plain = PEAK_BF16_FLOPS / (10 * args.d_model * n_base)
+        ours = PEAK_BF16_FLOPS / (10 * args.d_model * n_base + 6 * n_base * cfg.n_concept)
+        print(f"SAE training d_sae {n_base} (+{cfg.n_concept} concept), batch {args.batch}: "
+              f"{rate:,.0f} tokens/s; ideal {ours:,.0f} for this SAE ({rate / ours:.0%}), "
+              f"{plain:,.0f} for a plain {n_base}-latent SAE")
+        if device == "cuda":
+            print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+            torch.cuda.reset_peak_memory_stats()
+        del sae, trainer
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--toy", action="store_true", help="CPU, tiny sizes: checks the script runs")
+    args = parser.parse_args(argv)
+    if args.toy:
+        device, dtype = "cpu", torch.float32
+        args.layer, args.vocab, args.contexts, args.context_length = 1, 512, 2, 32
+        args.widths, args.batch, args.d_model, args.repeats = [256, 512], 64, 2304, 1
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("error: no CUDA GPU; run with --toy to check the script on a CPU")
+        device, dtype = "cuda", torch.bfloat16
+        args.layer, args.vocab, args.contexts, args.context_length = 12, 256_000, 256, 128
+        args.widths, args.batch, args.d_model, args.repeats = [16384, 65536], 4096, 2304, 5
+    print(f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu (toy sizes)'}; "
+          f"torch {torch.__version__}")
+    activation_throughput(args, device, dtype)
+    training_throughput(args, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The benchmark scripts run (figures are printed, never asserted: timings are not tests)."""
+
+import re
+import sys
+from types import SimpleNamespace
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def test_gpu_readiness_script_runs_at_toy_size_on_cpu(tiny_gemma2, capsys):
+    import gpu_readiness
+
+    gpu_readiness.main(["--toy"])
+    out = capsys.readouterr().out
+    assert re.search(r"activations at layer 1: [\d,]+ tokens/s .* ideal [\d,]+ tokens/s", out)
+    assert len(re.findall(r"SAE training d_sae \d+ \(\+\d+ concept\), batch 64: [\d,]+ tokens/s", out)) == 2
+
+
+def test_our_trainer_plugs_into_the_reference_benchmark():
+    import perf_ref
+
+    args = SimpleNamespace(d_in=32, d_sae=128, batch=64, k=8, warmup=2, steps=2, autocast="none")
+    pool = perf_ref.make_pool(2, args.batch, args.d_in, "cpu")
+    for name in ("trainer_factory:hierarchical", "trainer_factory:hierarchical_fp32"):
+        steps_per_s, _, cpu_util = perf_ref.time_one(name, args, pool, "cpu")
+        assert steps_per_s > 0 and cpu_util > 0
+
+
+def test_step_flop_count_matches_the_dense_matmuls():
+    import run_benchmarks
+
+    # base: encoder fwd + weight grad, decoder fwd + 2 grads; concept encoder fwd + 2 grads
+    assert run_benchmarks.step_flops(256, 2048, 512, 4096) == 2 * 4096 * (
+        2 * 256 * 2048 + 3 * 2048 * 256 + 3 * 2048 * 512)
