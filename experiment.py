@@ -37,12 +37,16 @@ from tqdm import tqdm
 
 from sae_harness.activations import ActivationData, prepare_activations
 from sae_harness.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
+from sae_harness.degeneracy import degeneracy_reasons
 from sae_harness.errors import ConfigurationError, HarnessError
+from sae_harness.evaluations import evaluate_sae
 from sae_harness.language_model import load_language_model, torch_dtype
+from sae_harness.notes import update_notes
 from sae_harness.preflight import preflight
 from sae_harness.presets import Preset, RunEnvironment, read_run_environment
 from sae_harness.provenance import provenance
-from sae_harness.run_directory import CHECKPOINT, CONFIG, TRAINING_LOG, RunDirectory, TrainingLog
+from sae_harness.run_directory import (CHECKPOINT, CONFIG, TRAINING_LOG, RunDirectory,
+                                       TrainingLog, read_json)
 from sae_harness.sae_lens_format import SavedSAE, load_sae, save_sae
 
 REPO = Path(__file__).resolve().parent
@@ -684,20 +688,6 @@ def heldout_statistics(sae: HierarchicalSAE, x: torch.Tensor, batch_size: int = 
     }
 
 
-def training_degeneracy(stats: dict, n_base: int) -> list[str]:
-    """Why the trained SAE is degenerate (DESIGN 7), or [] if it is not."""
-    reasons = []
-    if stats["steps"] < 1:
-        reasons.append("0 training steps")
-    if stats["l0_base"] == 0:
-        reasons.append("base L0 is 0")
-    if stats["l0_base"] > n_base / 2:
-        reasons.append(f"base L0 {stats['l0_base']:.0f} exceeds n1/2 = {n_base // 2}")
-    if stats["explained_variance"] < 0:
-        reasons.append(f"explained variance {stats['explained_variance']:.3f} is negative")
-    return reasons
-
-
 # =============================================================================================
 # Main
 # =============================================================================================
@@ -759,16 +749,29 @@ def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirec
         stats = {**summary, **heldout_statistics(sae, data.heldout),
                  "activation_seconds": data.collect_seconds,
                  "activation_cache_hit": float(data.cache_hit)}
-        reasons = training_degeneracy(stats, sae.n_base)
-        stats["degenerate"] = float(bool(reasons))
-        run.set_group("training", stats, degenerate_reasons=reasons)
+        run.set_group("training", stats)
         Checkpoint(run.file(CHECKPOINT)).remove()
-        if reasons:
-            print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
     print(f"[train] EV {stats['explained_variance']:.3f}, L0 base {stats['l0_base']:.1f} / "
           f"concept {stats['l0_concept']:.1f}, dead {stats['dead_fraction_base']:.1%} / "
           f"{stats['dead_fraction_concept']:.1%}, {stats['seconds']:.0f} s")
-    run.set_status("finished", seconds=time.time() - started, peak_rss_gb=peak_memory_gb())
+
+    outcome = evaluate_sae(run, sae, lm, preset, data.heldout, env.cache_dir)
+
+    # DESIGN 7: flag a degenerate SAE in final_info.json, on stdout and in notes.txt
+    reasons = degeneracy_reasons(run.final_info(), read_json(run.file(CONFIG)))
+    training = run.final_info()["training"]
+    run.set_group("training", {**training["means"], "degenerate": float(bool(reasons))},
+                  degenerate_reasons=reasons)
+    if reasons:
+        print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
+    run.set_status("finished", seconds=time.time() - started, peak_rss_gb=peak_memory_gb(),
+                   degenerate_reasons=reasons)
+    update_notes(run.path.resolve().parent / "notes.txt", run.path)
+    print(f"[run] finished {run.path} in {time.time() - started:.0f} s")
+    if outcome.failed or reasons:  # the loop reads the tail of stderr: say it last, on one line
+        problems = [f"eval {name} failed: {why}" for name, why in outcome.failed.items()]
+        problems += [f"degenerate SAE: {'; '.join(reasons)}"] if reasons else []
+        print(f"warning: {run.path} finished with problems: {' | '.join(problems)}", file=sys.stderr)
     return run
 
 

@@ -62,8 +62,8 @@ class Preset:
     """Sparse-probing data: 'sae_bench' (SAE-Bench's 8 hub datasets) or 'sae_probes' (the
     embedded suite of labelled datasets shipped in the sae-probes wheel)."""
     eval_sizes: str = "sae_bench"
-    """Eval sizes: 'sae_bench' (SAE-Bench's defaults) or 'cpu' (smaller, to fit the embedded
-    run's time budget on a 2-core CPU); each eval module documents both."""
+    """Eval sizes: 'sae_bench' (SAE-Bench's defaults), 'cpu' (smaller, to fit the embedded
+    run's time budget on a 2-core CPU) or 'tiny' (tests); each eval module documents them."""
 
     @property
     def hook_name(self) -> str:

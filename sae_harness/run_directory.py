@@ -126,10 +126,21 @@ class RunDirectory:
         status.update(fields, state=state)
         atomic_write_json(self.file(STATUS), status)
 
-    def record_failure(self, group: str, reason: str) -> None:
+    def record_outcome(self, kind: str, group: str, reason: str) -> None:
+        """Note that a result group `kind` ('failures' or 'skipped'), and why."""
         status = self.status()
-        status.setdefault("failures", {})[group] = reason
+        for other in ("failures", "skipped"):
+            status.get(other, {}).pop(group, None)
+        status.setdefault(kind, {})[group] = reason
         atomic_write_json(self.file(STATUS), status)
+
+    def clear_outcome(self, group: str) -> None:
+        """Forget an earlier failure or skip of `group` (it has now succeeded)."""
+        status = self.status()
+        if any(group in status.get(kind, {}) for kind in ("failures", "skipped")):
+            for kind in ("failures", "skipped"):
+                status.get(kind, {}).pop(group, None)
+            atomic_write_json(self.file(STATUS), status)
 
     # --- results ---------------------------------------------------------------------------
     def final_info(self) -> dict:

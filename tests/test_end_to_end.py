@@ -55,6 +55,24 @@ def test_end_to_end_run_writes_every_promised_file(tiny_run):
     assert config["provenance"]["packages"]["sae-bench"] == "0.6.0"
 
 
+def test_every_eval_runs_and_writes_its_group_and_json(tiny_run):
+    info = json.loads((tiny_run / "final_info.json").read_text())
+    status = json.loads((tiny_run / "run_status.json").read_text())
+    for group in ("weights", "core", "sparse_probing"):
+        assert (tiny_run / f"{group}.json").is_file(), group
+        assert info[group]["means"]["seconds"] > 0
+    accuracies = {k: v for k, v in info["sparse_probing"]["means"].items() if k.endswith("accuracy")}
+    assert len(accuracies) == 14 and all(0 <= v <= 1 for v in accuracies.values())
+    # absorption cannot run with the fixture's tokenizer: recorded, not silently missing
+    assert "absorption" not in info and not (tiny_run / "absorption.json").exists()
+    assert "does not suit this tokenizer" in status["failures"]["absorption"]
+    # the hierarchy group exists, or says why not
+    assert "hierarchy" in info or "hierarchy" in status["failures"]
+    assert status["degenerate_reasons"] == info["training"]["degenerate_reasons"]
+    notes = (tiny_run.parent / "notes.txt").read_text()
+    assert notes.count("## Run 1:") == 1 and "absorption" in notes
+
+
 def test_training_log_records_every_term_and_the_loss_decreases(tiny_run):
     log = read_training_log(tiny_run / "training_log.jsonl")
     for key in ("step", "lr", "lw2", "total", "reconstruction", "l1_base", "l1_concept",

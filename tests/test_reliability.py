@@ -233,3 +233,23 @@ def test_a_model_missing_offline_is_refused_before_any_work(tiny_gemma2, tmp_pat
     streamed = tiny_real_preset("Skylion007/openwebtext")
     with pytest.raises(DataError, match="hub is offline"):
         preflight(streamed, tmp_path)
+
+
+def test_a_failing_eval_loses_nothing_and_the_run_still_finishes(tiny_gemma2, cache_dir, tmp_path, monkeypatch, capsys):
+    import sae_harness.evals.core as core
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected core failure")
+
+    monkeypatch.setattr(core, "run_core", broken)
+    env = RunEnvironment(preset=tiny_real_preset(tiny_gemma2["text"]), preset_reason="test",
+                         variant="tuned_cosine", training_tokens=None, cache_dir=cache_dir,
+                         overwrite=False)
+    assert E.main([f"--out_dir={tmp_path / 'run'}"], environment=env, overrides=dict(SHORT)) == 0
+    info = json.loads((tmp_path / "run" / "final_info.json").read_text())
+    status = json.loads((tmp_path / "run" / "run_status.json").read_text())
+    assert "core" not in info and {"training", "weights", "sparse_probing"} <= set(info)
+    assert status["state"] == "finished"
+    assert status["failures"]["core"] == "RuntimeError: injected core failure"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "eval core failed: RuntimeError: injected core failure" in last

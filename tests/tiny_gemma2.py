@@ -72,9 +72,9 @@ def build(root: Path) -> dict[str, Path]:
 
 def tiny_real_preset(text_dir: Path, **changes) -> Preset:
     """The real preset with only what the tiny fixture needs changed: CPU, 2 blocks, local text,
-    and local probing data at CPU sizes (the hub's datasets are out of reach offline)."""
+    and local probing data at test sizes (the hub's datasets are out of reach offline)."""
     return replace(PRESETS["real"], **{
         **dict(device="cpu", model_dtype="float32", n_layers_loaded=N_LAYERS, hook_layer=1,
                text_dataset=str(text_dir), context_length=64, llm_batch_size=8,
-               probing_datasets="sae_probes", eval_sizes="cpu"),
+               probing_datasets="sae_probes", eval_sizes="tiny"),
         **changes})

@@ -1,0 +1,585 @@
+"""Compare runs: PNG figures and a markdown table of headline metrics.
+
+    python plot.py                              the runs in `labels`, from here, into plots/
+    python plot.py --out_dir=plots --runs_dir=.
+
+Every run_*/final_info.json under --runs_dir is read (our {group: {"means": ...}} shape or the
+legacy flat AI-Scientist dict), with config.json, run_status.json, training_log.jsonl and the
+eval JSONs beside it. Only the runs named in `labels` are shown (all runs when it is empty).
+A run that lacks a group or a file is reported and left out of the panels that need it.
+
+Figures (in --out_dir):
+    sparse_probing.png   top-k probe accuracy vs k: the LLM's residual stream and each SAE
+    absorption.png       mean absorption fraction, full absorption, split features per run
+    l0_vs_ev.png         L0 per level (base, concept, total) against explained variance
+    hierarchy.png        hierarchy consistency (MI, NMI, H(b|c), P(b|c), leakage) vs random null
+    weights.png          weight-norm / W_enc2 histograms per level (weights.json)
+    training.png         loss terms, L0, dead fractions, lw2 and lr against training tokens
+
+Degenerate SAEs (DESIGN 7) are marked: '(degenerate)' in their legend label, hatched bars,
+dashed or hollow markers, and a note in the figure title.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
+
+from sae_harness.notes import RunRecord, load_run, run_number  # noqa: E402
+
+# The runs to show, with their legend labels; empty: every run_* found.
+labels = {
+    "run_0": "Baseline (vanilla ReLU SAE)",
+    "run_1": "Previous cosine variant",
+    "run_2": "Tuned cosine (this idea)",
+}
+
+K_VALUES = (1, 2, 5, 10, 20, 50)
+ALL_LATENTS_X = 120  # where the probe on all latents / all dimensions sits on the k axis
+DEGENERATE_HATCH = "//"
+DEGENERATE_NOTE = "hatched / dashed / hollow = degenerate SAE (see the table)"
+
+plt.rcParams.update({
+    "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,
+    "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.titlesize": 13, "savefig.dpi": 120,
+    "axes.grid": True, "grid.alpha": 0.3,
+})
+
+
+@dataclass
+class Run:
+    """A run as shown: its files, its legend label and its colour."""
+
+    record: RunRecord
+    label: str
+    color: str
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def legend(self) -> str:
+        return f"{self.label} (degenerate)" if self.record.degenerate else self.label
+
+    def metric(self, group: str, name: str) -> float | None:
+        return self.record.metric(group, name)
+
+
+# =============================================================================================
+# Finding runs
+# =============================================================================================
+def find_runs(runs_dir: Path, wanted: dict[str, str]) -> list[Run]:
+    """The runs named in `wanted` (all run_* when it is empty), in run order, with colours."""
+    found = {path.parent.name: path.parent for path in Path(runs_dir).glob("run_*/final_info.json")}
+    if wanted:
+        for name in wanted:
+            if name not in found:
+                print(f"{name} ('{wanted[name]}' in labels): no {name}/final_info.json in {runs_dir}; not shown")
+        names = [name for name in wanted if name in found]
+    else:
+        names = sorted(found, key=lambda n: (run_number(n) is None, run_number(n) or 0, n))
+    colors = plt.get_cmap("tab10").colors
+    runs = []
+    for i, name in enumerate(names):
+        record = load_run(found[name])
+        label = wanted.get(name) or f"{name} ({record.variant})"
+        runs.append(Run(record, label, matplotlib.colors.to_hex(colors[i % len(colors)])))
+    return runs
+
+
+def read_training_log(path: Path) -> list[dict]:
+    """The training log's lines; a half-written last line (a crash mid-write) is skipped."""
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def _finite(values) -> np.ndarray:
+    """Floats, with NaN for anything absent, non-numeric or infinite."""
+    numbers = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+               for v in values]
+    array = np.array(numbers, dtype=float)
+    array[~np.isfinite(array)] = np.nan
+    return array
+
+
+def _wrap(text: str, width: int = 16) -> str:
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+
+
+def _title(fig, title: str, runs: list[Run]) -> None:
+    """The figure's title, with the key to the degenerate marks when a drawn run is degenerate."""
+    note = f"\n{DEGENERATE_NOTE}" if any(r.record.degenerate for r in runs) else ""
+    fig.suptitle(title + note)
+
+
+def _save(fig, out_dir: Path, name: str) -> Path:
+    path = out_dir / name
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# =============================================================================================
+# (a) sparse probing
+# =============================================================================================
+def plot_sparse_probing(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
+    has = [r for r in runs if "sparse_probing" in r.record.means]
+    skipped += [f"{r.name}: no sparse_probing results" for r in runs if r not in has]
+    if not has:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    xs = list(K_VALUES) + [ALL_LATENTS_X]
+
+    def curve(run: Run, who: str) -> np.ndarray:
+        return _finite([run.metric("sparse_probing", f"{who}_top_{k}_test_accuracy") for k in K_VALUES]
+                       + [run.metric("sparse_probing", f"{who}_test_accuracy")])
+
+    # runs on the same model and data share one LLM curve: draw each distinct curve once
+    llm_groups: list[tuple[np.ndarray, list[Run]]] = []
+    for run in has:
+        values = curve(run, "llm")
+        if not np.isfinite(values).any():
+            continue
+        for group_values, members in llm_groups:
+            if np.allclose(values, group_values, atol=1e-4, equal_nan=True):
+                members.append(run)
+                break
+        else:
+            llm_groups.append((values, [run]))
+    greys = ["black", "dimgrey", "darkgrey", "silver"]
+    for i, (values, members) in enumerate(llm_groups):
+        model = members[0].record.model_name
+        label = "LLM residual stream" + (f", {model}" if model else "") + \
+            ("" if len(llm_groups) == 1 and len(members) == len(has) else f" ({', '.join(r.name for r in members)})")
+        ax.plot(xs, values, color=greys[i % len(greys)], lw=2.2, ls=":", marker="s", ms=6, label=label)
+    for run in has:
+        values = curve(run, "sae")
+        if not np.isfinite(values).any():
+            skipped.append(f"{run.name}: sparse_probing has no SAE accuracies")
+            continue
+        hollow = run.record.degenerate
+        ax.plot(xs, values, color=run.color, lw=2, ls="--" if hollow else "-", marker="o", ms=7,
+                mfc="white" if hollow else run.color, label=f"SAE: {run.legend}")
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    ax.axhline(0.5, color="grey", lw=1, ls="-.", label="chance (0.5)")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [str(k) for k in K_VALUES] + ["all"])
+    ax.minorticks_off()
+    ax.set_xlabel("k: latents (SAE) or residual dimensions (LLM) the probe may use")
+    ax.set_ylabel("test accuracy (fraction correct,\nmean over binary tasks)")
+    lowest = np.nanmin([line.get_ydata() for line in ax.lines if len(line.get_ydata()) == len(xs)])
+    ax.set_ylim(min(0.45, lowest - 0.02), 1.0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _title(fig, "Sparse probing (SAE-Bench): top-k probe accuracy", has)
+    return _save(fig, out_dir, "sparse_probing.png")
+
+
+# =============================================================================================
+# Bar charts: (b) absorption, (d) hierarchy
+# =============================================================================================
+def _bars(ax, runs: list[Run], values: list[float | None], errors: list[float | None] | None = None,
+          offset: float = 0.0, height: float = 0.7, light: bool = False, say_no_data: bool = True) -> None:
+    """One horizontal bar per run (hatched if degenerate); 'no data' where the run lacks the value."""
+    for i, (run, value) in enumerate(zip(runs, values)):
+        y = i + offset
+        if value is None:
+            if say_no_data:
+                ax.text(0, i, "  no data", ha="left", va="center", fontsize=9, color="grey")
+            continue
+        hatch = DEGENERATE_HATCH if run.record.degenerate else ("..." if light else None)
+        error = errors[i] if errors else None
+        ax.barh(y, value, height, color=run.color, alpha=0.35 if light else 0.9, hatch=hatch,
+                edgecolor="black", linewidth=0.6, xerr=error, capsize=4 if error else 0)
+
+
+def _run_axes(axes, runs: list[Run]) -> None:
+    """Runs down the y axis (first run on top), labelled on the leftmost panel."""
+    for ax in axes:
+        ax.set_yticks(range(len(runs)), [_wrap(r.legend, 24) for r in runs])
+        ax.set_ylim(len(runs) - 0.5, -0.5)
+        ax.set_xlim(left=0)
+        ax.grid(axis="y", visible=False)
+    for ax in axes[1:]:
+        ax.tick_params(labelleft=False)
+
+
+def plot_absorption(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
+    has = [r for r in runs if "absorption" in r.record.means]
+    skipped += [f"{r.name}: no absorption results" for r in runs if r not in has]
+    if not has:
+        return None
+    panels = [
+        ("mean_absorption_fraction_score", "std_dev_absorption_fraction_score",
+         "Mean absorption fraction", "absorption fraction (0-1, lower is better)"),
+        ("mean_full_absorption_score", "std_dev_full_absorption_score",
+         "Full absorption", "full-absorption rate (0-1, lower is better)"),
+        ("mean_num_split_features", "std_dev_num_split_features",
+         "Feature splitting", "split features per letter (count)"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 1.8 + 0.75 * len(runs)))
+    for ax, (mean, std, title, xlabel) in zip(axes, panels):
+        _bars(ax, runs, [r.metric("absorption", mean) for r in runs],
+              [r.metric("absorption", std) for r in runs])
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+    _run_axes(axes, runs)
+    _title(fig, "Feature absorption (SAE-Bench, first-letter task; error bars: std over letters)", has)
+    fig.tight_layout()
+    return _save(fig, out_dir, "absorption.png")
+
+
+HIERARCHY_PANELS = [  # (metric; its null is null_<metric>, title, axis label)
+    ("mi_mean", "Mutual information I(c; b)", "MI per (concept, base)\npair (bits)"),
+    ("nmi_mean", "Normalised MI", "NMI (0-1)"),
+    ("h_b_given_c_mean", "Conditional entropy H(b | c)", "H(b | c) (bits)"),
+    ("p_b_given_c_mean", "P(b fires | c fires)", "probability (0-1)"),
+    ("leakage_mean", "Leakage", "concept firings with no base\nlatent firing (fraction)"),
+]
+
+
+def plot_hierarchy(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
+    has = [r for r in runs if "hierarchy" in r.record.means]
+    skipped += [f"{r.name}: no hierarchy results" for r in runs if r not in has]
+    if not has:
+        return None
+    fig, axes = plt.subplots(1, len(HIERARCHY_PANELS), figsize=(20, 2.6 + 0.9 * len(runs)))
+    for ax, (metric, title, xlabel) in zip(axes, HIERARCHY_PANELS):
+        _bars(ax, runs, [r.metric("hierarchy", metric) for r in runs], offset=-0.2, height=0.38)
+        _bars(ax, runs, [r.metric("hierarchy", f"null_{metric}") for r in runs], offset=0.2,
+              height=0.38, light=True, say_no_data=False)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+    _run_axes(axes, runs)
+    fig.legend(handles=[Patch(facecolor="grey", edgecolor="black", label="upper bar: a concept's top-|W_enc2| base latents"),
+                        Patch(facecolor="grey", alpha=0.35, hatch="...", edgecolor="black",
+                              label="lower bar: null, random base latents")],
+               loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0.0))
+    alive = ", ".join(f"{r.name}: {r.metric('hierarchy', 'alive_concepts'):.0f}" for r in has
+                      if r.metric("hierarchy", "alive_concepts") is not None)
+    _title(fig, "Hierarchy consistency on held-out tokens, mean over alive concepts"
+           + (f" (alive concepts {alive})" if alive else ""), has)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return _save(fig, out_dir, "hierarchy.png")
+
+
+# =============================================================================================
+# (c) L0 per level vs explained variance
+# =============================================================================================
+LEVEL_MARKERS = {"base": "o", "concept": "^", "total": "s"}
+
+
+def plot_l0_vs_ev(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    drawn = []
+    for run in runs:
+        ev = run.metric("training", "explained_variance")
+        levels = {level: run.metric("training", f"l0_{level}") for level in LEVEL_MARKERS}
+        if ev is None or all(v is None for v in levels.values()):  # fall back to SAE-Bench core
+            ev, levels = run.metric("core", "explained_variance"), {"total": run.metric("core", "l0")}
+        if not run.record.has_concept_level:  # a vanilla SAE: its base L0 is its total L0
+            levels = {"base": levels["base"]} if levels.get("base") is not None else {"total": levels["total"]}
+        levels = {k: v for k, v in levels.items() if v is not None}
+        if ev is None or not levels:
+            skipped.append(f"{run.name}: no explained variance and L0")
+            continue
+        xs = [levels[k] for k in LEVEL_MARKERS if k in levels]
+        ax.plot(xs, [ev] * len(xs), color=run.color, lw=1, alpha=0.5)
+        for level, l0 in levels.items():
+            ax.scatter(l0, ev, s=90, marker=LEVEL_MARKERS[level], color=run.color, zorder=3,
+                       facecolors="white" if run.record.degenerate else run.color, linewidths=1.8)
+        drawn.append(run)
+    if not drawn:
+        plt.close(fig)
+        return None
+    smallest = min(min(o.get_offsets()[:, 0]) for o in ax.collections)
+    if smallest >= 1:
+        ax.set_xscale("log")
+        ax.set_xlabel("L0 (active latents per token; log axis)")
+    else:  # an L0 of 0 cannot sit on a log axis
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("L0 (active latents per token; symlog axis, linear below 1)")
+    ax.set_ylabel("explained variance (fraction,\nheld-out tokens; else SAE-Bench core)")
+    handles = [Line2D([], [], color=r.color, marker="o", lw=0, ms=9,
+                      mfc="white" if r.record.degenerate else r.color, label=r.legend) for r in drawn]
+    handles += [Line2D([], [], color="black", marker=m, lw=0, ms=9,
+                       label=f"L0 of the {level} level" if level != "total" else "L0 of both levels")
+                for level, m in LEVEL_MARKERS.items()]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.axhline(0, color="grey", lw=1, ls="-.")
+    ax.text(ax.get_xlim()[1], 0, "EV = 0: no better than the mean ", ha="right", va="bottom",
+            fontsize=9, color="grey")
+    _title(fig, "Sparsity per level vs reconstruction (one explained variance per SAE)", drawn)
+    return _save(fig, out_dir, "l0_vs_ev.png")
+
+
+# =============================================================================================
+# (e) weight histograms
+# =============================================================================================
+LEVELS = ("base", "concept")
+QUANTITY_LABELS = {  # quantity: (axis label with unit, what the histogram counts)
+    "decoder_row_norm": ("decoder row L2 norm", "fraction of latents"),
+    "encoder_column_norm": ("encoder column L2 norm", "fraction of latents"),
+    "w_enc2/abs_log10_histogram": ("log10 |W_enc2 entry| (nonzero entries)", "fraction of entries"),
+    "w_enc2/effective_base_per_concept": ("effective base latents per concept\n"
+                                          "(participation ratio of its |W_enc2| column)",
+                                          "fraction of concepts"),
+    "w_enc2/entries_above_1pct_of_max": ("W_enc2 entries above 1% of the concept's\n"
+                                         "largest (count per concept)", "fraction of concepts"),
+}
+"""Labels for the histograms of sae_harness/evals/weights.py; other histograms get their key."""
+_CONTAINER_KEYS = {"levels", "histograms", "histogram"}
+
+
+def weight_histograms(weights: dict) -> dict[tuple[str, str], dict]:
+    """{(quantity, level): {"edges", "counts"}} from weights.json, wherever its histograms sit.
+
+    A histogram is any {"bin_edges" or "edges": [...], "counts": [...]} in the nested dicts. Its
+    level is a key on its path equal to 'base' or 'concept'; W_enc2 (a key starting with
+    'w_enc2') belongs to the concept level; failing both, a quantity key ending in '_base' or
+    '_concept' names it ('dec_norm_concept'); else the level is 'all'. The quantity is the other
+    keys on the path joined by '/' (container keys such as 'levels' and 'histogram' dropped).
+    """
+    found = {}
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        edges = node.get("bin_edges", node.get("edges"))
+        if isinstance(edges, list) and isinstance(node.get("counts"), list):
+            level, names = "all", []
+            for key in path:
+                if key in LEVELS:
+                    level = key
+                    continue
+                if key.startswith("w_enc2"):
+                    level = "concept"
+                if key not in _CONTAINER_KEYS:
+                    names.append(key)
+            if level == "all" and names:
+                for lv in LEVELS:
+                    if names[-1].endswith(f"_{lv}"):
+                        level, names[-1] = lv, names[-1][: -len(lv) - 1]
+            found[("/".join(names) or "weights", level)] = {"edges": edges, "counts": node["counts"]}
+            return
+        for key, value in node.items():
+            walk(value, path + [str(key)])
+
+    walk(weights, [])
+    return found
+
+
+def plot_weights(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
+    per_run = {}
+    for run in runs:
+        hists = weight_histograms(run.record.eval_results.get("weights") or {})
+        if hists:
+            per_run[run.name] = hists
+        else:
+            skipped.append(f"{run.name}: no weight histograms (weights.json)")
+    if not per_run:
+        return None
+    known = list(QUANTITY_LABELS)
+    level_order = {lv: i for i, lv in enumerate(LEVELS + ("all",))}
+    panels = sorted({key for hists in per_run.values() for key in hists},
+                    key=lambda k: (known.index(k[0]) if k[0] in known else len(known), k[0],
+                                   level_order[k[1]]))
+    columns = 2
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(13, 3.9 * rows))
+    for ax, (quantity, level) in zip(axes.flat, panels):
+        xlabel, counted = QUANTITY_LABELS.get(quantity, (quantity.replace("_", " "), "fraction of the total count"))
+        for run in runs:
+            hist = per_run.get(run.name, {}).get((quantity, level))
+            if not hist:
+                continue
+            edges, counts = _finite(hist["edges"]), _finite(hist["counts"])
+            if len(edges) != len(counts) + 1 or not np.nansum(counts):
+                skipped.append(f"{run.name}: histogram {quantity}/{level} malformed")
+                continue
+            ax.stairs(counts / np.nansum(counts), edges, color=run.color, lw=2,
+                      ls="--" if run.record.degenerate else "-", label=run.legend)
+        title = xlabel.split("\n")[0]
+        ax.set_title(f"{title}, {level} level" if level != "all" else title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(counted)
+        ax.ticklabel_format(axis="x", useOffset=False)
+        if ax.patches:
+            ax.legend(loc="upper right")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    _title(fig, "Weight distributions per level (weights.json)", [r for r in runs if r.name in per_run])
+    fig.tight_layout()
+    return _save(fig, out_dir, "weights.png")
+
+
+# =============================================================================================
+# (f) training curves
+# =============================================================================================
+TRAINING_PANELS = [  # (title, y label, [(log key, line style)], y scale)
+    ("Total loss", "loss (scale-free units, see Config)", [("total", "-")], "log"),
+    ("Reconstruction", "||x - x_hat||^2 / (d s^2)\n(fraction of variance unexplained)",
+     [("reconstruction", "-")], "log"),
+    ("Activation L1 (before its lambda)", "|z|_1 / (sqrt(d) s) per token",
+     [("l1_base", "-"), ("l1_concept", "--")], "log"),
+    ("Weight L1 (before its lambda)", "mean column |W|_1 / sqrt(fan-in)",
+     [("weight_l1_base", "-"), ("weight_l1_concept", "--")], "log"),
+    ("L0 per level", "active latents per token", [("l0_base", "-"), ("l0_concept", "--")], "symlog"),
+    ("Dead latents", "fraction of the level", [("dead_fraction_base", "-"), ("dead_fraction_concept", "--")], "linear"),
+    ("Concept-weight penalty lw2(t)", "lw2 (coefficient)", [("lw2", "-")], "linear"),
+    ("Learning rate", "learning rate", [("lr", "-")], "log"),
+]
+
+
+CONCEPT_ONLY = {"l1_concept", "weight_l1_concept", "l0_concept", "dead_fraction_concept", "lw2"}
+"""Log keys that mean nothing for a vanilla SAE (no concept level): not drawn for it."""
+
+
+def plot_training(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
+    logs = {}
+    for run in runs:
+        path = run.record.path / "training_log.jsonl"
+        rows = read_training_log(path) if path.is_file() else []
+        if rows:
+            logs[run.name] = rows
+        else:
+            skipped.append(f"{run.name}: no training log (training_log.jsonl)")
+    if not logs:
+        return None
+    fig, axes = plt.subplots(2, 4, figsize=(20, 9))
+    for ax, (title, ylabel, series, scale) in zip(axes.flat, TRAINING_PANELS):
+        for run in runs:
+            rows = logs.get(run.name)
+            if not rows:
+                continue
+            tokens = _finite([row.get("tokens", row.get("step")) for row in rows])
+            for key, style in series:
+                values = _finite([row.get(key) for row in rows])
+                if not np.isfinite(values).any() or (key in CONCEPT_ONLY and not run.record.has_concept_level):
+                    continue
+                ax.plot(tokens, values, color=run.color, ls=style, lw=1.8)
+        if scale == "symlog":
+            ax.set_yscale("symlog", linthresh=1)
+        elif scale == "log":
+            ax.set_yscale("log", nonpositive="mask")
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("training tokens")
+        ax.xaxis.set_major_formatter(EngFormatter())
+    handles = [Line2D([], [], color=r.color, lw=2.5, label=r.legend) for r in runs if r.name in logs]
+    handles += [Line2D([], [], color="black", ls="-", label="base level (or the only series)"),
+                Line2D([], [], color="black", ls="--", label="concept level")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), bbox_to_anchor=(0.5, 0.0))
+    _title(fig, "Training curves (training_log.jsonl; log axes leave out zeros; L0 axis linear below 1)",
+           [r for r in runs if r.name in logs])
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return _save(fig, out_dir, "training.png")
+
+
+# =============================================================================================
+# The table
+# =============================================================================================
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None:
+        return "n/a"
+    if spec == "tokens":
+        return EngFormatter(places=1)(value).replace(" ", "")
+    if spec == "%":
+        return f"{value:.1%}"
+    return format(value, spec)
+
+
+TABLE_COLUMNS = ["run", "label", "variant", "steps", "tokens", "EV", "L0 base", "L0 concept",
+                 "SAE top-1", "SAE top-5", "LLM top-1", "absorption", "MI (null)", "dead base",
+                 "dead concept", "degenerate"]
+
+
+def table_row(run: Run) -> list[str]:
+    m = run.metric
+    ev, ev_note = m("training", "explained_variance"), ""
+    if ev is None and m("core", "explained_variance") is not None:
+        ev, ev_note = m("core", "explained_variance"), " (core)"
+    mi, null_mi = m("hierarchy", "mi_mean"), m("hierarchy", "null_mi_mean")
+    return [run.name, run.label, run.record.variant, _fmt(m("training", "steps"), ".0f"),
+            _fmt(m("training", "tokens"), "tokens"), _fmt(ev, ".3f") + ev_note,
+            _fmt(m("training", "l0_base"), ".1f"), _fmt(m("training", "l0_concept"), ".1f"),
+            _fmt(m("sparse_probing", "sae_top_1_test_accuracy"), ".3f"),
+            _fmt(m("sparse_probing", "sae_top_5_test_accuracy"), ".3f"),
+            _fmt(m("sparse_probing", "llm_top_1_test_accuracy"), ".3f"),
+            _fmt(m("absorption", "mean_absorption_fraction_score"), ".3f"),
+            "n/a" if mi is None else f"{mi:.4f} ({_fmt(null_mi, '.4f')})",
+            _fmt(m("training", "dead_fraction_base"), "%"), _fmt(m("training", "dead_fraction_concept"), "%"),
+            "**yes**" if run.record.degenerate else "no"]
+
+
+def markdown_table(runs: list[Run]) -> str:
+    rows = [TABLE_COLUMNS, ["---"] * len(TABLE_COLUMNS)] + [table_row(r) for r in runs]
+    lines = ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    for run in runs:
+        if run.record.degenerate:
+            lines.append(f"\n{run.name} is degenerate: " + "; ".join(run.record.degeneracy.reasons))
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# Main
+# =============================================================================================
+FIGURES = [plot_sparse_probing, plot_absorption, plot_l0_vs_ev, plot_hierarchy, plot_weights, plot_training]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out_dir", default="plots", help="folder for the PNG figures (default plots/)")
+    parser.add_argument("--runs_dir", default=".", help="folder holding the run_* directories (default .)")
+    args = parser.parse_args(argv)
+    runs = find_runs(Path(args.runs_dir), labels)
+    if not runs:
+        print(f"error: no run to plot: no run_*/final_info.json in {args.runs_dir}"
+              + (f" for the runs in labels ({', '.join(labels)})" if labels else ""), file=sys.stderr)
+        return 1
+    for run in runs:
+        if run.record.missing:
+            print(f"{run.name} lacks: " + "; ".join(run.record.missing))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for draw in FIGURES:
+        skipped: list[str] = []
+        name = draw.__name__.removeprefix("plot_")
+        try:
+            path = draw(runs, out_dir, skipped)
+        except Exception as error:  # one figure's trouble must not cost the others
+            plt.close("all")
+            print(f"{name}: figure not drawn: {type(error).__name__}: {error}")
+            continue
+        for line in skipped:
+            print(f"{name}: left out {line}")
+        print(f"{name}: wrote {path}" if path else f"{name}: no run has the data; no figure")
+    print()
+    print(markdown_table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Is a run's SAE degenerate? The honesty rules of DESIGN 7, checked on any run's final_info.json.
+
+A run's SAE is degenerate, and its other numbers mean nothing, when
+
+* it trained for 0 steps;
+* its base level fires nothing (L0 = 0) or more than half of its n1 latents (L0 > n1/2);
+* it explains less variance than the mean does (explained variance < 0), on our held-out
+  tokens (group `training`) or in SAE-Bench's core eval (group `core`);
+* every sparse probe on its latents is at chance: `sae_test_accuracy` and every
+  `sae_top_{k}_test_accuracy` lie within CHANCE_TOLERANCE of 0.5.
+
+Two shapes of final_info.json are read:
+
+* ours (DESIGN 4): {group: {"means": {metric: float}, ...}};
+* the legacy AI-Scientist template's flat dict that the project was seeded with, e.g.
+  {"training_steps": 0, "final_loss": null, "layer": 19, "dict_size": 2304, "learning_rate": ...,
+  "sparsity_penalty": ...}, possibly with one SAE-Bench result's keys merged in
+  ("eval_result_metrics", "sae_cfg_dict", ...). `group_means` turns it into our groups, so
+  every reader (the checks here, notes.py, plot.py) sees one shape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterator, NamedTuple
+
+CHANCE_TOLERANCE = 0.02
+"""A probe accuracy within this distance of 0.5 counts as chance. SAE-Bench averages balanced
+binary tasks; with ~1000 test examples per task a chance probe scatters by ~0.016 on one task
+and far less on the mean over tasks, while a working SAE's top-1 probe is > 0.6. So 0.02 flags
+only SAEs whose every probe, the full-width one included, carries no information."""
+
+PROBE_METRIC = re.compile(r"^(llm|sae)_(top_(\d+)_)?test_accuracy$")
+"""sae_test_accuracy, sae_top_5_test_accuracy, llm_top_1_test_accuracy, ..."""
+
+LEGACY_TEMPLATE_KEYS = frozenset({"training_steps", "final_loss", "layer", "dict_size",
+                                  "learning_rate", "sparsity_penalty"})
+"""Top-level keys of the AI-Scientist SAE template's final_info.json."""
+SAE_BENCH_KEYS = frozenset({"eval_type_id", "eval_result_metrics", "eval_config", "sae_cfg_dict",
+                            "sae_lens_release_id", "sae_bench_commit_hash"})
+"""Top-level keys of an SAE-Bench result file (as merged into the legacy flat dict)."""
+
+CORE_METRICS = frozenset({
+    "kl_div_score", "kl_div_with_ablation", "kl_div_with_sae", "ce_loss_score",
+    "ce_loss_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae", "explained_variance",
+    "explained_variance_legacy", "mse", "cossim", "l2_norm_in", "l2_norm_out", "l2_ratio",
+    "relative_reconstruction_bias", "l0", "l1", "freq_over_1_percent", "freq_over_10_percent",
+    "normalized_freq_over_1_percent", "normalized_freq_over_10_percent",
+    "average_max_encoder_cosine_sim", "average_max_decoder_cosine_sim", "frac_alive",
+})
+"""SAE-Bench core metric names (its CoreMetricCategories, flattened)."""
+ABSORPTION_METRICS = frozenset({
+    "mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features",
+    "std_dev_absorption_fraction_score", "std_dev_full_absorption_score",
+    "std_dev_num_split_features",
+})
+# nested blocks of a legacy dict that describe configuration, not results
+_LEGACY_CONFIG_BLOCKS = frozenset({"eval_config", "sae_cfg_dict"})
+
+
+class DegeneracyCheck(NamedTuple):
+    reasons: list[str]
+    """Why the SAE is degenerate; empty when no check failed."""
+    unchecked: list[str]
+    """Checks that could not be made, and why (a group or a size is unknown)."""
+
+
+# =============================================================================================
+# Reading either shape of final_info.json
+# =============================================================================================
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (None, strings, bools, NaN, inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _is_group(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("means"), dict)
+
+
+def is_legacy_final_info(final_info: dict) -> bool:
+    """True for the flat AI-Scientist template dict (no {group: {"means": ...}} entries)."""
+    if not isinstance(final_info, dict) or any(_is_group(v) for v in final_info.values()):
+        return False
+    return bool((LEGACY_TEMPLATE_KEYS | SAE_BENCH_KEYS) & final_info.keys())
+
+
+def _leaves(obj: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, value) of every non-dict value in nested dicts; lists (per-item details) skipped."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                yield from _leaves(value, path + (str(key),))
+            elif not isinstance(value, list):
+                yield path + (str(key),), value
+
+
+def _legacy_means(flat: dict) -> dict[str, dict[str, float]]:
+    """Our groups from a legacy flat dict: training steps/loss and any SAE-Bench metrics in it."""
+    groups: dict[str, dict[str, float]] = {}
+    training = {}
+    if _number(flat.get("training_steps")) is not None:
+        training["steps"] = _number(flat["training_steps"])
+    if _number(flat.get("final_loss")) is not None:
+        training["final_loss"] = _number(flat["final_loss"])
+    if training:
+        groups["training"] = training
+    for path, value in _leaves(flat):
+        number, name = _number(value), path[-1]
+        if number is None or _LEGACY_CONFIG_BLOCKS & set(path[:-1]):
+            continue
+        if PROBE_METRIC.match(name):
+            group = "sparse_probing"
+        elif name in ABSORPTION_METRICS:
+            group = "absorption"
+        elif name in CORE_METRICS and len(path) > 1:  # core metrics sit in their categories
+            group = "core"
+        else:
+            continue
+        groups.setdefault(group, {}).setdefault(name, number)
+    return groups
+
+
+def group_means(final_info: dict) -> dict[str, dict[str, float]]:
+    """{group: {metric: float}} from final_info.json in our shape or the legacy flat one.
+
+    Non-finite and non-numeric means are dropped. In a legacy dict, training_steps and
+    final_loss become training's steps and final_loss, and the SAE-Bench metrics found in it
+    go to sparse_probing, core or absorption by their names.
+    """
+    if not isinstance(final_info, dict):
+        return {}
+    groups = {}
+    for name, value in final_info.items():
+        if _is_group(value):
+            groups[name] = {k: n for k, v in value["means"].items() if (n := _number(v)) is not None}
+    flat = {k: v for k, v in final_info.items() if not _is_group(v)}
+    if (LEGACY_TEMPLATE_KEYS | SAE_BENCH_KEYS) & flat.keys():
+        for name, means in _legacy_means(flat).items():
+            groups.setdefault(name, {})
+            for metric, number in means.items():
+                groups[name].setdefault(metric, number)
+    return groups
+
+
+def _find_key(obj: Any, key: str) -> Any:
+    """The first value stored under `key` anywhere in nested dicts (None if absent)."""
+    for path, value in _leaves(obj):
+        if path[-1] == key:
+            return value
+    return None
+
+
+def _legacy_sae_layer(flat: dict) -> int | None:
+    """The layer of the SAE that SAE-Bench evaluated: hook_layer, else blocks.L in hook_name."""
+    layer = _number(_find_key(flat, "hook_layer"))
+    if layer is not None:
+        return int(layer)
+    hook_name = _find_key(flat, "hook_name")
+    match = re.match(r"blocks\.(\d+)\.", hook_name) if isinstance(hook_name, str) else None
+    return int(match.group(1)) if match else None
+
+
+def base_width(final_info: dict, config: dict | None) -> int | None:
+    """n1, the base level's width: config.json's d_sae_base, else what final_info says."""
+    cfg = (config or {}).get("config") if isinstance(config, dict) else None
+    for candidate in ((cfg or {}).get("d_sae_base"),
+                      group_means(final_info).get("training", {}).get("d_sae_base")):
+        if _number(candidate):
+            return int(candidate)
+    if is_legacy_final_info(final_info):  # a vanilla SAE: the whole dictionary is the base level
+        for candidate in (final_info.get("dict_size"), _find_key(final_info, "d_sae")):
+            if _number(candidate):
+                return int(candidate)
+    return None
+
+
+def _has_concept_level(final_info: dict, config: dict | None) -> bool | None:
+    """Whether the SAE has a concept level (None: unknown)."""
+    if is_legacy_final_info(final_info):
+        return False
+    cfg = (config or {}).get("config") if isinstance(config, dict) else None
+    if cfg and _number(cfg.get("concept_k")) is not None:
+        return cfg["concept_k"] > 0
+    return None
+
+
+# =============================================================================================
+# The checks
+# =============================================================================================
+def check_degeneracy(final_info: dict, config: dict | None = None) -> DegeneracyCheck:
+    """Every DESIGN 7 check that the run's files allow, with the ones they do not allow listed."""
+    means = group_means(final_info)
+    training, core = means.get("training", {}), means.get("core", {})
+    legacy = is_legacy_final_info(final_info)
+    reasons: list[str] = []
+    unchecked: list[str] = []
+
+    # --- training steps --------------------------------------------------------------------
+    steps = training.get("steps")
+    if steps is not None and steps < 1:
+        if legacy:
+            loss = final_info.get("final_loss", "absent")
+            reasons.append(f"0 training steps (legacy AI-Scientist template result: training_steps = 0, "
+                           f"final_loss = {'null' if loss is None else loss})")
+        else:
+            reasons.append("0 training steps")
+    elif steps is None:
+        if legacy and "final_loss" in final_info and final_info["final_loss"] is None:
+            reasons.append("no training recorded (legacy final_info: final_loss is null)")
+        else:
+            unchecked.append("training steps unknown (no training group)")
+
+    # --- base-level L0 ---------------------------------------------------------------------
+    n1 = base_width(final_info, config)
+    l0_base, source = training.get("l0_base"), "held-out tokens"
+    if l0_base is None and _has_concept_level(final_info, config) is False:
+        l0_base, source = core.get("l0"), "SAE-Bench core"  # a vanilla SAE: core L0 is the base L0
+    if l0_base is not None:
+        if l0_base == 0:
+            reasons.append(f"base L0 is 0 on {source}: no base latent fires")
+        elif n1 is None:
+            unchecked.append(f"base L0 {l0_base:.1f} not compared with n1/2: n1 (d_sae_base) unknown")
+        elif l0_base > n1 / 2:
+            reasons.append(f"base L0 {l0_base:.1f} exceeds n1/2 = {n1 / 2:g} (n1 = {n1}) on {source}")
+    elif core.get("l0") == 0:
+        reasons.append("L0 is 0 in SAE-Bench core: no latent fires")
+    else:
+        unchecked.append("base L0 unknown (no training l0_base)")
+
+    # --- explained variance ----------------------------------------------------------------
+    for group, where in (("training", "held-out tokens"), ("core", "SAE-Bench core")):
+        ev = means.get(group, {}).get("explained_variance")
+        if ev is not None and ev < 0:
+            reasons.append(f"explained variance {ev:.3f} < 0 on {where}")
+    if not any("explained_variance" in means.get(g, {}) for g in ("training", "core")):
+        unchecked.append("explained variance unknown (neither training nor core has it)")
+
+    # --- probes at chance ------------------------------------------------------------------
+    probes = {k: v for k, v in means.get("sparse_probing", {}).items()
+              if k.startswith("sae_") and PROBE_METRIC.match(k)}
+    if probes and all(abs(v - 0.5) <= CHANCE_TOLERANCE for v in probes.values()):
+        ks = sorted(int(m.group(3)) for k in probes if (m := PROBE_METRIC.match(k)).group(3))
+        which = (["sae_test_accuracy"] if "sae_test_accuracy" in probes else []) + \
+                ([f"sae_top_k_test_accuracy for k = {', '.join(map(str, ks))}"] if ks else [])
+        reasons.append(f"all SAE probes at chance: {' and '.join(which)} within "
+                       f"{CHANCE_TOLERANCE} of 0.5")
+    elif not probes:
+        unchecked.append("probe accuracies unknown (no sparse_probing SAE accuracies)")
+
+    # --- legacy: the SAE that was evaluated is not the one that was configured -------------
+    if legacy:
+        template_layer, sae_layer = _number(final_info.get("layer")), _legacy_sae_layer(final_info)
+        if template_layer is not None and sae_layer is not None and int(template_layer) != sae_layer:
+            reasons.append(f"legacy final_info: the template trains layer {int(template_layer)} but "
+                           f"SAE-Bench evaluated an SAE at hook_layer {sae_layer}")
+    return DegeneracyCheck(reasons, unchecked)
+
+
+def degeneracy_reasons(final_info: dict, config: dict | None = None) -> list[str]:
+    """Why the run's SAE is degenerate (DESIGN 7), or [] when no check fails.
+
+    `final_info` is final_info.json in our shape or the legacy flat one; `config` is the run's
+    config.json (its config.d_sae_base gives n1 for the L0 > n1/2 check), or None.
+    """
+    return check_degeneracy(final_info, config).reasons

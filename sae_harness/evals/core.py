@@ -1,0 +1,252 @@
+"""SAE-Bench core metrics on an already loaded model and held-out documents.
+
+    means = run_core(sae, lm, preset, heldout_documents, run_dir / "core.json")
+
+SAE-Bench's own `sae_bench.evals.core.main.run_evals` does the work, with every metric switched
+on as its command line does for a full run: KL divergence and CE loss with the SAE spliced in
+vs. zero ablation (`kl_div_score`, `ce_loss_score`), L2 norms and their ratio, L0/L1, explained
+variance, MSE, cosine similarity, per-latent density and weight statistics, and the summary
+`misc_metrics` (`frac_alive`, `freq_over_1_percent`, ...) from `calculate_misc_metrics`. BOS, EOS
+and PAD positions are left out of every metric and are not replaced by the reconstruction
+(`ignore_tokens` and `exclude_special_tokens_from_reconstruction`, as SAE-Bench's documented
+runs do): the SAE was trained without them.
+
+The text is a `datasets.Dataset` of the caller's documents (column 'text'; held-out documents of
+the training text: OpenWebText in the real setting, the embedded text otherwise), streamed by
+SAE-Lens' `ActivationsStore` as SAE-Bench streams OpenWebText: documents concatenated with BOS
+between them, every context starting with BOS, the document order shuffled with seed 42.
+The reconstruction batches come first, the sparsity/variance batches follow on the next,
+unseen contexts. `tokens_needed(config)` tells how much text that takes; too little is an error
+rather than a silent second pass over the same text.
+
+Sizes (`preset.eval_sizes`): prompts of context_length tokens per batch x batches.
+  'sae_bench'   SAE-Bench's command-line defaults: 16 prompts x (10 reconstruction + 1
+                sparsity/variance) batches of 128 tokens (22,528 tokens).
+  'cpu'         4 prompts x (10 + 8) batches of 128 tokens (9,216 tokens, within the embedded
+                run's 16,384 held-out tokens). Measured on Gemma-3-270M (bf16), 2-core CPU
+                shared with other jobs: 68-73 s with torch on 1 thread (load ~3), 180 s on 2
+                threads (load ~2.4; OpenMP threads waiting on each other). Nearly all of it is
+                the reconstruction batches: three full forward passes each (262k-token
+                unembedding, ~400 tokens/s on 1 thread) and the softmaxes for the KL.
+  'tiny'        2 prompts x (2 + 2) batches, for tests on the tiny Gemma-2 fixture.
+
+The JSON is SAE-Bench's `CoreEvalOutput` written by its `save_single_eval_result` (with NaN
+replaced by -1 as its `multiple_evals` does; the returned means leave NaN out instead). Besides
+SAE-Bench's metrics, the means hold per-level figures of a two-level SAE (an SAE with `n_base`
+and `n_concept`), read off SAE-Bench's own per-latent densities: `l0_base`, `l0_concept` (their
+sum is SAE-Bench's `l0`) and `frac_alive_base`, `frac_alive_concept`; and
+`explained_variance_centered` (see the first quirk below).
+
+With SAE-Bench's default of one sparsity/variance batch (2,048 tokens), `frac_alive` counts a
+latent as dead when it did not fire on those tokens: a lower bound, loose for wide SAEs.
+
+SAE-Bench 0.6.0 quirks, recorded here because the numbers are SAE-Bench's:
+  * `explained_variance` divides the residual by E||x||^2 - (E||x||^2 / d)^2 (the mean of
+    squares where the mean belongs), not by the variance about the mean. When the residual
+    stream's E||x||^2 / d exceeds d, as in Gemma-3-270M (||x|| ~ 3400, d = 640), the divisor is
+    negative and the figure is just above 1 whatever the SAE (measured: 1.0002-1.001 for SAEs
+    whose centred explained variance is 0.87-0.96). `explained_variance_centered` (ours, on the
+    same tokens, as the training group's held-out figure) is the one to read;
+    `explained_variance_legacy` is SAE-Bench's per-token ratio averaged over tokens.
+  * losses and KL are averaged in the model's dtype: with a bf16 model the CE means are
+    rounded to bf16 (e.g. 3.765625), which moves `ce_loss_score` by up to ~0.003.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.evals.sae_bench_results import (
+    SAE_BENCH_RELEASE,
+    atomic_path,
+    flat_means,
+    sae_bench_version,
+)
+from sae_harness.language_model import LanguageModel
+from sae_harness.presets import Preset
+
+SHUFFLE_SEED = 42
+"""Seed of the document shuffle (SAE-Bench's multiple_evals uses 42)."""
+
+
+@dataclass(frozen=True)
+class CoreSizes:
+    """How much text the core metrics use."""
+
+    batch_size_prompts: int
+    """Contexts per batch."""
+    n_eval_reconstruction_batches: int
+    """Batches for the KL and CE-loss metrics (three full forward passes each)."""
+    n_eval_sparsity_variance_batches: int
+    """Batches for L0, L1, variance, norms and latent densities (forward up to the hook)."""
+
+
+CORE_SIZES: dict[str, CoreSizes] = {
+    "sae_bench": CoreSizes(16, 10, 1),
+    "cpu": CoreSizes(4, 10, 8),
+    "tiny": CoreSizes(2, 2, 2),
+}
+
+
+def core_config(preset: Preset):
+    """SAE-Bench's CoreEvalConfig for the preset, every metric switched on."""
+    from sae_bench.evals.core.eval_config import CoreEvalConfig
+
+    if preset.eval_sizes not in CORE_SIZES:
+        raise ConfigurationError(
+            f"eval_sizes={preset.eval_sizes!r} is not one of {sorted(CORE_SIZES)} (see core.py)"
+        )
+    sizes = CORE_SIZES[preset.eval_sizes]
+    return CoreEvalConfig(
+        model_name=preset.model_name,
+        llm_dtype=preset.model_dtype,
+        batch_size_prompts=sizes.batch_size_prompts,
+        n_eval_reconstruction_batches=sizes.n_eval_reconstruction_batches,
+        n_eval_sparsity_variance_batches=sizes.n_eval_sparsity_variance_batches,
+        dataset=preset.text_dataset,
+        context_size=preset.context_length,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        compute_featurewise_density_statistics=True,
+        compute_featurewise_weight_based_metrics=True,
+        exclude_special_tokens_from_reconstruction=True,
+    )
+
+
+def tokens_needed(config) -> int:
+    """Tokens of text (separators included) the core eval reads: every batch sees new text."""
+    batches = config.n_eval_reconstruction_batches + config.n_eval_sparsity_variance_batches
+    return batches * config.batch_size_prompts * config.context_size
+
+
+def check_enough_text(documents: list[str], tokenizer, config, chunk: int = 256) -> None:
+    """Fail unless the documents hold `tokens_needed(config)` tokens (one separator per document)."""
+    need, have = tokens_needed(config), 0
+    for start in range(0, len(documents), chunk):
+        ids = tokenizer(documents[start:start + chunk], add_special_tokens=False)["input_ids"]
+        have += sum(len(row) + 1 for row in ids)
+        if have >= need:
+            return
+    raise DataError(
+        f"core eval needs {need} tokens of held-out text and the {len(documents)} documents given "
+        f"hold {have}; pass more documents or use smaller core sizes"
+    )
+
+
+def level_figures(sae, feature_density: list[float]) -> dict[str, float]:
+    """L0 and fraction alive per level of a two-level SAE, from per-latent densities."""
+    n_base, n_concept = getattr(sae, "n_base", None), getattr(sae, "n_concept", None)
+    if n_base is None or n_concept is None or len(feature_density) != n_base + n_concept:
+        return {}
+    density = torch.tensor(feature_density, dtype=torch.float64)
+    figures = {"l0_base": density[:n_base].sum().item(),
+               "frac_alive_base": (density[:n_base] > 0).double().mean().item()}
+    if n_concept:
+        figures.update(l0_concept=density[n_base:].sum().item(),
+                       frac_alive_concept=(density[n_base:] > 0).double().mean().item())
+    return figures
+
+
+def _record_batches(store) -> list[torch.Tensor]:
+    """Keep every token batch the store hands out (the last ones are the variance batches)."""
+    batches: list[torch.Tensor] = []
+    get_batch_tokens = store.get_batch_tokens
+
+    def recording(*args, **kwargs):
+        tokens = get_batch_tokens(*args, **kwargs)
+        batches.append(tokens)
+        return tokens
+
+    store.get_batch_tokens = recording
+    return batches
+
+
+@torch.no_grad()
+def centered_explained_variance(sae, model, tokens: torch.Tensor, layer: int, ignore_tokens: set,
+                                batch_size: int) -> float:
+    """1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the non-special positions of `tokens`.
+
+    The definition of the training group's held-out explained variance, on the tokens of
+    SAE-Bench's sparsity/variance batches.
+    """
+    from sae_harness.language_model import residual_stream
+
+    skip = torch.tensor(sorted(t for t in ignore_tokens if t is not None), device=tokens.device)
+    xs, errors = [], 0.0
+    for chunk in tokens.split(batch_size):
+        x = residual_stream(model, chunk, layer)[~torch.isin(chunk, skip)].to(sae.device, torch.float32)
+        errors += (x - sae.decode(sae.encode(x)).float()).pow(2).sum().item()
+        xs.append(x)
+    x = torch.cat(xs)
+    return 1.0 - errors / (x - x.mean(0)).pow(2).sum().item()
+
+
+def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_path: Path
+             ) -> dict[str, float]:
+    """Run SAE-Bench's core metrics on `documents`, write its JSON to `out_path`, return means."""
+    import datasets
+    import sae_bench.sae_bench_utils.general_utils as general_utils
+    from sae_bench.evals.core.main import (
+        calculate_misc_metrics,
+        replace_nans_with_negative_one,
+        run_evals,
+        save_single_eval_result,
+    )
+    from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_lens_version
+    from sae_lens.training.activations_store import ActivationsStore
+
+    started = time.time()
+    config = core_config(preset)
+    documents = list(documents)
+    check_enough_text(documents, lm.tokenizer, config)
+    device = preset.device
+    if sae.device != torch.device(device):
+        sae.to(device)
+    # as SAE-Bench's multiple_evals: decoder-norm check, cfg standardised (cfg.metadata etc.)
+    sae_id, sae, _ = general_utils.load_and_format_sae(SAE_BENCH_RELEASE, sae, device)
+
+    with warnings.catch_warnings():
+        # both say nothing about an eval: one compares documents with a training-token budget,
+        # the other recommends pre-tokenising
+        warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
+        warnings.filterwarnings("ignore", message="Dataset is not tokenized")
+        store = ActivationsStore.from_sae(
+            lm.model, sae, dataset=datasets.Dataset.from_dict({"text": documents}),
+            context_size=config.context_size, store_batch_size_prompts=config.batch_size_prompts,
+            device=device,
+        )
+    store.shuffle_input_dataset(seed=SHUFFLE_SEED)
+    tokenizer = lm.tokenizer
+    ignore_tokens = {tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id}
+    print(f"[core] {tokens_needed(config)} tokens ({config.batch_size_prompts} x "
+          f"{config.n_eval_reconstruction_batches}+{config.n_eval_sparsity_variance_batches} "
+          f"batches of {config.context_size}) from {len(documents)} documents")
+
+    batches = _record_batches(store)
+    metrics, feature_metrics = run_evals(sae, store, lm.model, config, ignore_tokens=ignore_tokens)
+    metrics["misc_metrics"] = calculate_misc_metrics(feature_metrics)
+    result = {"eval_cfg": config, "metrics": metrics, "feature_metrics": feature_metrics,
+              "sae_id": sae_id, "sae_set": SAE_BENCH_RELEASE}
+    with atomic_path(out_path) as tmp:
+        save_single_eval_result(replace_nans_with_negative_one(result), get_eval_uuid(),
+                                get_sae_lens_version(), sae_bench_version(), str(tmp), sae)
+
+    variance_tokens = torch.cat(batches[-config.n_eval_sparsity_variance_batches:])
+    means = {**flat_means(metrics), **level_figures(sae, feature_metrics["feature_density"]),
+             "explained_variance_centered": centered_explained_variance(
+                 sae, lm.model, variance_tokens, sae.cfg.hook_layer, ignore_tokens,
+                 config.batch_size_prompts)}
+    print(f"[core] explained variance {means['explained_variance_centered']:.3f} (SAE-Bench's "
+          f"formula: {means.get('explained_variance', float('nan')):.4f}), L0 "
+          f"{means.get('l0', float('nan')):.1f}, CE loss score "
+          f"{means.get('ce_loss_score', float('nan')):.3f}; {time.time() - started:.0f} s")
+    return means

@@ -1,0 +1,428 @@
+"""SAE-Bench sparse probing on an already loaded model, on SAE-Bench's hub data or the embedded suite.
+
+    means = run_sparse_probing(sae, lm, preset, run_dir / "sparse_probing.json", artifacts_root)
+
+SAE-Bench's own code does the work: `sae_bench.evals.sparse_probing.main.run_eval_single_sae`
+tokenises, collects the model's activations (BOS/EOS/PAD zeroed, mean over positions), trains
+the LLM probes (full residual stream and its top-k channels) and the SAE probes (all latents and
+the top-k latents, k in K_VALUES), one binary task per class (class vs. the other classes of its
+dataset). The result JSON is the `SparseProbingEvalOutput` that SAE-Bench's `run_eval` builds;
+the returned means are its `llm` and `sae` metrics (accuracies averaged over datasets).
+
+Data (`preset.probing_datasets`):
+  'sae_bench'   SAE-Bench's 8 hub datasets, through its own loaders (35 binary tasks).
+  'sae_probes'  EMBEDDED_PROBING_SUITE: 4 datasets, 13 binary tasks, from files inside the
+                sae-probes wheel. `embedded_probing_datasets()` registers them with SAE-Bench;
+                only the source of the texts differs, everything after is SAE-Bench's.
+                Each class's distinct texts are split into train/test with the config's seed,
+                train_set_size // 2 and test_set_size // 2 texts per class, as SAE-Bench's
+                binary datasets do.
+
+Sizes (`preset.eval_sizes`), per binary task (half positives, half negatives):
+  'sae_bench'   SAE-Bench's defaults: 4000 train / 1000 test texts, LLM batch 32.
+  'cpu'         300 train / 150 test texts (150 / 75 per class), LLM batch from the preset.
+  'tiny'        8 train / 4 test, for tests on the tiny Gemma-2 fixture.
+The context is `preset.context_length` (128 in both settings); SAE-Bench pads every text to it.
+Measured for 'cpu' (Gemma-3-270M in bf16, 13 tasks, 2-core CPU shared with other jobs):
+  torch on 1 thread (load ~3):  first run 137 s (2,925 texts x 128 tokens = 374k tokens through
+                                blocks 0-6 at ~3.6k tokens/s: ~105 s; probes ~30 s); with the
+                                artifacts cached 34 s (SAE encode and SAE probes).
+  torch on 2 threads (load ~2): first run 166 s; cached 15 s.
+400/200 texts would take ~1.3x as long. On a shared CPU torch's 2 OpenMP threads wait on each
+other (the forward pass alone ran ~9x slower than on 1 thread at load ~2); the caller chooses
+torch's threads. scikit-learn's probes are held to one BLAS thread here: with OpenBLAS's two
+threads on the shared CPU they took ~50x longer (same accuracies).
+
+Artifacts: SAE-Bench keeps, per dataset, the model's activations and the LLM probes' results
+(`<dataset>_activations.pt`) and reuses them for every later SAE. They live in
+`artifacts_root / <digest>`, the digest covering everything that determines them (model,
+weights, hook, datasets and their source, sizes, context, seed, dtype, k values, device,
+sae-bench version; `key.json` in the folder lists them), so another setting never reads them.
+SAE-Bench writes them with `torch.save` to the final path; here each save goes to a temporary
+file renamed into place, so a crash cannot leave a truncated artifact that a later run would
+load. Size: 458 MB for the embedded suite at 'cpu' sizes (bf16 activations of every position);
+SAE-Bench's defaults on Gemma-2-2B need tens of GB.
+
+Reproducibility: with the artifacts cached SAE-Bench skips the LLM probes, which draw from
+torch's global generator, so the SAE probes would start from another random state than on the
+first run (measured: SAE accuracies up to 1.3 points apart for the same SAE). The generator is
+reseeded before the SAE probes of each dataset (`sae_probes_seeded`), so a run's SAE numbers do
+not depend on whether an earlier run left artifacts.
+
+SAE-Bench quirk (not changed here, since the probes are SAE-Bench's): its top-k probes are
+scikit-learn logistic regressions on unscaled features. Gemma-3-270M's residual stream has a
+few channels with values ~1000-2000; the top-1 channel by class-mean difference is one of them
+and the unscaled fit predicts one class, so `llm_top_1_test_accuracy` is 0.5 on every embedded
+task (standardising that channel gives ~0.55). Compare SAE and LLM at k >= 2.
+
+The SAE is evaluated in its own dtype (our SAE's `encode` casts inputs to fp32); SAE-Bench's
+`run_eval` would cast it to the model's dtype, `run_eval_single_sae` does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from threadpoolctl import threadpool_limits
+
+from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.evals.sae_bench_results import (
+    SAE_BENCH_RELEASE,
+    flat_means,
+    sae_bench_version,
+    write_eval_output,
+)
+from sae_harness.language_model import LanguageModel
+from sae_harness.presets import Preset
+from sae_harness.run_directory import atomic_write_json
+from sae_harness.sae_probes_data import EMBEDDED_PROBING_SUITE, read_dataset
+
+K_VALUES = [1, 2, 5, 10, 20, 50]
+"""Numbers of SAE latents / residual channels the top-k probes use (both settings)."""
+
+EMBEDDED_PREFIX = "sae_probes/"
+"""Dataset names starting with this are served from the sae-probes wheel."""
+
+SPLIT_VERSION = 1
+"""Bump when the embedded train/test split rule changes: it is part of the artifact key."""
+
+
+@dataclass(frozen=True)
+class ProbingSizes:
+    """How much data sparse probing uses."""
+
+    probe_train_set_size: int
+    """Training texts per binary task (train_set_size // 2 per class)."""
+    probe_test_set_size: int
+    """Test texts per binary task."""
+    llm_batch_size: int | None
+    """Texts per model forward pass; None: the preset's llm_batch_size."""
+    sae_batch_size: int = 125
+    """Texts per SAE encode (SAE-Bench's default)."""
+
+
+PROBING_SIZES: dict[str, ProbingSizes] = {
+    "sae_bench": ProbingSizes(4000, 1000, llm_batch_size=32),
+    "cpu": ProbingSizes(300, 150, llm_batch_size=None),
+    "tiny": ProbingSizes(8, 4, llm_batch_size=None),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+def probing_dataset_names(preset: Preset) -> list[str]:
+    """The datasets `preset.probing_datasets` names, in SAE-Bench's order."""
+    if preset.probing_datasets == "sae_bench":
+        from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+        return list(SparseProbingEvalConfig().dataset_names)
+    if preset.probing_datasets == "sae_probes":
+        return list(EMBEDDED_PROBING_SUITE)
+    raise ConfigurationError(
+        f"probing_datasets={preset.probing_datasets!r} is not 'sae_bench' or 'sae_probes' (see presets.py)"
+    )
+
+
+def probing_config(preset: Preset, dataset_names: list[str] | None = None):
+    """SAE-Bench's SparseProbingEvalConfig for the preset (its datasets, sizes, dtype, context)."""
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+    if preset.eval_sizes not in PROBING_SIZES:
+        raise ConfigurationError(
+            f"eval_sizes={preset.eval_sizes!r} is not one of {sorted(PROBING_SIZES)} (see sparse_probing.py)"
+        )
+    sizes = PROBING_SIZES[preset.eval_sizes]
+    config = SparseProbingEvalConfig(
+        model_name=preset.model_name,
+        probe_train_set_size=sizes.probe_train_set_size,
+        probe_test_set_size=sizes.probe_test_set_size,
+        context_length=preset.context_length,
+        llm_batch_size=sizes.llm_batch_size or preset.llm_batch_size,
+        sae_batch_size=sizes.sae_batch_size,
+        llm_dtype=preset.model_dtype,
+        k_values=list(K_VALUES),
+    )
+    config.dataset_names = list(dataset_names) if dataset_names else probing_dataset_names(preset)
+    return config
+
+
+def artifacts_dir(artifacts_root: Path, config, lm: LanguageModel, hook_name: str, device: str) -> Path:
+    """The folder of SAE-Bench's probing artifacts for exactly this setting (see the module doc)."""
+    embedded = [name for name in config.dataset_names if name.startswith(EMBEDDED_PREFIX)]
+    key = {
+        "model_name": config.model_name,
+        "weights_id": lm.weights_id,
+        "hook_name": hook_name,
+        "dataset_names": list(config.dataset_names),
+        "data_source": (f"sae-probes=={version('sae-probes')}, split v{SPLIT_VERSION}"
+                        if embedded else "hub"),
+        "probe_train_set_size": config.probe_train_set_size,
+        "probe_test_set_size": config.probe_test_set_size,
+        "context_length": config.context_length,
+        "random_seed": config.random_seed,
+        "llm_dtype": config.llm_dtype,
+        "k_values": list(config.k_values),
+        "device": torch.device(device).type,
+        "sae_bench": version("sae-bench"),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(artifacts_root) / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").is_file():
+        atomic_write_json(folder / "key.json", key)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded datasets
+# --------------------------------------------------------------------------------------------
+def embedded_class_texts(dataset_name: str) -> dict[str, list[str]]:
+    """Each class's distinct, non-empty texts (file order); texts in two classes are dropped."""
+    if dataset_name not in EMBEDDED_PROBING_SUITE:
+        raise DataError(
+            f"{dataset_name!r} is not in the embedded probing suite; use one of {sorted(EMBEDDED_PROBING_SUITE)}"
+        )
+    texts = {}
+    for class_name, (stem, target) in EMBEDDED_PROBING_SUITE[dataset_name].items():
+        frame = read_dataset(stem)
+        rows = frame.loc[frame["target"] == target, "prompt"]
+        # sae-probes files repeat some texts (e.g. ~40% of the wikidata ones): a repeat could
+        # land in both train and test
+        texts[class_name] = list(dict.fromkeys(t for t in rows if t.strip()))
+    seen: dict[str, int] = {}
+    for class_texts in texts.values():
+        for text in class_texts:
+            seen[text] = seen.get(text, 0) + 1
+    return {name: [t for t in class_texts if seen[t] == 1] for name, class_texts in texts.items()}
+
+
+def check_embedded_sizes(dataset_names: list[str], train_set_size: int, test_set_size: int) -> None:
+    """Fail before any model work if an embedded class has too few texts for the sizes."""
+    need_train, need_test = train_set_size // 2, test_set_size // 2
+    short = []
+    for name in dataset_names:
+        if not name.startswith(EMBEDDED_PREFIX):
+            continue
+        for class_name, texts in embedded_class_texts(name).items():
+            if len(texts) < need_train + need_test:
+                short.append(f"{name}:{class_name} has {len(texts)}")
+    if short:
+        raise DataError(
+            f"embedded probing data too small for {need_train} train + {need_test} test texts per "
+            f"class: {', '.join(short)}; use smaller probe sizes (eval_sizes='cpu')"
+        )
+
+
+def embedded_train_test_data(dataset_name: str, train_set_size: int, test_set_size: int,
+                             random_seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """SAE-Bench's `get_multi_label_train_test_data` for an embedded dataset: class -> texts.
+
+    Per class: train_set_size // 2 training and test_set_size // 2 test texts, drawn without
+    overlap by a generator seeded with (random_seed, dataset, class).
+    """
+    check_embedded_sizes([dataset_name], train_set_size, test_set_size)
+    n_train, n_test = train_set_size // 2, test_set_size // 2
+    train, test = {}, {}
+    for class_name, texts in embedded_class_texts(dataset_name).items():
+        picked = random.Random(f"{random_seed}/{dataset_name}/{class_name}").sample(texts, n_train + n_test)
+        train[class_name], test[class_name] = picked[:n_train], picked[n_train:]
+    return train, test
+
+
+@contextmanager
+def embedded_probing_datasets(suite: dict = EMBEDDED_PROBING_SUITE):
+    """Within the block, SAE-Bench's sparse probing can read the embedded datasets by name.
+
+    Adds their classes to `dataset_info.chosen_classes_per_dataset` and wraps
+    `dataset_utils.get_multi_label_train_test_data` so that names starting with 'sae_probes/' are
+    served from the sae-probes wheel and every other name goes to SAE-Bench's own loader. Both
+    globals are restored on exit.
+    """
+    import sae_bench.sae_bench_utils.dataset_info as dataset_info
+    import sae_bench.sae_bench_utils.dataset_utils as dataset_utils
+
+    original_loader = dataset_utils.get_multi_label_train_test_data
+    chosen = dataset_info.chosen_classes_per_dataset
+    previous = {name: chosen[name] for name in suite if name in chosen}
+
+    def get_multi_label_train_test_data(dataset_name, train_set_size, test_set_size, random_seed):
+        if dataset_name.startswith(EMBEDDED_PREFIX):
+            return embedded_train_test_data(dataset_name, train_set_size, test_set_size, random_seed)
+        return original_loader(dataset_name, train_set_size, test_set_size, random_seed)
+
+    dataset_utils.get_multi_label_train_test_data = get_multi_label_train_test_data
+    chosen.update({name: list(classes) for name, classes in suite.items()})
+    try:
+        yield
+    finally:
+        dataset_utils.get_multi_label_train_test_data = original_loader
+        for name in suite:
+            chosen.pop(name, None)
+        chosen.update(previous)
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducible SAE probes
+# --------------------------------------------------------------------------------------------
+@contextmanager
+def sae_probes_seeded(seed: int):
+    """Within the block, SAE-Bench's SAE probes start from the same random state on every run.
+
+    torch's global generator is reseeded right after the SAE activations are encoded, the step
+    that follows both the fresh and the cached LLM part (see the module docstring).
+    """
+    import sae_bench.sae_bench_utils.activation_collection as activation_collection
+
+    original = activation_collection.get_sae_meaned_activations
+
+    def get_sae_meaned_activations(*args, **kwargs):
+        encoded = original(*args, **kwargs)
+        torch.manual_seed(seed)
+        return encoded
+
+    activation_collection.get_sae_meaned_activations = get_sae_meaned_activations
+    try:
+        yield
+    finally:
+        activation_collection.get_sae_meaned_activations = original
+
+
+# --------------------------------------------------------------------------------------------
+# Crash-safe artifacts
+# --------------------------------------------------------------------------------------------
+@contextmanager
+def atomic_torch_saves_into(folder: Path):
+    """Within the block, `torch.save` to a file in `folder` writes a temporary file and renames it.
+
+    SAE-Bench saves its artifacts with `torch.save(acts, final_path)` and later trusts any file at
+    that path; this makes a file there always complete. Other saves are untouched.
+    """
+    folder = Path(folder).resolve()
+    original = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)) or Path(f).resolve().parent != folder:
+            return original(obj, f, *args, **kwargs)
+        final = Path(f)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        try:
+            original(obj, tmp, *args, **kwargs)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    remove_stale_temporaries(folder)
+    torch.save = save
+    try:
+        yield
+    finally:
+        torch.save = original
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary artifact files left by processes that no longer run."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue
+        if not _process_alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def artifact_files(folder: Path, dataset_names: list[str]) -> dict[str, Path]:
+    """dataset -> the artifact path SAE-Bench uses for it (whether or not it exists yet)."""
+    return {name: Path(folder) / f"{name}_activations.pt".replace("/", "_") for name in dataset_names}
+
+
+# --------------------------------------------------------------------------------------------
+# The eval
+# --------------------------------------------------------------------------------------------
+def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, artifacts_root: Path,
+                       *, dataset_names: list[str] | None = None) -> dict[str, float]:
+    """Run SAE-Bench sparse probing, write its JSON to `out_path`, return the llm/sae means.
+
+    `dataset_names` narrows the preset's datasets (tests use it); by default all of them.
+    """
+    import sae_bench.sae_bench_utils.general_utils as general_utils
+    from sae_bench.evals.sparse_probing.eval_output import (
+        SparseProbingEvalOutput,
+        SparseProbingLlmMetrics,
+        SparseProbingMetricCategories,
+        SparseProbingResultDetail,
+        SparseProbingSaeMetrics,
+    )
+    from sae_bench.evals.sparse_probing.main import run_eval_single_sae
+    from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_lens_version
+
+    started = time.time()
+    config = probing_config(preset, dataset_names)
+    check_embedded_sizes(config.dataset_names, config.probe_train_set_size, config.probe_test_set_size)
+    device = preset.device
+    if sae.device != torch.device(device):
+        sae.to(device)
+    # as SAE-Bench's run_eval: decoder-norm check, cfg standardised (adds cfg.metadata etc.)
+    sae_id, sae, _ = general_utils.load_and_format_sae(SAE_BENCH_RELEASE, sae, device)
+
+    folder = artifacts_dir(artifacts_root, config, lm, sae.cfg.hook_name, device)
+    cached = [name for name, path in artifact_files(folder, config.dataset_names).items() if path.is_file()]
+    print(f"[sparse_probing] {len(config.dataset_names)} datasets, {config.probe_train_set_size}/"
+          f"{config.probe_test_set_size} texts per task; artifacts {folder} "
+          f"({len(cached)} of {len(config.dataset_names)} datasets cached)")
+    # one BLAS thread for scikit-learn's probes (see the module docstring); torch's are untouched
+    with embedded_probing_datasets(), atomic_torch_saves_into(folder), \
+            sae_probes_seeded(config.random_seed), threadpool_limits(limits=1, user_api="blas"):
+        results, per_class = run_eval_single_sae(config, sae, lm.model, device, str(folder),
+                                                 save_activations=True)
+
+    # exactly as SAE-Bench's run_eval builds its output
+    output = SparseProbingEvalOutput(
+        eval_config=config,
+        eval_id=get_eval_uuid(),
+        datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+        eval_result_metrics=SparseProbingMetricCategories(
+            llm=SparseProbingLlmMetrics(**{k: v for k, v in results.items()
+                                           if k.startswith("llm_") and not isinstance(v, dict)}),
+            sae=SparseProbingSaeMetrics(**{k: v for k, v in results.items()
+                                           if k.startswith("sae_") and not isinstance(v, dict)}),
+        ),
+        eval_result_details=[SparseProbingResultDetail(dataset_name=name, **result)
+                             for name, result in results.items() if isinstance(result, dict)],
+        eval_result_unstructured=per_class,
+        sae_bench_commit_hash=sae_bench_version(),
+        sae_lens_id=sae_id,
+        sae_lens_release_id=SAE_BENCH_RELEASE,
+        sae_lens_version=get_sae_lens_version(),
+        sae_cfg_dict=sae.cfg.to_dict(),
+    )
+    write_eval_output(output, out_path)
+    means = flat_means(output.eval_result_metrics)
+    print("[sparse_probing] accuracy LLM / SAE: " + ", ".join(
+        f"top-{k} {means.get(f'llm_top_{k}_test_accuracy', float('nan')):.3f} / "
+        f"{means.get(f'sae_top_{k}_test_accuracy', float('nan')):.3f}" for k in (1, 5))
+        + f"; {time.time() - started:.0f} s")
+    return means

@@ -1,0 +1,146 @@
+"""plot.py draws every figure, prints the table, marks degenerate runs and names what is missing."""
+
+import contextlib
+import io
+import json
+
+import matplotlib.image
+import pytest
+
+import fixtures_runs as F
+import plot
+
+FIGURES = ["sparse_probing.png", "absorption.png", "l0_vs_ev.png", "hierarchy.png", "weights.png",
+           "training.png"]
+
+
+def run_plot(monkeypatch, runs_dir, out_dir, labels):
+    monkeypatch.setattr(plot, "labels", labels)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = plot.main([f"--out_dir={out_dir}", f"--runs_dir={runs_dir}"])
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def table_rows(stdout):
+    return {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in stdout.splitlines() if line.startswith("| run_")}
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 300 and image.shape[1] > 500
+    assert image.std() > 0.05  # something is drawn
+
+
+@pytest.fixture(scope="module")
+def five_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    F.write_complete_run(root / "run_0", "baseline")
+    F.write_partial_run(root / "run_1", "cosine_sparsity")
+    F.write_complete_run(root / "run_2", "tuned_cosine", seed=1)
+    F.write_degenerate_run(root / "run_3")
+    F.write_legacy_run(root / "run_4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def all_runs_plotted(five_runs):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return run_plot(monkeypatch, five_runs, five_runs / "plots", {})
+
+
+def test_every_figure_is_written(five_runs, all_runs_plotted):
+    code, stdout, _ = all_runs_plotted
+    assert code == 0
+    for name in FIGURES:
+        assert_png(five_runs / "plots" / name)
+        assert f"wrote {five_runs / 'plots' / name}" in stdout
+
+
+def test_table_has_a_row_per_run_and_marks_degenerate_ones(all_runs_plotted):
+    _, stdout, _ = all_runs_plotted
+    rows = table_rows(stdout)
+    assert sorted(rows) == ["run_0", "run_1", "run_2", "run_3", "run_4"]
+    header = [c.strip() for c in next(l for l in stdout.splitlines() if l.startswith("| run |")).strip("|").split("|")]
+    degenerate = {name: row[header.index("degenerate")] for name, row in rows.items()}
+    assert degenerate == {"run_0": "no", "run_1": "no", "run_2": "no", "run_3": "**yes**", "run_4": "**yes**"}
+    run_2 = dict(zip(header, rows["run_2"]))
+    assert (run_2["variant"], run_2["EV"], run_2["L0 base"], run_2["L0 concept"]) == ("tuned_cosine", "0.924", "35.8", "9.7")
+    assert (run_2["SAE top-1"], run_2["LLM top-1"], run_2["absorption"]) == ("0.731", "0.684", "0.128")
+    assert run_2["MI (null)"] == "0.0412 (0.0011)"
+    assert dict(zip(header, rows["run_1"]))["absorption"] == "n/a"
+    assert dict(zip(header, rows["run_4"]))["steps"] == "0"
+    assert "run_3 is degenerate: base L0 1536.4 exceeds n1/2" in stdout
+    assert "run_4 is degenerate: 0 training steps" in stdout
+
+
+def test_missing_groups_and_files_are_reported(all_runs_plotted):
+    _, stdout, _ = all_runs_plotted
+    assert "run_1 lacks: group absorption (failed: too few letters" in stdout
+    assert "training: left out run_1: no training log (training_log.jsonl)" in stdout
+    assert "absorption: left out run_1: no absorption results" in stdout
+    assert "weights: left out run_4: no weight histograms (weights.json)" in stdout
+    assert "run_4 lacks: config.json; run_status.json" in stdout
+    assert "run_2 lacks" not in stdout
+
+
+def test_only_runs_named_in_labels_are_shown(monkeypatch, five_runs, tmp_path):
+    labels = {"run_0": "Baseline (vanilla ReLU SAE)", "run_2": "Tuned cosine (this idea)",
+              "run_9": "Never ran"}
+    code, stdout, _ = run_plot(monkeypatch, five_runs, tmp_path / "plots", labels)
+    assert code == 0
+    assert sorted(table_rows(stdout)) == ["run_0", "run_2"]
+    assert "| Tuned cosine (this idea) |" in stdout
+    assert "run_9 ('Never ran' in labels): no run_9/final_info.json" in stdout
+    assert_png(tmp_path / "plots" / "hierarchy.png")
+
+
+def test_default_labels_name_the_three_runs_of_the_study():
+    assert list(plot.labels) == ["run_0", "run_1", "run_2"]
+
+
+def test_legacy_run_alone_is_plotted_without_crashing(monkeypatch, tmp_path):
+    F.write_legacy_run(tmp_path / "run_0")
+    code, stdout, _ = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
+    assert code == 0
+    assert_png(tmp_path / "plots" / "sparse_probing.png")
+    assert not (tmp_path / "plots" / "absorption.png").exists()
+    assert "absorption: no run has the data; no figure" in stdout
+    assert table_rows(stdout)["run_0"][-1] == "**yes**"
+
+
+def test_unreadable_final_info_and_malformed_histogram_are_reported(monkeypatch, tmp_path):
+    F.write_complete_run(tmp_path / "run_0", "tuned_cosine")
+    weights = json.loads((tmp_path / "run_0" / "weights.json").read_text())
+    weights["levels"]["base"]["encoder_column_norm"]["histogram"]["counts"].pop()  # one count short
+    (tmp_path / "run_0" / "weights.json").write_text(json.dumps(weights))
+    (tmp_path / "run_1").mkdir()
+    (tmp_path / "run_1" / "final_info.json").write_text('{"training": {"means": ')  # cut short
+    code, stdout, _ = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
+    assert code == 0
+    assert "run_1 lacks: final_info.json (unreadable)" in stdout
+    assert "weights: left out run_0: histogram encoder_column_norm/base malformed" in stdout
+    assert_png(tmp_path / "plots" / "weights.png")
+    assert sorted(table_rows(stdout)) == ["run_0", "run_1"]
+
+
+def test_no_runs_is_an_error_with_a_one_line_reason(monkeypatch, tmp_path):
+    code, _, stderr = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
+    assert code == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: no run to plot: no run_*/final_info.json")
+
+
+@pytest.mark.parametrize("weights,expected", [
+    ({"levels": {"concept": {"decoder_row_norm": {"mean": 1.0, "histogram": {"bin_edges": [0, 1], "counts": [3]}}}}},
+     ("decoder_row_norm", "concept")),
+    ({"w_enc2": {"abs_log10_histogram": {"bin_edges": [0, 1], "counts": [3], "below_first_edge": 0}}},
+     ("w_enc2/abs_log10_histogram", "concept")),
+    ({"histograms": {"decoder_norm": {"base": {"edges": [0, 1], "counts": [3]}}}}, ("decoder_norm", "base")),
+    ({"histograms": {"dec_norm_concept": {"edges": [0, 1], "counts": [3]}}}, ("dec_norm", "concept")),
+    ({"concept": {"w_enc2_abs": {"edges": [0, 1], "counts": [3]}}}, ("w_enc2_abs", "concept")),
+    ({"histograms": {"cosine": {"edges": [0, 1], "counts": [3]}}}, ("cosine", "all")),
+])
+def test_weight_histograms_are_found_wherever_they_sit(weights, expected):
+    assert list(plot.weight_histograms(weights)) == [expected]
