@@ -688,6 +688,17 @@ def heldout_statistics(sae: HierarchicalSAE, x: torch.Tensor, batch_size: int = 
     }
 
 
+def training_warnings(stats: dict, cfg: Config, dead_limit: float = 0.9) -> list[str]:
+    """Signs of a level that did not learn (not degeneracy by DESIGN 7, but worth knowing)."""
+    warnings = []
+    for level, latents in (("base", cfg.d_sae_base), ("concept", cfg.n_concept)):
+        dead = stats[f"dead_fraction_{level}"]
+        if latents and dead > dead_limit:
+            warnings.append(f"{level} level dead: {dead:.1%} of its {latents} latents never fire on "
+                            f"the {stats['heldout_tokens']:.0f} held-out tokens")
+    return warnings
+
+
 # =============================================================================================
 # Main
 # =============================================================================================
@@ -755,6 +766,10 @@ def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirec
           f"concept {stats['l0_concept']:.1f}, dead {stats['dead_fraction_base']:.1%} / "
           f"{stats['dead_fraction_concept']:.1%}, {stats['seconds']:.0f} s")
 
+    warnings = training_warnings(stats, cfg)
+    for warning in warnings:
+        print(f"[train] WARNING: {warning}")
+
     outcome = evaluate_sae(run, sae, lm, preset, data.heldout, env.cache_dir)
 
     # DESIGN 7: flag a degenerate SAE in final_info.json, on stdout and in notes.txt
@@ -765,7 +780,7 @@ def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirec
     if reasons:
         print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
     run.set_status("finished", seconds=time.time() - started, peak_rss_gb=peak_memory_gb(),
-                   degenerate_reasons=reasons)
+                   degenerate_reasons=reasons, warnings=warnings)
     update_notes(run.path.resolve().parent / "notes.txt", run.path)
     print(f"[run] finished {run.path} in {time.time() - started:.0f} s")
     if outcome.failed or reasons:  # the loop reads the tail of stderr: say it last, on one line

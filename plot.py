@@ -297,7 +297,7 @@ def plot_l0_vs_ev(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | 
         ev = run.metric("training", "explained_variance")
         levels = {level: run.metric("training", f"l0_{level}") for level in LEVEL_MARKERS}
         if ev is None or all(v is None for v in levels.values()):  # fall back to SAE-Bench core
-            ev, levels = run.metric("core", "explained_variance"), {"total": run.metric("core", "l0")}
+            ev, levels = run.metric("core", "explained_variance_centered"), {"total": run.metric("core", "l0")}
         if not run.record.has_concept_level:  # a vanilla SAE: its base L0 is its total L0
             levels = {"base": levels["base"]} if levels.get("base") is not None else {"total": levels["total"]}
         levels = {k: v for k, v in levels.items() if v is not None}
@@ -391,6 +391,12 @@ def weight_histograms(weights: dict) -> dict[tuple[str, str], dict]:
     return found
 
 
+def _constant(hist: dict, relative: float = 1e-4) -> bool:
+    """True when a histogram's whole range is negligible (a quantity fixed by a constraint)."""
+    edges = _finite(hist["edges"])
+    return len(edges) > 1 and (edges[-1] - edges[0]) <= relative * max(1.0, abs(edges[0]))
+
+
 def plot_weights(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
     per_run = {}
     for run in runs:
@@ -406,6 +412,13 @@ def plot_weights(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | N
     panels = sorted({key for hists in per_run.values() for key in hists},
                     key=lambda k: (known.index(k[0]) if k[0] in known else len(known), k[0],
                                    level_order[k[1]]))
+    constant = [key for key in panels if all(_constant(hists[key]) for hists in per_run.values()
+                                             if key in hists)]
+    for quantity, level in constant:  # e.g. decoder norms held at 1 by the unit-norm constraint
+        value = _finite(per_run[next(n for n in per_run if (quantity, level) in per_run[n])]
+                        [(quantity, level)]["edges"])[0]
+        skipped.append(f"every run: {quantity} ({level} level) is the constant {value:.6g}; no panel")
+    panels = [key for key in panels if key not in constant]
     columns = 2
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(13, 3.9 * rows))
@@ -519,18 +532,20 @@ TABLE_COLUMNS = ["run", "label", "variant", "steps", "tokens", "EV", "L0 base", 
 def table_row(run: Run) -> list[str]:
     m = run.metric
     ev, ev_note = m("training", "explained_variance"), ""
-    if ev is None and m("core", "explained_variance") is not None:
-        ev, ev_note = m("core", "explained_variance"), " (core)"
+    if ev is None and m("core", "explained_variance_centered") is not None:
+        ev, ev_note = m("core", "explained_variance_centered"), " (core)"
     mi, null_mi = m("hierarchy", "mi_mean"), m("hierarchy", "null_mi_mean")
     return [run.name, run.label, run.record.variant, _fmt(m("training", "steps"), ".0f"),
             _fmt(m("training", "tokens"), "tokens"), _fmt(ev, ".3f") + ev_note,
-            _fmt(m("training", "l0_base"), ".1f"), _fmt(m("training", "l0_concept"), ".1f"),
+            _fmt(m("training", "l0_base"), ".1f"),
+            _fmt(m("training", "l0_concept"), ".1f") if run.record.has_concept_level else "n/a",
             _fmt(m("sparse_probing", "sae_top_1_test_accuracy"), ".3f"),
             _fmt(m("sparse_probing", "sae_top_5_test_accuracy"), ".3f"),
             _fmt(m("sparse_probing", "llm_top_1_test_accuracy"), ".3f"),
             _fmt(m("absorption", "mean_absorption_fraction_score"), ".3f"),
             "n/a" if mi is None else f"{mi:.4f} ({_fmt(null_mi, '.4f')})",
-            _fmt(m("training", "dead_fraction_base"), "%"), _fmt(m("training", "dead_fraction_concept"), "%"),
+            _fmt(m("training", "dead_fraction_base"), "%"),
+            _fmt(m("training", "dead_fraction_concept"), "%") if run.record.has_concept_level else "n/a",
             "**yes**" if run.record.degenerate else "no"]
 
 

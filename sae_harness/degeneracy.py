@@ -232,11 +232,15 @@ def check_degeneracy(final_info: dict, config: dict | None = None) -> Degeneracy
         unchecked.append("base L0 unknown (no training l0_base)")
 
     # --- explained variance ----------------------------------------------------------------
-    for group, where in (("training", "held-out tokens"), ("core", "SAE-Bench core")):
-        ev = means.get(group, {}).get("explained_variance")
+    # core: the centred figure where present (SAE-Bench 0.6.0's own divides by an uncentred
+    # moment and can stay near 1 for any SAE; see evals/core.py)
+    core_ev = "explained_variance_centered" if "explained_variance_centered" in core else "explained_variance"
+    for group, key, where in (("training", "explained_variance", "held-out tokens"),
+                              ("core", core_ev, "SAE-Bench core")):
+        ev = means.get(group, {}).get(key)
         if ev is not None and ev < 0:
             reasons.append(f"explained variance {ev:.3f} < 0 on {where}")
-    if not any("explained_variance" in means.get(g, {}) for g in ("training", "core")):
+    if "explained_variance" not in training and core_ev not in core:
         unchecked.append("explained variance unknown (neither training nor core has it)")
 
     # --- probes at chance ------------------------------------------------------------------

@@ -8,6 +8,7 @@
     Description: Variant cosine_sparsity ... Changes from run 0: concept_k 0 -> 12; ...
     WARNING: degenerate SAE: ...            (only when degeneracy_reasons finds something)
     Failed evaluations: absorption: ...     (only when run_status.json records failures)
+    Warnings: ...                           (only when run_status.json records warnings)
 
 A run's section is its `## Run <id>:` header line and the non-blank lines right under it; a
 blank line (or a line starting with '#') ends it. `update_notes` writes a run's section, or
@@ -51,7 +52,9 @@ HEADLINE_METRICS: list[tuple[str, str, str]] = [
     ("steps", "training", "steps"),
     ("tokens", "training", "tokens"),
     ("explained_variance", "training", "explained_variance"),
-    ("core_explained_variance", "core", "explained_variance"),
+    # SAE-Bench 0.6.0's own `explained_variance` divides by an uncentred moment (see
+    # evals/core.py); the centred figure on the same tokens is the comparable one
+    ("core_explained_variance", "core", "explained_variance_centered"),
     ("l0_base", "training", "l0_base"),
     ("l0_concept", "training", "l0_concept"),
     ("core_l0", "core", "l0"),
@@ -222,6 +225,8 @@ def headline_metrics(record: RunRecord) -> dict[str, float]:
     """The key numbers of a run (HEADLINE_METRICS) that its final_info holds."""
     found = {}
     for name, group, metric in HEADLINE_METRICS:
+        if name.endswith("_concept") and not record.has_concept_level:
+            continue  # a vanilla SAE has no concept level to report on
         value = record.metric(group, metric)
         if value is not None:
             found[name] = value
@@ -331,6 +336,8 @@ def notes_section(run_dir: Path) -> str:
     if record.failures:
         lines.append("Failed evaluations: " + "; ".join(f"{group}: {reason}".replace("\n", " ")
                                                          for group, reason in record.failures.items()))
+    if record.status.get("warnings"):
+        lines.append("Warnings: " + "; ".join(str(w) for w in record.status["warnings"]))
     return "".join(line.replace("\n", " ").rstrip() + "\n" for line in lines)
 
 

@@ -157,3 +157,12 @@ def test_our_format_is_not_legacy(healthy):
     info, _ = healthy
     assert not is_legacy_final_info(info)
     assert set(group_means(info)) == {"training", "core", "sparse_probing", "absorption", "weights", "hierarchy"}
+
+
+def test_core_explained_variance_is_judged_by_its_centred_figure(healthy):
+    """SAE-Bench 0.6.0's own core EV can sit near 1 for any SAE; the centred one decides."""
+    info, config = healthy
+    bad = with_means(info, "core", explained_variance=1.0006, explained_variance_centered=-0.2)
+    assert "explained variance -0.200 < 0 on SAE-Bench core" in degeneracy_reasons(bad, config)
+    good = with_means(info, "core", explained_variance=-3.0, explained_variance_centered=0.8)
+    assert not any("SAE-Bench core" in r for r in degeneracy_reasons(good, config))

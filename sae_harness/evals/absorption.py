@@ -101,6 +101,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -109,6 +110,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.exceptions import UndefinedMetricWarning
 
 from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, sae_bench_version, write_eval_output
@@ -626,8 +628,10 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
     sae_name = f"{SAE_BENCH_RELEASE}_{sae_id}"
     sparse_dir, absorption_dir = work_dir / "k_sparse_probing", work_dir / "feature_absorption"
 
-    # the probes train with autograd (run_eval enables it globally)
-    with torch.enable_grad(), cpu_threads(sizes.cpu_threads):
+    # the probes train with autograd (run_eval enables it globally); scikit-learn's warning about
+    # letters no probe predicts (precision 0/0) repeats hundreds of times and is not ours to act on
+    with torch.enable_grad(), cpu_threads(sizes.cpu_threads), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
         probe_cached = ensure_llm_probe(view, probes_dir, key, layer, config, sizes, device)
         counts = split_letter_counts(probes_dir, view.cfg.model_name, layer)
         missing = {split: [c for c in LETTERS if not counts[split][c]] for split in counts}
