@@ -42,6 +42,7 @@ def matmul_flops(threads: int = 1) -> dict[str, float]:
     """Best-of-5 FLOP/s of a (4096 x 2048) @ (2048 x 512) matmul per dtype."""
     import torch
 
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     found = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -53,6 +54,7 @@ def matmul_flops(threads: int = 1) -> dict[str, float]:
             a @ b
             best = min(best, time.process_time() - start)
         found[str(dtype).split(".")[1]] = 2 * 4096 * 2048 * 512 / best
+    torch.set_num_threads(previous)
     return found
 
 
