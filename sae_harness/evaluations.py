@@ -89,6 +89,7 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
             if name == "hierarchy" and not getattr(sae, "n_concept", 0):
                 outcome.skipped[name] = "the SAE has no concept level"
                 run.remove_group(name)
+                run.file(f"{name}.json").unlink(missing_ok=True)
                 run.record_outcome("skipped", name, outcome.skipped[name])
                 print(f"[eval] {name}: skipped ({outcome.skipped[name]})")
                 continue
@@ -102,6 +103,7 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
                 reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:400] if str(error).strip() else ''}"
                 outcome.failed[name] = reason
                 run.remove_group(name)
+                run.file(f"{name}.json").unlink(missing_ok=True)  # no stale result from earlier
                 run.record_outcome("failures", name, reason)
                 print(f"[eval] {name} FAILED: {reason}", flush=True)
                 continue

@@ -32,6 +32,8 @@ CONFIG = "config.json"
 TRAINING_LOG = "training_log.jsonl"
 SAE_DIR = "sae"
 CHECKPOINT = "checkpoints/train_state.pt"
+EVAL_RESULTS = ("core.json", "sparse_probing.json", "absorption.json", "weights.json",
+                "hierarchy.json")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -178,7 +180,7 @@ class RunDirectory:
 
     def reset_results(self) -> None:
         """Forget an earlier run in this folder (only when told to overwrite it)."""
-        for name in (FINAL_INFO, STATUS, TRAINING_LOG, CONFIG, CHECKPOINT):
+        for name in (FINAL_INFO, STATUS, TRAINING_LOG, CONFIG, CHECKPOINT, *EVAL_RESULTS):
             self.file(name).unlink(missing_ok=True)
         shutil.rmtree(self.sae_dir, ignore_errors=True)
 
