@@ -13,8 +13,7 @@ from pathlib import Path
 
 import conftest  # noqa: F401  (offline settings and the fixture's HF_HOME, before any HF import)
 import experiment as E
-from sae_harness.presets import RunEnvironment
-from tiny_gemma2 import build, tiny_real_preset
+from tiny_gemma2 import build, tiny_environment
 
 out_dir, cache_dir, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
 step_seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
@@ -27,7 +26,5 @@ if step_seconds:
 
     E.HierarchicalTrainer.update = slow_update
 paths = build(conftest.FIXTURES)
-env = RunEnvironment(preset=tiny_real_preset(paths["text"]), preset_reason="test fixture",
-                     variant=overrides.pop("variant", "tuned_cosine"), training_tokens=None,
-                     cache_dir=cache_dir, overwrite=False)
+env = tiny_environment(paths["text"], cache_dir, variant=overrides.pop("variant", "tuned_cosine"))
 sys.exit(E.main([f"--out_dir={out_dir}"], environment=env, overrides=overrides))

@@ -10,19 +10,12 @@ import torch
 
 import experiment as E
 from conftest import REPO
-from sae_harness.presets import RunEnvironment
 from sae_harness.run_directory import read_training_log
 from sae_harness.sae_lens_format import load_sae
-from tiny_gemma2 import tiny_real_preset
+from tiny_gemma2 import tiny_environment
 
 TINY = dict(d_sae_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
             log_every=5, dead_window_tokens=2048)
-
-
-def tiny_env(tiny_gemma2, cache_dir, variant="tuned_cosine", **changes):
-    return RunEnvironment(preset=tiny_real_preset(tiny_gemma2["text"]), preset_reason="test fixture",
-                          variant=variant, training_tokens=None, cache_dir=cache_dir,
-                          overwrite=changes.pop("overwrite", False))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def tiny_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_gemma2, tiny_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run_1"
-    E.run_experiment(out, tiny_env(tiny_gemma2, tiny_cache), overrides=TINY)
+    E.run_experiment(out, tiny_environment(tiny_gemma2["text"], tiny_cache), overrides=TINY)
     return out
 
 
@@ -146,7 +139,7 @@ def test_a_finished_run_is_not_overwritten_without_permission(tiny_run, tiny_gem
 
     before = (tiny_run / "final_info.json").read_text()
     with pytest.raises(ConfigurationError, match="EXPERIMENT_OVERWRITE=1"):
-        E.run_experiment(tiny_run, tiny_env(tiny_gemma2, tmp_path), overrides=TINY)
+        E.run_experiment(tiny_run, tiny_environment(tiny_gemma2["text"], tmp_path), overrides=TINY)
     assert (tiny_run / "final_info.json").read_text() == before
 
 

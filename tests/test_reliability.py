@@ -18,9 +18,8 @@ from conftest import REPO
 from sae_harness import activations as A
 from sae_harness.checkpoint import Checkpoint
 from sae_harness.errors import ConfigurationError, DataError, HarnessError
-from sae_harness.presets import RunEnvironment
 from sae_harness.run_directory import CHECKPOINT, RunDirectory
-from tiny_gemma2 import tiny_real_preset
+from tiny_gemma2 import tiny_environment, tiny_real_preset
 
 RUNNER = REPO / "tests" / "run_tiny_experiment.py"
 SHORT = dict(d_sae_base=128, batch_size=64, training_tokens=64 * 60, heldout_tokens=256,
@@ -114,9 +113,7 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(uninterrupted, c
 
 
 def test_same_seed_same_numbers(uninterrupted, tiny_gemma2, cache_dir, tmp_path):
-    env = RunEnvironment(preset=tiny_real_preset(tiny_gemma2["text"]), preset_reason="test",
-                         variant="tuned_cosine", training_tokens=None, cache_dir=cache_dir,
-                         overwrite=False)
+    env = tiny_environment(tiny_gemma2["text"], cache_dir)
     E.run_experiment(tmp_path / "again", env, overrides=dict(SHORT))
     assert training_means(tmp_path / "again") == training_means(uninterrupted)
     assert weights(tmp_path / "again") == weights(uninterrupted)
@@ -171,9 +168,7 @@ def test_an_unfinished_run_with_another_configuration_is_not_resumed(uninterrupt
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"config": {"lr": 123}}))
     (out / "run_status.json").write_text(json.dumps({"state": "failed"}))
-    env = RunEnvironment(preset=tiny_real_preset(tiny_gemma2["text"]), preset_reason="test",
-                         variant="tuned_cosine", training_tokens=None, cache_dir=cache_dir,
-                         overwrite=False)
+    env = tiny_environment(tiny_gemma2["text"], cache_dir)
     with pytest.raises(ConfigurationError, match="another configuration"):
         E.run_experiment(out, env, overrides=dict(SHORT))
     assert json.loads((out / "config.json").read_text()) == {"config": {"lr": 123}}
@@ -242,9 +237,7 @@ def test_a_failing_eval_loses_nothing_and_the_run_still_finishes(tiny_gemma2, ca
         raise RuntimeError("injected core failure")
 
     monkeypatch.setattr(core, "run_core", broken)
-    env = RunEnvironment(preset=tiny_real_preset(tiny_gemma2["text"]), preset_reason="test",
-                         variant="tuned_cosine", training_tokens=None, cache_dir=cache_dir,
-                         overwrite=False)
+    env = tiny_environment(tiny_gemma2["text"], cache_dir)
     assert E.main([f"--out_dir={tmp_path / 'run'}"], environment=env, overrides=dict(SHORT)) == 0
     info = json.loads((tmp_path / "run" / "final_info.json").read_text())
     status = json.loads((tmp_path / "run" / "run_status.json").read_text())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sae_harness.presets import PRESETS, Preset
+from sae_harness.presets import PRESETS, Preset, RunEnvironment
 from sae_harness.text_sources import python_docstrings
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -78,3 +78,11 @@ def tiny_real_preset(text_dir: Path, **changes) -> Preset:
                text_dataset=str(text_dir), context_length=64, llm_batch_size=8,
                probing_datasets="sae_probes", eval_sizes="tiny"),
         **changes})
+
+
+def tiny_environment(text_dir: Path, cache_dir: Path, variant: str = "tuned_cosine",
+                     overwrite: bool = False) -> RunEnvironment:
+    """What the EXPERIMENT_* variables would give, for a run on the tiny fixture."""
+    return RunEnvironment(preset=tiny_real_preset(text_dir), preset_reason="test fixture",
+                          variant=variant, training_tokens=None, cache_dir=Path(cache_dir),
+                          overwrite=overwrite)
