@@ -33,6 +33,7 @@ from tqdm import tqdm
 from sae_harness.errors import DataError
 from sae_harness.language_model import LanguageModel, residual_stream, torch_dtype
 from sae_harness.presets import Preset
+from sae_harness.run_directory import atomic_write_json
 from sae_harness.text_sources import documents, text_fingerprint
 
 PACKING_VERSION = 1
@@ -216,9 +217,7 @@ class ActivationCache:
             os.replace(tmp, self.data_path)
             meta = {"spec": self.spec.__dict__, "n_rows": self.n_rows, "d_model": d_model,
                     "checksum": _file_checksum(self.data_path), "created": time.time()}
-            meta_tmp = self.dir / "meta.json.tmp"
-            meta_tmp.write_text(json.dumps(meta, indent=2))
-            os.replace(meta_tmp, self.meta_path)
+            atomic_write_json(self.meta_path, meta)
         except OSError as error:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise DataError(

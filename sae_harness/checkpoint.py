@@ -12,15 +12,14 @@ saves a checkpoint and stops with `TrainingInterrupted`. A second signal interru
 
 from __future__ import annotations
 
-import os
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sae_harness.errors import DataError, HarnessError
+from sae_harness.run_directory import atomic_path
 
 
 class TrainingInterrupted(HarnessError):
@@ -41,19 +40,12 @@ class Checkpoint:
         return self.path.is_file()
 
     def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
         try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
+            with atomic_path(self.path) as tmp:
+                torch.save(state, tmp)
         except OSError as error:
-            Path(tmp).unlink(missing_ok=True)
             raise DataError(f"could not write the checkpoint {self.path} ({error.strerror or error}); "
                             "free disk space, then rerun the same command to resume") from error
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def load(self) -> dict[str, Any] | None:
         if not self.exists():

@@ -100,7 +100,8 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
             except KeyboardInterrupt:
                 raise
             except Exception as error:  # recorded, and the next eval still runs
-                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:400] if str(error).strip() else ''}"
+                message = str(error).strip()
+                reason = f"{type(error).__name__}: {message.splitlines()[0][:400] if message else ''}"
                 outcome.failed[name] = reason
                 run.remove_group(name)
                 run.file(f"{name}.json").unlink(missing_ok=True)  # no stale result from earlier

@@ -113,7 +113,7 @@ import torch
 from sklearn.exceptions import UndefinedMetricWarning
 
 from sae_harness.errors import ConfigurationError, HarnessError
-from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, sae_bench_version, write_eval_output
+from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, identity_fields, write_eval_output
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
 
@@ -602,7 +602,7 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
     from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
     from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
     from sae_bench.evals.absorption.main import _aggregate_results_df
-    from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_lens_version
+    from sae_bench.sae_bench_utils import get_eval_uuid
 
     started = time.time()
     sizes = sizes or absorption_sizes(preset)
@@ -725,11 +725,7 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
                         "k_sparse_probing": k_sparse_seconds,
                         "total": seconds, "llm_probe_cached": probe_cached},
         },
-        sae_bench_commit_hash=sae_bench_version(),
-        sae_lens_id=sae_id,
-        sae_lens_release_id=SAE_BENCH_RELEASE,
-        sae_lens_version=get_sae_lens_version(),
-        sae_cfg_dict=sae.cfg.to_dict(),
+        **identity_fields(sae, sae_id),
     )
     write_eval_output(output, out_path)
     means = {name: float(value) for name, value in asdict(metrics).items()}

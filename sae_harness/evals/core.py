@@ -62,14 +62,10 @@ from pathlib import Path
 import torch
 
 from sae_harness.errors import ConfigurationError, DataError
-from sae_harness.evals.sae_bench_results import (
-    SAE_BENCH_RELEASE,
-    atomic_path,
-    flat_means,
-    sae_bench_version,
-)
+from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, flat_means, sae_bench_version
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
+from sae_harness.run_directory import atomic_path
 
 SHUFFLE_SEED = 42
 """Seed of the document shuffle (SAE-Bench's multiple_evals uses 42)."""

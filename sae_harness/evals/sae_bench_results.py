@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from sae_harness.run_directory import atomic_path
 
 SAE_BENCH_RELEASE = "hierarchical_sae"
 """`sae_lens_release_id` recorded for our SAE (SAE-Bench lets a custom SAE's release be named
@@ -34,21 +32,13 @@ def sae_bench_version() -> str:
     return f"sae-bench=={version('sae-bench')} (pip; no git commit)"
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path in `path`'s folder to write to; renamed to `path` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def identity_fields(sae, sae_id: str) -> dict[str, Any]:
+    """The fields of an SAE-Bench output that say which SAE and which versions produced it."""
+    from sae_bench.sae_bench_utils import get_sae_lens_version
+
+    return dict(sae_bench_commit_hash=sae_bench_version(), sae_lens_id=sae_id,
+                sae_lens_release_id=SAE_BENCH_RELEASE, sae_lens_version=get_sae_lens_version(),
+                sae_cfg_dict=sae.cfg.to_dict())
 
 
 def write_eval_output(output, path: Path) -> Path:

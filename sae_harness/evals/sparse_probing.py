@@ -79,7 +79,7 @@ from sae_harness.errors import ConfigurationError, DataError
 from sae_harness.evals.sae_bench_results import (
     SAE_BENCH_RELEASE,
     flat_means,
-    sae_bench_version,
+    identity_fields,
     write_eval_output,
 )
 from sae_harness.language_model import LanguageModel
@@ -377,7 +377,7 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
         SparseProbingSaeMetrics,
     )
     from sae_bench.evals.sparse_probing.main import run_eval_single_sae
-    from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_lens_version
+    from sae_bench.sae_bench_utils import get_eval_uuid
 
     started = time.time()
     config = probing_config(preset, dataset_names)
@@ -413,11 +413,7 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
         eval_result_details=[SparseProbingResultDetail(dataset_name=name, **result)
                              for name, result in results.items() if isinstance(result, dict)],
         eval_result_unstructured=per_class,
-        sae_bench_commit_hash=sae_bench_version(),
-        sae_lens_id=sae_id,
-        sae_lens_release_id=SAE_BENCH_RELEASE,
-        sae_lens_version=get_sae_lens_version(),
-        sae_cfg_dict=sae.cfg.to_dict(),
+        **identity_fields(sae, sae_id),
     )
     write_eval_output(output, out_path)
     means = flat_means(output.eval_result_metrics)
