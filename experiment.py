@@ -35,16 +35,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sae_harness.activations import ActivationData, prepare_activations
+from sae_harness.activations import ActivationData, check_token_budget, prepare_activations
 from sae_harness.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
 from sae_harness.degeneracy import degeneracy_reasons
 from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.evaluations import evaluate_sae
-from sae_harness.language_model import load_language_model, torch_dtype
+from sae_harness.language_model import (load_language_model, load_tokenizer, locate_model,
+                                        tokenizer_id, torch_dtype)
 from sae_harness.notes import update_notes
+from sae_harness.precision import precision_for_run, resolve_matmul_dtype
 from sae_harness.preflight import preflight
 from sae_harness.presets import Preset, RunEnvironment, read_run_environment
 from sae_harness.provenance import provenance
+from sae_harness.sae_kernels import (ActiveLatents, centred_encoder, latent_matmul,
+                                     selected_preactivations)
 from sae_harness.run_directory import (CHECKPOINT, CONFIG, TRAINING_LOG, RunDirectory,
                                        TrainingLog, read_json)
 from sae_harness.sae_lens_format import SavedSAE, load_sae, save_sae
@@ -100,9 +104,11 @@ class Config:
     """Sigma of W_enc2's entries (W_dec2 starts as random unit directions)."""
 
     # --- optimiser ---------------------------------------------------------------------------------
-    matmul_dtype: str = "bfloat16"
+    matmul_dtype: str = "auto"
     """dtype of the forward/backward matmuls (autocast); weights, Adam and the loss stay fp32.
-    'float32' switches mixed precision off. bf16 matmuls are ~4x faster on this kind of CPU."""
+    'auto': bf16 on CUDA, and on a CPU only where a probe at run start measures bf16 faster than
+    fp32 (sae_harness/precision.py; ~2.4x with native bf16, ~200x slower without). 'float32' or
+    'bfloat16' pins it; EXPERIMENT_PRECISION overrides both."""
     lr: float = 1e-3
     adam_betas: tuple[float, float] = (0.9, 0.999)
     lr_warmup_steps: int = 1000
@@ -216,8 +222,8 @@ def validate_config(cfg: Config, d_model: int | None = None) -> None:
         problems.append(f"lr_schedule={cfg.lr_schedule!r} is not constant, cosine or cosine_restarts")
     if cfg.base_init not in ("xavier_normal", "dictionary_learning"):
         problems.append(f"base_init={cfg.base_init!r} is not xavier_normal or dictionary_learning")
-    if cfg.matmul_dtype not in ("bfloat16", "float32"):
-        problems.append(f"matmul_dtype={cfg.matmul_dtype!r} is not bfloat16 or float32")
+    if cfg.matmul_dtype not in ("auto", "bfloat16", "float32"):
+        problems.append(f"matmul_dtype={cfg.matmul_dtype!r} is not auto, bfloat16 or float32")
     if cfg.lr_restart_mult < 1:
         problems.append(f"lr_restart_mult={cfg.lr_restart_mult} must be at least 1")
     if d_model is not None and d_model <= 0:
@@ -298,6 +304,8 @@ class SAEOutput(NamedTuple):
     """(B, k) values of the selected concept latents (empty when there is no concept level)."""
     z2_indices: torch.Tensor
     """(B, k) indices of the selected concept latents."""
+    base_active: ActiveLatents | None = None
+    """The nonzero entries of z1 when the sparse products were used (sae_kernels)."""
 
 
 class HierarchicalSAE(nn.Module):
@@ -342,18 +350,22 @@ class HierarchicalSAE(nn.Module):
 
     # --- the model ---------------------------------------------------------------------------------
     def forward_levels(self, x: torch.Tensor) -> SAEOutput:
-        """Both levels on (B, d) inputs; the concept decoder reads only the k selected rows."""
-        # addmm: bias fused into the matmul (under autocast, both run in the autocast dtype)
-        z1 = F.relu(torch.addmm(self.b_enc1, x - self.b_dec, self.W_enc1))
-        x_hat = torch.addmm(self.b_dec, z1, self.W_dec1)
+        """Both levels on (B, d) inputs. The products are sae_kernels' exact forms: on a CPU, the
+        base decoder and the concept encoder read only z1's nonzero entries when it is sparse,
+        and TopK's gradient reaches the concept encoder through the k selected entries only."""
+        z1 = F.relu(centred_encoder(x, self.b_dec, self.W_enc1, self.b_enc1))
+        active = ActiveLatents.of(z1)
+        x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)
         if self.n_concept == 0:
             empty = z1.new_zeros(len(x), 0)
-            return SAEOutput(x_hat, z1, empty, empty.long())
-        pre2 = F.relu(torch.addmm(self.b_enc2, z1, self.W_enc2))
-        values, indices = pre2.topk(self.concept_k, dim=-1, sorted=False)
+            return SAEOutput(x_hat, z1, empty, empty.long(), active)
+        with torch.no_grad():
+            pre2 = latent_matmul(z1, self.W_enc2, active, self.b_enc2)
+            indices = pre2.topk(self.concept_k, dim=-1, sorted=False).indices
+        values = F.relu(selected_preactivations(z1, self.W_enc2, self.b_enc2, pre2, indices))
         x_hat = x_hat + F.embedding_bag(indices, self.W_dec2, mode="sum",
                                         per_sample_weights=values.to(self.W_dec2.dtype))
-        return SAEOutput(x_hat, z1, values, indices)
+        return SAEOutput(x_hat, z1, values, indices, active)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """concat[z1, z2] for inputs of shape (..., d); SAE-Bench's view of the dictionary."""
@@ -456,9 +468,13 @@ class LossTerms(NamedTuple):
 class HierarchicalTrainer:
     """One Adam step per `update(step, x)` on inputs already scaled to E||x||^2 = d."""
 
-    def __init__(self, sae: HierarchicalSAE, cfg: Config, schedule: StepSchedule, input_std: float):
+    def __init__(self, sae: HierarchicalSAE, cfg: Config, schedule: StepSchedule, input_std: float,
+                 matmul_dtype: str | None = None):
         self.sae, self.cfg, self.schedule = sae, cfg, schedule
         self.input_std = input_std
+        self.matmul_dtype = resolve_matmul_dtype(matmul_dtype or cfg.matmul_dtype, sae.W_enc1.device,
+                                                 cfg.batch_size, sae.d_in, sae.n_base)
+        """cfg.matmul_dtype resolved: a run passes its choice (precision.py); 'auto' measures."""
         """s: the per-dimension standard deviation of the (scaled) input; sets the loss units."""
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                           foreach=True)
@@ -467,12 +483,12 @@ class HierarchicalTrainer:
         self.tokens_since_fired_concept = torch.zeros(sae.n_concept, device=sae.W_enc1.device)
 
     def loss_terms(self, x: torch.Tensor, step: int) -> tuple[LossTerms, SAEOutput, torch.Tensor]:
-        """The loss terms on inputs x (matmuls in cfg.matmul_dtype), the SAE's output, and which
-        base latents are active."""
+        """The loss terms on inputs x (matmuls in self.matmul_dtype), the SAE's output, and which
+        base latents fired on the batch (n1,)."""
         sae, cfg = self.sae, self.cfg
         d, s = x.shape[1], self.input_std
-        with torch.autocast(x.device.type, dtype=torch_dtype(cfg.matmul_dtype),
-                            enabled=cfg.matmul_dtype != "float32"):
+        with torch.autocast(x.device.type, dtype=torch_dtype(self.matmul_dtype),
+                            enabled=self.matmul_dtype != "float32"):
             out = sae.forward_levels(x)
         reconstruction = (x - out.x_hat.float()).pow(2).sum(-1).mean() / (d * s * s)
         # z >= 0, so the sum is the L1 norm
@@ -484,8 +500,10 @@ class HierarchicalTrainer:
         total = (reconstruction + cfg.l1_base * l1_base + cfg.l1_concept * l1_concept
                  + cfg.lw_base * weight_l1_base + self.schedule.lw2(step) * weight_l1_concept)
         with torch.no_grad():
-            active = out.z1 > 0
-            l0_base = active.sum(-1, dtype=torch.float32).mean()
+            # which base latents fired in the batch, and L0, without a (B, n1) temporary
+            active = out.z1.amax(0) > 0
+            l0_base = (x.new_tensor(len(out.base_active.rows) / len(x)) if out.base_active
+                       else torch.count_nonzero(out.z1, dim=-1).float().mean())
             l0_concept = (out.z2_values > 0).sum(-1, dtype=torch.float32).mean()
         terms = LossTerms(total, reconstruction, l1_base, l1_concept, weight_l1_base,
                           weight_l1_concept, l0_base, l0_concept)
@@ -501,7 +519,7 @@ class HierarchicalTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.sae.normalize_decoder_()
         with torch.no_grad():
-            self.tokens_since_fired_base.add_(len(x)).masked_fill_(active.any(0), 0)
+            self.tokens_since_fired_base.add_(len(x)).masked_fill_(active, 0)
             if self.sae.n_concept:
                 fired2 = torch.zeros(self.sae.n_concept, dtype=torch.bool, device=x.device)
                 fired2[out.z2_indices[out.z2_values > 0]] = True
@@ -539,8 +557,8 @@ def input_std(sample: torch.Tensor) -> float:
     return math.sqrt((sample - sample.mean(0)).pow(2).sum(-1).mean().item() / sample.shape[1])
 
 
-def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirectory
-              ) -> tuple[HierarchicalSAE, dict]:
+def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirectory,
+              matmul_dtype: str | None = None) -> tuple[HierarchicalSAE, dict]:
     """Train on the activations, resuming from the run's checkpoint if there is one.
 
     Returns the SAE (with the input scale folded in: it reads raw activations) and summary
@@ -570,11 +588,11 @@ def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirecto
         scale, start_step, seconds_before = input_scale(first), 0, 0.0
         with torch.no_grad():
             sae.b_dec.copy_(first.mean(0).to(device) / scale)
-        trainer = HierarchicalTrainer(sae, cfg, schedule, input_std(first / scale))
+        trainer = HierarchicalTrainer(sae, cfg, schedule, input_std(first / scale), matmul_dtype)
     else:
         scale, start_step, seconds_before = state["input_scale"], state["step"], state["seconds"]
         sae.load_state_dict(state["sae"])
-        trainer = HierarchicalTrainer(sae, cfg, schedule, state["input_std"])
+        trainer = HierarchicalTrainer(sae, cfg, schedule, state["input_std"], matmul_dtype)
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["torch_rng"])
         print(f"[train] resuming from the checkpoint at step {start_step} of {schedule.total_steps}")
@@ -714,6 +732,8 @@ def run_experiment(out_dir: Path, env: RunEnvironment, overrides: dict | None = 
         cfg = replace(cfg, **overrides)
         validate_config(cfg)
     preflight(preset, env.cache_dir)
+    check_token_budget(preset, cfg.training_tokens, cfg.heldout_tokens, env.cache_dir,
+                       lambda: load_tokenizer(preset, env.cache_dir), tokenizer_id(preset))
     run = RunDirectory(out_dir)
     run.prepare(overwrite=env.overwrite)
     with run.lock():
@@ -730,31 +750,51 @@ def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirec
             "or set EXPERIMENT_OVERWRITE=1 to start it over"
         )
     resuming = run.status().get("state") in ("running", "failed", "interrupted")
+    earlier_precision = (read_json(run.file(CONFIG)).get("precision")
+                         if resuming and run.file(CONFIG).is_file() else None)
     origin = provenance(REPO, preset.device)
     print(f"[run] {run.path}: variant {cfg.variant}, preset {preset.name} ({env.preset_reason})"
           + (" - resuming an unfinished run" if resuming else ""))
-    print(f"[run] model {preset.model_name} {preset.hook_name} on {origin['device']} "
-          f"({preset.model_dtype}); text {preset.text_dataset}; {cfg.training_tokens} tokens")
     print(f"[run] code {origin['git']['commit']}{' (modified)' if origin['git']['dirty'] else ''}; "
           + ", ".join(f"{k} {v}" for k, v in origin["packages"].items()))
-    run.write_json(CONFIG, {"variant": cfg.variant, "config": asdict(cfg),
-                            "preset": asdict(preset), "preset_reason": env.preset_reason,
-                            "cache_dir": str(env.cache_dir), "provenance": origin})
+
+    def write_config(precision=None):
+        run.write_json(CONFIG, {"variant": cfg.variant, "config": asdict(cfg),
+                                "preset": asdict(preset), "preset_reason": env.preset_reason,
+                                "cache_dir": str(env.cache_dir), "provenance": origin,
+                                **({"precision": precision.record()} if precision else {})})
+
+    write_config()
     run.set_status("running", started=origin["started"])
     started = time.time()
 
-    lm = load_language_model(preset, env.cache_dir)
+    location = locate_model(preset, env.cache_dir)
+    precision = precision_for_run(preset, location, env.precision, cfg.matmul_dtype, cfg.batch_size,
+                                  cfg.d_sae_base, earlier_precision, env.cache_dir)
+    preset = replace(preset, model_dtype=precision.model_dtype)
+    write_config(precision)
+    print(f"[run] model {preset.model_name} {preset.hook_name} on {origin['device']}; "
+          f"text {preset.text_dataset}; {cfg.training_tokens} tokens")
+    print(f"[run] precision: model {precision.model_dtype}, SAE matmuls {precision.sae_matmul_dtype} "
+          f"({precision.reason})")
+    if precision.warning:
+        print(f"[run] WARNING: {precision.warning}")
+    lm = load_language_model(preset, env.cache_dir, location)
     print(f"[model] loaded {preset.model_name} from {lm.source} in {lm.load_seconds:.0f} s")
+    phases = {"model_conversion": location.seconds, "model_load": lm.load_seconds}
+    phase_started = time.time()
     data = prepare_activations(lm, preset, cfg.training_tokens, cfg.heldout_tokens, env.cache_dir,
                                cfg.batch_size, cfg.seed)
+    phases["activations"] = time.time() - phase_started
     validate_config(cfg, d_model=data.d_model)
 
+    phase_started = time.time()
     if "training" in run.final_info() and (run.sae_dir / "hierarchical_sae.json").is_file():
         print("[train] training had finished in an earlier attempt; reusing its SAE")
         sae = HierarchicalSAE.from_saved(load_sae(run.sae_dir)).to(preset.device)
         stats = run.final_info()["training"]["means"]
     else:
-        sae, summary = train_sae(cfg, preset, data, run)
+        sae, summary = train_sae(cfg, preset, data, run, precision.sae_matmul_dtype)
         save_sae(run.sae_dir, sae.to_saved({"variant": cfg.variant, "dataset_path": preset.text_dataset,
                                             "training_tokens": cfg.training_tokens}))
         stats = {**summary, **heldout_statistics(sae, data.heldout),
@@ -762,6 +802,7 @@ def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirec
                  "activation_cache_hit": float(data.cache_hit)}
         run.set_group("training", stats)
         Checkpoint(run.file(CHECKPOINT)).remove()
+    phases["training"] = time.time() - phase_started
     print(f"[train] EV {stats['explained_variance']:.3f}, L0 base {stats['l0_base']:.1f} / "
           f"concept {stats['l0_concept']:.1f}, dead {stats['dead_fraction_base']:.1%} / "
           f"{stats['dead_fraction_concept']:.1%}, {stats['seconds']:.0f} s")
@@ -771,6 +812,7 @@ def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirec
         print(f"[train] WARNING: {warning}")
 
     outcome = evaluate_sae(run, sae, lm, preset, data.heldout, env.cache_dir)
+    phases.update(outcome.done)
 
     # DESIGN 7: flag a degenerate SAE in final_info.json, on stdout and in notes.txt
     reasons = degeneracy_reasons(run.final_info(), read_json(run.file(CONFIG)))
@@ -779,8 +821,9 @@ def _run_locked(run: RunDirectory, cfg: Config, env: RunEnvironment) -> RunDirec
                   degenerate_reasons=reasons)
     if reasons:
         print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
+    phases["total"] = time.time() - started
     run.set_status("finished", seconds=time.time() - started, peak_rss_gb=peak_memory_gb(),
-                   degenerate_reasons=reasons, warnings=warnings)
+                   degenerate_reasons=reasons, warnings=warnings, phase_seconds=phases)
     update_notes(run.path.resolve().parent / "notes.txt", run.path)
     print(f"[run] finished {run.path} in {time.time() - started:.0f} s")
     if outcome.failed or reasons:  # the loop reads the tail of stderr: say it last, on one line

@@ -550,7 +550,13 @@ def table_row(run: Run) -> list[str]:
 
 
 def markdown_table(runs: list[Run]) -> str:
-    rows = [TABLE_COLUMNS, ["---"] * len(TABLE_COLUMNS)] + [table_row(r) for r in runs]
+    """The table of every run; a precision column when the runs' numbers come from different
+    dtypes (a bf16 and an fp32 model give different activations, so their numbers differ)."""
+    columns, rows = TABLE_COLUMNS, [table_row(r) for r in runs]
+    if len({r.record.precision for r in runs}) > 1:
+        columns = columns + ["precision"]
+        rows = [row + [r.record.precision or "n/a"] for row, r in zip(rows, runs)]
+    rows = [columns, ["---"] * len(columns)] + rows
     lines = ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
     for run in runs:
         if run.record.degenerate:

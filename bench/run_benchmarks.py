@@ -1,18 +1,31 @@
 #!/usr/bin/env python
 """Benchmarks of the harness on this machine; prints measured figures and ratios, asserts nothing.
 
-    python bench/run_benchmarks.py                  # everything, CPU defaults (~8 min here)
-    python bench/run_benchmarks.py --only trainers  # one section: matmul, trainers, activations, runs
+    python bench/run_benchmarks.py                  # everything, CPU defaults (~15 min here)
+    python bench/run_benchmarks.py --only trainers  # one section (names below)
+    python bench/run_benchmarks.py --emulate-no-bf16 --only precision runs
+                                                    # as on a CPU without native bf16 (below)
 
 Sections:
   matmul       this machine's matmul FLOP/s (fp32 and bf16, 1 thread): the yardstick
+  precision    the run-start probe (sae_harness/precision.py) at the embedded run's shapes: what
+               a run on this machine chooses, and why
+  kernels      the SAE's gathered products vs dense ones by density of z1 (the measurement
+               behind sae_kernels.SPARSE_DENSITY_MAX)
   trainers     our training step vs dictionary_learning 0.1.0 (Standard, TopK) and SAE-Lens'
                TopK step, same shapes, one process (bench/perf_ref.py, 1 thread, CPU-s/step);
                achieved FLOP/s of our step as a fraction of the matmul yardstick
   activations  residual-stream tokens/s on the embedded model: early exit at the hook layer
                (what training uses) vs a full forward vs TransformerLens run_with_cache
   runs         wall time of an embedded run with cold caches (activations, SAE-Bench artifacts;
-               the converted model is reused) and of the same run again, with peak memory
+               the converted model is reused unless --cold-model) and of a run of another variant
+               with warm caches, phase by phase, with peak memory
+
+--emulate-no-bf16 reruns this script with oneDNN, MKL and ATen held to AVX2
+(ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2, ATEN_CPU_CAPABILITY=avx2): on a CPU with
+AVX512_BF16 that makes torch's bf16 matmul as slow as on one without it (measured on a Zen 4
+EPYC: 0.66 GFLOP/s against 113 in fp32, 2 threads), so both kinds of machine can be measured
+on one. fp32 then runs at AVX2 speed, still faster than an older CPU's (a Zen 3 EPYC: 75).
 
 Compare only figures from one invocation: the machine is shared and timings drift.
 """
@@ -30,6 +43,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DEPS = REPO / ".bench_deps"
+NO_BF16_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+               "ATEN_CPU_CAPABILITY": "avx2"}
+"""Environment that makes a CPU with native bf16 behave as one without (module docstring)."""
 
 
 def header(title: str) -> None:
@@ -58,10 +74,11 @@ def matmul_flops(threads: int = 1) -> dict[str, float]:
 
 
 def step_flops(d_in: int, n1: int, n2: int, batch: int) -> float:
-    """Dense matmul FLOPs of one training step of our SAE (no input gradient is needed):
+    """Matmul FLOPs of one training step of our SAE with dense base latents (sae_kernels.py):
     base encoder forward + weight gradient (4BdN1), base decoder forward + both gradients
-    (6BN1d), concept encoder likewise (6BN1N2); the TopK concept decoder is a k-row gather."""
-    return 4 * batch * d_in * n1 + 6 * batch * n1 * d_in + 6 * batch * n1 * n2
+    (6BN1d), concept encoder forward (2BN1N2; its TopK gradient is k of n2 entries per token);
+    the TopK concept decoder is a k-row gather."""
+    return 4 * batch * d_in * n1 + 6 * batch * n1 * d_in + 2 * batch * n1 * n2
 
 
 def ensure_bench_deps() -> None:
@@ -76,7 +93,8 @@ def trainers(args, yardstick: dict[str, float]) -> None:
     header("trainers: CPU-seconds per step, 1 thread (bench/perf_ref.py, one process)")
     ensure_bench_deps()
     names = ["dl_standard", "dl_top_k", "saelens_factory:topk", "plain_topk_sparse",
-             "trainer_factory:hierarchical", "trainer_factory:hierarchical_fp32"]
+             "trainer_factory:hierarchical", "trainer_factory:hierarchical_fp32",
+             "trainer_factory:hierarchical_trained", "trainer_factory:hierarchical_fp32_trained"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "perf.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "bench"), str(BENCH_DEPS)])}
@@ -88,6 +106,9 @@ def trainers(args, yardstick: dict[str, float]) -> None:
         if result.returncode:
             print(result.stdout[-2000:], result.stderr[-3000:])
             raise SystemExit("error: perf_ref.py failed (output above)")
+        for line in result.stderr.splitlines():
+            if line.startswith("[trainer_factory]"):
+                print(line)
         report = json.loads(out.read_text())["results"]
     cpu = {name: report[name]["cpu_s_per_step_median"] for name in names}
     ref = cpu["dl_top_k"]
@@ -97,11 +118,81 @@ def trainers(args, yardstick: dict[str, float]) -> None:
     for name in names:
         print(f"{name:36s} {cpu[name]:10.3f} {cpu[name] / ref:10.2f} {args.batch / cpu[name]:10.0f}")
     flops = step_flops(args.d_in, args.d_sae, args.d_sae // 4, args.batch)
+    print("(*_trained: timed after training on the same synthetic pool; the L0 it reached is "
+          "printed above; on these data a ReLU SAE settles at ~450 of 2048 latents, denser than "
+          "the ~60-170 of the embedded runs, so the dense products still run)")
     for name, dtype in (("trainer_factory:hierarchical", "bfloat16"),
                         ("trainer_factory:hierarchical_fp32", "float32")):
         achieved = flops / cpu[name]
         print(f"{name}: {flops / 1e9:.1f} GFLOP/step -> {achieved / 1e9:.0f} GFLOP/s = "
               f"{achieved / yardstick[dtype]:.0%} of this machine's {dtype} matmul rate")
+
+
+# ---------------------------------------------------------------------------------------------
+def precision(args) -> None:
+    import torch
+
+    from sae_harness.precision import ProbeShapes, choose_precision, cpu_bf16_flags
+
+    header("precision: the run-start probe at the embedded run's shapes")
+    print(f"CPU: {cpu_model()}; native bf16 flags: {cpu_bf16_flags() or 'none'}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+          + ("; EMULATING a CPU without native bf16" if os.environ.get("ONEDNN_MAX_CPU_ISA") else ""))
+    started = time.perf_counter()
+    choice = choose_precision("cpu", "auto", "auto", "auto",
+                              ProbeShapes(model=(16 * 128, 640, 2048), sae=(1024, 640, 2048)))
+    print(f"probe took {time.perf_counter() - started:.2f} s")
+    print(f"chosen: model {choice.model_dtype}, SAE matmuls {choice.sae_matmul_dtype}")
+    print(f"why: {choice.reason}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def kernels(args) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from sae_harness.sae_kernels import ActiveLatents, latent_matmul
+
+    header("kernels: z1 @ W (B 1024, n1 2048, d 640), forward + backward, fp32, 1 thread, best of 5")
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    W = torch.randn(2048, 640, generator=generator, requires_grad=True)
+    grad = torch.randn(1024, 640, generator=generator)
+
+    def seconds(fn):
+        fn()
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    print(f"{'density':>8s} {'dense s':>9s} {'gathered s':>11s} {'gathered/dense':>15s}")
+    for density in (0.01, 0.03, 0.05, 0.1, 0.2, 0.5):
+        pre = torch.randn(1024, 2048, generator=generator)
+        z = F.relu(pre - torch.quantile(pre[0], 1 - density)).requires_grad_()
+        active = ActiveLatents.of(z, density_max=1.0)
+
+        def run(which):
+            out = latent_matmul(z, W, which)
+            out.backward(grad)
+            W.grad = z.grad = None
+
+        dense, gathered = seconds(lambda: run(None)), seconds(lambda: run(active))
+        print(f"{density:8.2f} {dense:9.4f} {gathered:11.4f} {gathered / dense:15.2f}")
+    torch.set_num_threads(os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,9 +204,20 @@ def activations(args) -> None:
     from sae_harness.presets import PRESETS, default_cache_dir
     from sae_harness.text_sources import documents
 
-    header("activations: residual-stream tokens/s, embedded model (Gemma-3-270M, bf16, CPU)")
+    from dataclasses import replace
+
+    from sae_harness.language_model import locate_model
+    from sae_harness.precision import precision_for_run
+    from sae_harness.presets import read_precision
+
+    cache = Path(os.environ.get("EXPERIMENT_CACHE") or default_cache_dir())
     preset = PRESETS["embedded"]
-    lm = load_language_model(preset, Path(os.environ.get("EXPERIMENT_CACHE") or default_cache_dir()))
+    location = locate_model(preset, cache)
+    precision = precision_for_run(preset, location, read_precision(), "auto", 1024, 2048)
+    preset = replace(preset, model_dtype=precision.model_dtype)
+    header(f"activations: residual-stream tokens/s, embedded model (Gemma-3-270M, "
+           f"{preset.model_dtype} as a run here chooses, CPU)")
+    lm = load_language_model(preset, cache, location)
     rows = [row for _, row in zip(range(args.contexts), iter_contexts(documents(preset), lm.tokenizer,
                                                                          preset.context_length))]
     tokens = torch.tensor(rows)
@@ -141,55 +243,83 @@ def activations(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+SECTIONS = ("matmul", "precision", "kernels", "trainers", "activations", "runs")
+PHASES = ("model_conversion", "model_load", "activations", "training", "weights", "hierarchy",
+          "core", "sparse_probing", "absorption", "total")
+
+
 def runs(args) -> None:
     from sae_harness.presets import default_cache_dir
 
-    header(f"runs: embedded experiment, {args.run_tokens} training tokens, cold caches then warm")
+    header(f"runs: embedded experiment, {args.run_tokens} training tokens: {args.variant} with cold "
+           f"caches, then {args.second_variant} with warm caches")
     user_cache = Path(os.environ.get("EXPERIMENT_CACHE") or default_cache_dir())
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         cache.mkdir()
-        if (user_cache / "models").is_dir():  # reuse the converted model: conversion is once per machine
-            (cache / "models").symlink_to(user_cache / "models")
+        if (user_cache / "models").is_dir() and not args.cold_model:
+            (cache / "models").symlink_to(user_cache / "models")  # conversion is once per machine
         env = {**os.environ, "EXPERIMENT_PRESET": "embedded", "EXPERIMENT_CACHE": str(cache),
-               "EXPERIMENT_TOKENS": str(args.run_tokens), "EXPERIMENT_VARIANT": args.variant,
-               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        timings = []
-        for label in ("first (cold caches)", "second (warm caches)"):
-            out = Path(tmp) / f"run_{len(timings)}"
+               "EXPERIMENT_TOKENS": str(args.run_tokens), "HF_HUB_OFFLINE": "1",
+               "HF_DATASETS_OFFLINE": "1"}
+        table = {}
+        for label, variant in (("first (cold caches)", args.variant),
+                               ("second (warm caches)", args.second_variant)):
+            out = Path(tmp) / f"run_{len(table)}"
             start = time.perf_counter()
             result = subprocess.run([sys.executable, str(REPO / "experiment.py"), f"--out_dir={out}"],
-                                    env=env, capture_output=True, text=True)
+                                    env={**env, "EXPERIMENT_VARIANT": variant}, capture_output=True,
+                                    text=True)
             seconds = time.perf_counter() - start
             if result.returncode:
                 print(result.stderr[-3000:])
                 raise SystemExit(f"error: the {label} run failed (stderr above)")
             status = json.loads((out / "run_status.json").read_text())
-            timings.append(seconds)
-            print(f"{label:22s} {seconds:7.1f} s wall, peak memory {status.get('peak_rss_gb', float('nan')):.1f} GB")
-        print(f"second / first = {timings[1] / timings[0]:.0%}")
+            table[label] = {**status.get("phase_seconds", {}), "wall": seconds,
+                            "peak_rss_gb": status.get("peak_rss_gb", float("nan"))}
+            precision = json.loads((out / "config.json").read_text())["precision"]
+        print(f"precision: model {precision['model_dtype']}, SAE matmuls {precision['sae_matmul_dtype']}")
+        labels = list(table)
+        print(f"{'phase (s)':18s}" + "".join(f"{label:>24s}" for label in labels))
+        for phase in (*PHASES, "wall", "peak_rss_gb"):
+            print(f"{phase:18s}" + "".join(f"{table[label].get(phase, float('nan')):24.1f}"
+                                           for label in labels))
+        print(f"second / first = {table[labels[1]]['wall'] / table[labels[0]]['wall']:.0%}")
 
 
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["matmul", "trainers", "activations", "runs"], nargs="*")
+    parser.add_argument("--only", nargs="*", choices=SECTIONS)
+    parser.add_argument("--emulate-no-bf16", action="store_true",
+                        help="run as on a CPU without native bf16 (module docstring)")
+    parser.add_argument("--cold-model", action="store_true",
+                        help="runs: convert the model again in the cold run (a fresh machine)")
     parser.add_argument("--d-in", type=int, default=256)
     parser.add_argument("--d-sae", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--contexts", type=int, default=16)
-    parser.add_argument("--run-tokens", type=int, default=100_000)
+    parser.add_argument("--run-tokens", type=int, default=500_000)
     parser.add_argument("--variant", default="tuned_cosine")
+    parser.add_argument("--second-variant", default="baseline")
     args = parser.parse_args()
+    if args.emulate_no_bf16 and not os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        argv = [a for a in sys.argv[1:] if a != "--emulate-no-bf16"]
+        raise SystemExit(subprocess.run([sys.executable, __file__, *argv],
+                                        env={**os.environ, **NO_BF16_ENV}).returncode)
     sys.path.insert(0, str(REPO))
-    only = set(args.only or ["matmul", "trainers", "activations", "runs"])
+    only = set(args.only or SECTIONS)
 
     header("matmul yardstick, 1 thread (best of 5, CPU time)")
     yardstick = matmul_flops()
     for dtype, flops in yardstick.items():
         print(f"{dtype:9s} {flops / 1e9:7.0f} GFLOP/s")
+    if "precision" in only:
+        precision(args)
+    if "kernels" in only:
+        kernels(args)
     if "trainers" in only:
         trainers(args, yardstick)
     if "activations" in only:

@@ -6,37 +6,81 @@
 `factory(d_in=, d_sae=, k=, device=)` builds the `tuned_cosine` variant with base width d_sae and
 d_sae/4 concept latents. The concept level keeps the variant's own k (10): perf_ref's k is the
 TopK of the other trainers. One `update(step, x)` is a full step as in experiment.py's training
-loop: input scaling, forward, loss, backward, decoder-gradient projection, Adam, decoder
-renormalisation and the dead-latent counters.
+loop: forward, loss, backward, decoder-gradient projection, Adam, decoder renormalisation and
+the dead-latent counters (inputs are scaled by the first batch's scale, as in training).
+
+A fresh ReLU SAE fires on about half its latents (L0 ~ n1/2), while a trained one fires on a
+few percent (L0 60-170 of 2048 in the embedded runs); a TopK trainer's L0 is k from its first
+step. The `*_trained` factories therefore time the step in its training state: before timing,
+the SAE is trained for TRAINED_STEPS steps on perf_ref's synthetic pool with the schedule of a
+TRAINED_STEPS + 100 step run (warm-up scaled as in experiment.py), once per shape and dtype,
+and each rep continues from a copy of that state. The L0 reached is printed.
 """
 
+import copy
+import sys
 from dataclasses import replace
 
 import experiment as E
 
+TRAINED_STEPS = 150
+_trained: dict[tuple, "HierarchicalStep"] = {}
+
 
 class HierarchicalStep:
-    def __init__(self, d_in: int, d_sae: int, device: str, matmul_dtype: str):
-        self.cfg = replace(E.make_config("tuned_cosine", "real"), d_sae_base=d_sae,
-                           matmul_dtype=matmul_dtype)
+    def __init__(self, d_in: int, d_sae: int, device: str, matmul_dtype: str, batch: int = 4096,
+                 total_steps: int | None = None):
+        cfg = replace(E.make_config("tuned_cosine", "real"), d_sae_base=d_sae, matmul_dtype=matmul_dtype)
+        if total_steps:
+            cfg = replace(cfg, batch_size=batch, training_tokens=batch * total_steps)
+        self.cfg = cfg
         self.sae = E.HierarchicalSAE(d_in, d_sae, self.cfg.n_concept, self.cfg.concept_k,
                                      model_name="synthetic", hook_layer=0, context_size=128,
                                      init_scale_concept=self.cfg.init_scale_concept).to(device)
         self.trainer = None
+        self.step_offset = 0
 
     def update(self, step, x):
         if self.trainer is None:  # the input scale comes from the first batch, as in training
             self.scale = E.input_scale(x)
             self.trainer = E.HierarchicalTrainer(self.sae, self.cfg, E.StepSchedule.for_run(self.cfg),
                                                  E.input_std(x / self.scale))
-        return self.trainer.update(step, x / self.scale).total
+        return self.trainer.update(step + self.step_offset, x / self.scale)
 
 
 def hierarchical(d_in, d_sae, k, device):
-    """Our trainer as experiment.py runs it: bf16 matmuls (autocast), fp32 weights and Adam."""
+    """Our trainer with bf16 matmuls (autocast), fp32 weights and Adam."""
     return HierarchicalStep(d_in, d_sae, device, "bfloat16")
 
 
 def hierarchical_fp32(d_in, d_sae, k, device):
     """Our trainer with every matmul in fp32, like the reference trainers."""
     return HierarchicalStep(d_in, d_sae, device, "float32")
+
+
+def _trained_step(d_in, d_sae, device, matmul_dtype, batch=4096):
+    key = (d_in, d_sae, device, matmul_dtype, batch)
+    if key not in _trained:
+        from perf_ref import make_pool
+
+        step = HierarchicalStep(d_in, d_sae, device, matmul_dtype, batch,
+                                total_steps=TRAINED_STEPS + 100)
+        pool = make_pool(8, batch, d_in, device)
+        for i in range(TRAINED_STEPS):
+            terms = step.update(i, pool[i % len(pool)])
+        step.step_offset = TRAINED_STEPS
+        print(f"[trainer_factory] {matmul_dtype}: trained {TRAINED_STEPS} steps, L0 base "
+              f"{terms.l0_base.item():.0f} of {d_sae}, concept {terms.l0_concept.item():.1f}",
+              file=sys.stderr)
+        _trained[key] = step
+    return copy.deepcopy(_trained[key])
+
+
+def hierarchical_trained(d_in, d_sae, k, device):
+    """bf16 matmuls, timed in the training state (see the module docstring)."""
+    return _trained_step(d_in, d_sae, device, "bfloat16")
+
+
+def hierarchical_fp32_trained(d_in, d_sae, k, device):
+    """fp32 matmuls, timed in the training state (see the module docstring)."""
+    return _trained_step(d_in, d_sae, device, "float32")

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sae_harness.errors import DataError
+from sae_harness.errors import ConfigurationError, DataError
 from sae_harness.language_model import LanguageModel, residual_stream, torch_dtype
-from sae_harness.presets import Preset
+from sae_harness.presets import EMBEDDED_TEXT, Preset
 from sae_harness.run_directory import atomic_write_json
 from sae_harness.text_sources import documents, text_fingerprint
 
@@ -80,6 +80,76 @@ def iter_contexts(docs: Iterable[str], tokenizer, context_length: int,
     while len(stream) >= body:
         yield [tokenizer.bos_token_id, *stream[:body]]
         del stream[:body]
+
+
+def content_tokens_in(docs: Iterable[str], tokenizer, context_length: int,
+                      docs_per_call: int = 256) -> int:
+    """The content tokens `iter_contexts` yields from `docs` (full contexts only, separators and
+    special tokens dropped), to within the special tokens of one document."""
+    body, stream, separators, specials = context_length - 1, 0, [], []
+    special = set(special_token_ids(tokenizer))
+    batch: list[str] = []
+
+    def flush():
+        nonlocal stream
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            stream += len(ids)
+            specials.append((stream, sum(1 for i in ids if i in special)))
+            separators.append(stream)
+            stream += 1
+        batch.clear()
+
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == docs_per_call:
+            flush()
+    flush()
+    cut = stream // body * body
+    return cut - sum(1 for p in separators if p < cut) - sum(n for end, n in specials if end <= cut)
+
+
+def text_tokens_available(preset: Preset, tokenizer_source, cache_dir: Path, tokenizer_id: str
+                          ) -> tuple[int, str] | None:
+    """(content tokens the preset's text can supply, how that is known), or None if unknown.
+
+    Embedded and local texts are counted once (~35 s for the embedded text) and the count is
+    kept under `cache_dir/text_tokens`; a streamed hub dataset has a known upper bound or none.
+    `tokenizer_source()` returns the tokenizer, called only when a count is needed.
+    """
+    from sae_harness.text_sources import HUB_TEXT_TOKENS, text_fingerprint
+
+    if preset.text_dataset != EMBEDDED_TEXT and not Path(preset.text_dataset).exists():
+        bound = HUB_TEXT_TOKENS.get(preset.text_dataset)
+        return (bound, f"{preset.text_dataset} holds at most about {bound:.3g} tokens") if bound else None
+    key = {"text": text_fingerprint(preset), "tokenizer": tokenizer_id,
+           "context_length": preset.context_length, "packing_version": PACKING_VERSION}
+    path = Path(cache_dir) / "text_tokens" / (
+        hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+    try:
+        return json.loads(path.read_text())["tokens"], "counted earlier"
+    except (OSError, ValueError, KeyError):
+        pass
+    print(f"[activations] counting the tokens of the {preset.text_dataset} text (once)")
+    tokens = content_tokens_in(documents(preset, seed=0), tokenizer_source(), preset.context_length)
+    atomic_write_json(path, {**key, "tokens": tokens})
+    return tokens, "counted"
+
+
+def check_token_budget(preset: Preset, n_train: int, n_heldout: int, cache_dir: Path,
+                       tokenizer_source, tokenizer_id: str) -> None:
+    """Refuse, before any model work, a budget the preset's text cannot supply."""
+    from sae_harness.text_sources import EMBEDDED_TOKENS_FLOOR
+
+    need = n_train + n_heldout
+    if preset.text_dataset == EMBEDDED_TEXT and need <= EMBEDDED_TOKENS_FLOOR:
+        return
+    found = text_tokens_available(preset, tokenizer_source, cache_dir, tokenizer_id)
+    if found is not None and need > found[0]:
+        raise ConfigurationError(
+            f"EXPERIMENT_TOKENS asks for {n_train} training + {n_heldout} held-out tokens, but the "
+            f"{preset.text_dataset} text holds {found[0]} content tokens ({found[1]}); set "
+            f"EXPERIMENT_TOKENS to at most {max(found[0] - n_heldout, 0)}"
+        )
 
 
 # --------------------------------------------------------------------------------------------

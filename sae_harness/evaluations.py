@@ -77,7 +77,7 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
         "hierarchy": lambda: _our_analysis(run, "hierarchy", lambda: hierarchy_consistency(sae, heldout)),
         "core": lambda: run_core(sae, lm, preset,
                                  heldout_documents(preset, tokens_needed(core_config(preset))),
-                                 run.file("core.json")),
+                                 run.file("core.json"), sae_bench_cache / "core"),
         "sparse_probing": lambda: run_sparse_probing(sae, lm, preset, run.file("sparse_probing.json"),
                                                      sae_bench_cache / "sparse_probing"),
         "absorption": lambda: run_absorption(sae, lm, preset, run.file("absorption.json"),

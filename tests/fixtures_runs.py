@@ -52,7 +52,8 @@ def config_json(variant: str, **changes) -> dict:
                   init_scale_base=1.0, lr=0.001, adam_betas=[0.9, 0.999], lr_warmup_steps=1000,
                   lr_restart_period_steps=2000, lr_restart_mult=2.0, lr_min_ratio=0.1,
                   training_tokens=500000, heldout_tokens=16384, batch_size=1024, seed=0,
-                  log_every=10, dead_window_tokens=100000, dead_warning_fraction=0.5)
+                  log_every=10, dead_window_tokens=100000, dead_warning_fraction=0.5,
+                  matmul_dtype="bfloat16")
     config.update(VARIANT_CONFIGS[variant], **changes)
     return {
         "variant": variant,

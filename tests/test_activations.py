@@ -126,3 +126,49 @@ def test_prepare_activations_caches_and_reuses(tiny_lm, tmp_path):
     assert torch.equal(first.train.batch(3), second.train.batch(3))
     meta = json.loads((first.cache_dir / "meta.json").read_text())
     assert meta["spec"]["weights_id"].startswith("hf-commit:")
+
+
+def test_content_token_count_is_what_packing_yields(tiny_lm):
+    preset, lm = tiny_lm
+    from sae_harness.text_sources import python_docstrings
+
+    docs = python_docstrings()[:60]
+    rows = list(A.iter_contexts(iter(docs), lm.tokenizer, 32))
+    special = torch.tensor(A.special_token_ids(lm.tokenizer))
+    packed = (~torch.isin(torch.tensor(rows), special)).sum().item()
+    assert A.content_tokens_in(iter(docs), lm.tokenizer, 32, docs_per_call=7) == packed
+
+
+def test_a_budget_the_text_cannot_supply_is_refused_and_the_count_is_kept(tiny_lm, tmp_path):
+    from sae_harness.errors import ConfigurationError
+
+    preset, lm = tiny_lm
+    calls = []
+
+    def tokenizer():
+        calls.append(1)
+        return lm.tokenizer
+
+    with pytest.raises(ConfigurationError, match=r"holds (\d+) content tokens \(counted\); set "
+                                                 r"EXPERIMENT_TOKENS to at most \d+"):
+        A.check_token_budget(preset, 10**12, 512, tmp_path, tokenizer, "tiny")
+    A.check_token_budget(preset, 1000, 512, tmp_path, tokenizer, "tiny")  # fits: no error
+    assert len(calls) == 1  # counted once, then read from the cache
+    with pytest.raises(ConfigurationError, match="counted earlier"):
+        A.check_token_budget(preset, 10**12, 512, tmp_path, tokenizer, "tiny")
+
+
+def test_a_streamed_hub_text_is_bounded_without_counting(tmp_path):
+    from dataclasses import replace
+
+    from sae_harness.errors import ConfigurationError
+    from sae_harness.presets import PRESETS
+
+    def no_tokenizer():
+        raise AssertionError("the hub bound needs no tokenizer")
+
+    with pytest.raises(ConfigurationError, match="Skylion007/openwebtext text holds 9000000000"):
+        A.check_token_budget(PRESETS["real"], 10**15, 65536, tmp_path, no_tokenizer, "x")
+    A.check_token_budget(PRESETS["real"], 50_000_000, 65536, tmp_path, no_tokenizer, "x")
+    embedded = PRESETS["embedded"]  # below the floor the embedded text is not counted
+    A.check_token_budget(replace(embedded), 500_000, 16384, tmp_path, no_tokenizer, "x")

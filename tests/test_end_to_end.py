@@ -46,6 +46,11 @@ def test_end_to_end_run_writes_every_promised_file(tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["preset"]["model_name"] == "google/gemma-2-2b"
     assert config["provenance"]["packages"]["sae-bench"] == "0.6.0"
+    # which precision produced the numbers, and why (the fixture pins its model to fp32)
+    precision = config["precision"]
+    assert precision["model_dtype"] == config["preset"]["model_dtype"] == "float32"
+    assert precision["sae_matmul_dtype"] in ("float32", "bfloat16")
+    assert "sae" in precision["speeds"] and precision["reason"].startswith("cpu")
 
 
 def test_every_eval_runs_and_writes_its_group_and_json(tiny_run):

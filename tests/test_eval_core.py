@@ -137,3 +137,40 @@ def test_too_little_text_is_refused_before_any_model_work(setting, tmp_path):
     with pytest.raises(DataError, match=r"needs 128 tokens .* 1 documents given hold \d+"):
         C.run_core(small_sae(preset), lm, preset, ["A short document."], tmp_path / "core.json")
     assert not (tmp_path / "core.json").exists()
+
+
+def test_reconstruction_metrics_from_the_cached_reference_equal_sae_benchs_own(setting, tmp_path):
+    """The stand-in for SAE-Bench's get_recons_loss (blocks below the hook run once, the
+    zero-ablation pass cached) gives SAE-Bench's per-token numbers, computed and from the cache."""
+    import sae_bench.evals.core.main as core_main
+
+    preset, lm, docs = setting
+    sae = small_sae(preset)
+    ids = lm.tokenizer(docs[:2], add_special_tokens=False)["input_ids"]
+    tokens = torch.tensor([[lm.tokenizer.bos_token_id, *row[:15]] for row in ids])
+    ignore = {lm.tokenizer.pad_token_id, lm.tokenizer.eos_token_id, lm.tokenizer.bos_token_id}
+    expected = core_main.get_recons_loss(sae, lm.model, tokens, None, True, True, ignore, True)
+    reference = C.ReconstructionReference(lm.model, preset.hook_layer, tmp_path)
+    ours = C.get_recons_loss_from_reference(reference, core_main.get_recons_loss)
+    computed = ours(sae, lm.model, tokens, None, True, True, ignore, True)
+    cached = ours(sae, lm.model, tokens, None, True, True, ignore, True)
+    assert (reference.misses, reference.hits) == (1, 1) and len(list(tmp_path.glob("*.pt"))) == 1
+    assert set(computed) == set(cached) == set(expected) == {
+        "kl_div_with_sae", "kl_div_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae",
+        "ce_loss_with_ablation"}
+    for name, value in expected.items():
+        torch.testing.assert_close(computed[name], value, msg=name)
+        torch.testing.assert_close(cached[name], value, msg=name)
+    assert expected["kl_div_with_sae"].abs().sum() > 0  # the SAE changes the model's output
+
+
+def test_a_rerun_reads_the_sae_independent_passes_and_gives_the_same_metrics(setting, core, tmp_path):
+    preset, lm, docs = setting
+    first = C.run_core(core["sae"], lm, preset, docs, tmp_path / "a.json", tmp_path / "reference")
+    entries = list((tmp_path / "reference").rglob("*.pt"))
+    assert len(entries) == 2  # one per reconstruction batch
+    again = C.run_core(core["sae"], lm, preset, docs, tmp_path / "b.json", tmp_path / "reference")
+    assert list((tmp_path / "reference").rglob("*.pt")) == entries
+    for name, value in core["means"].items():
+        assert first[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+        assert again[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name

@@ -158,7 +158,11 @@ def test_artifacts_are_keyed_by_everything_that_determines_them(probing):
               folder(tiny_real_preset(preset.text_dataset, context_length=32, eval_sizes="tiny")),
               folder(tiny_real_preset(preset.text_dataset, context_length=16, eval_sizes="tiny",
                                       hook_layer=0)),
-              folder(preset, DATASETS[:1])]
+              folder(preset, DATASETS[:1]),
+              # the model's dtype (precision.py chooses it per machine): an fp32 model's
+              # activations are never read as a bf16 model's
+              folder(tiny_real_preset(preset.text_dataset, context_length=16, eval_sizes="tiny",
+                                      model_dtype="bfloat16"))]
     assert len({folder(preset), *others}) == 1 + len(others)
     assert set(os.listdir(probing["folder"])) == {"key.json"} | {p.name for p in probing["files"].values()}
 

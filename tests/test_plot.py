@@ -144,3 +144,18 @@ def test_no_runs_is_an_error_with_a_one_line_reason(monkeypatch, tmp_path):
 ])
 def test_weight_histograms_are_found_wherever_they_sit(weights, expected):
     assert list(plot.weight_histograms(weights)) == [expected]
+
+
+def test_the_table_names_the_precision_when_runs_differ_in_it(tmp_path, monkeypatch):
+    F.write_complete_run(tmp_path / "run_0", "baseline")
+    F.write_complete_run(tmp_path / "run_1", "tuned_cosine")
+    _, same, _ = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
+    assert "precision" not in next(l for l in same.splitlines() if l.startswith("| run |"))
+    config = json.loads((tmp_path / "run_1" / "config.json").read_text())
+    config["precision"] = {"model_dtype": "float32", "sae_matmul_dtype": "float32"}
+    (tmp_path / "run_1" / "config.json").write_text(json.dumps(config))
+    _, differ, _ = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
+    header = [c.strip() for c in next(l for l in differ.splitlines() if l.startswith("| run |")).strip("|").split("|")]
+    rows = table_rows(differ)
+    assert dict(zip(header, rows["run_1"]))["precision"] == "model float32, SAE matmuls float32"
+    assert dict(zip(header, rows["run_0"]))["precision"].startswith("model bfloat16")

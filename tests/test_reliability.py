@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,12 @@ def test_a_failing_eval_loses_nothing_and_the_run_still_finishes(tiny_gemma2, ca
     assert status["failures"]["core"] == "RuntimeError: injected core failure"
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "eval core failed: RuntimeError: injected core failure" in last
+
+
+def test_a_budget_beyond_the_text_is_refused_before_the_run_folder_exists(tiny_gemma2, tmp_path, capsys):
+    out = tmp_path / "run_1"
+    env = replace(tiny_environment(tiny_gemma2["text"], tmp_path / "cache"), training_tokens=10**15)
+    assert E.main([f"--out_dir={out}"], environment=env) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "content tokens" in last and "EXPERIMENT_TOKENS to at most" in last
+    assert not out.exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sae_harness.presets import PRESETS, Preset, RunEnvironment
+from sae_harness.presets import PRESETS, Preset, RunEnvironment, read_precision
 from sae_harness.text_sources import python_docstrings
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -82,7 +82,8 @@ def tiny_real_preset(text_dir: Path, **changes) -> Preset:
 
 def tiny_environment(text_dir: Path, cache_dir: Path, variant: str = "tuned_cosine",
                      overwrite: bool = False) -> RunEnvironment:
-    """What the EXPERIMENT_* variables would give, for a run on the tiny fixture."""
+    """What the EXPERIMENT_* variables would give, for a run on the tiny fixture
+    (EXPERIMENT_PRECISION is read from the environment, so the suite can be run with it forced)."""
     return RunEnvironment(preset=tiny_real_preset(text_dir), preset_reason="test fixture",
                           variant=variant, training_tokens=None, cache_dir=Path(cache_dir),
-                          overwrite=overwrite)
+                          overwrite=overwrite, precision=read_precision())

@@ -77,10 +77,12 @@ Sizes (`preset.eval_sizes`, ABSORPTION_SIZES):
         each of the 260 k-sparse fits re-encodes the training words (that step: 85 s -> 43 s
         at 2,083 words, 2 threads).
     llm_batch_size=64: SAE-Bench's table has no gemma-3-270m (its config default is 10).
-    cpu_threads=1: with torch's default 2 threads, a busy second core makes every forward wait
-        (isolated: 55-60 prompts/s with 2 threads when the other core is free, 4-19 when it is
-        busy, 35-38 with 1 thread either way). Whole eval, same load: 378 s -> 121 s the first
-        time, 222 s -> 52 s with the probe cached; identical results.
+    cpu_threads='auto': with torch's default 2 threads, a busy second core makes every forward
+        wait (isolated: 55-60 prompts/s with 2 threads when the other core is free, 4-19 when it
+        is busy, 35-38 with 1 thread either way). Whole eval with the other core busy: 378 s ->
+        121 s the first time, 222 s -> 52 s with the probe cached; identical results. So the eval
+        measures the other processes' load at its start (cpu_threads.py) and takes 1 thread only
+        when they keep a core busy.
   'tiny'       Tests on the tiny Gemma-2: two words per letter (one train, one test word).
   Result ('cpu'): 135 s the first time (LLM probe 113 s), 32 s with the probe cached (4.3 GB peak RSS
   with the model loaded). LOWERED_THRESHOLDS keeps the F1 bar (0.6) and accepts 10 letters
@@ -112,10 +114,12 @@ import numpy as np
 import torch
 from sklearn.exceptions import UndefinedMetricWarning
 
+from sae_harness.cpu_threads import threads_for_phase
 from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, identity_fields, write_eval_output
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
+from sae_harness.run_directory import atomic_path
 
 SAE_BENCH_VERSION = "0.6.0"
 """The only sae-bench this eval runs with: the absorption metric changed across versions."""
@@ -162,14 +166,15 @@ class AbsorptionSizes:
     precalc_k_sparse_probe_sae_acts: bool | None = None
     lowered_thresholds: Thresholds | None = None
     """Used only when SAE-Bench's thresholds would skip the eval; None: never lowered."""
-    cpu_threads: int | None = None
-    """torch and BLAS threads during the eval (restored after); None: leave them as they are."""
+    cpu_threads: int | str | None = None
+    """torch and BLAS threads during the eval (restored after): a number; 'auto', 1 when other
+    processes keep the CPU busy, else torch's (cpu_threads.py); None: leave them as they are."""
 
 
 ABSORPTION_SIZES: dict[str, AbsorptionSizes] = {
     "sae_bench": AbsorptionSizes(),
     "cpu": AbsorptionSizes(llm_probe_words=3000, min_words_per_letter=30, llm_batch_size=64,
-                          precalc_k_sparse_probe_sae_acts=True, cpu_threads=1),
+                          precalc_k_sparse_probe_sae_acts=True, cpu_threads="auto"),
     "tiny": AbsorptionSizes(llm_probe_words=1, min_words_per_letter=2, llm_batch_size=32,
                            precalc_k_sparse_probe_sae_acts=True, cpu_threads=1),
 }
@@ -238,17 +243,50 @@ class AbsorptionModelView:
     out `excluded_tokens`; every other attribute is the model's own.
 
     SAE-Bench reads only `blocks.{layer}.hook_resid_post` from `run_with_cache`, which does not
-    depend on the blocks above, so stopping there changes no value.
+    depend on the blocks above, so stopping there changes no value. Within `remembering(folder)`
+    the hook's activations of each batch of prompt strings are kept in `folder` and read back
+    when the same prompts come again (the feature-absorption step's prompts depend on the LLM
+    probe and the seed, not on the SAE).
     """
 
     def __init__(self, model, layer: int, excluded_tokens: set[str]):
         self._model = model
         self._stop_at_layer = layer + 1
+        self._hook_name = f"blocks.{layer}.hook_resid_post"
         self.tokenizer = VocabularyView(model.tokenizer, excluded_tokens)
+        self._memory: Path | None = None
+        self.remembered = self.computed = 0
+
+    @contextmanager
+    def remembering(self, folder: Path):
+        self._memory = Path(folder)
+        try:
+            yield self
+        finally:
+            self._memory = None
 
     def run_with_cache(self, *args, **kwargs):
         kwargs.setdefault("stop_at_layer", self._stop_at_layer)
-        return self._model.run_with_cache(*args, **kwargs)
+        prompts = args[0] if args else None
+        if (self._memory is None or not isinstance(prompts, list) or len(args) != 1
+                or set(kwargs) != {"stop_at_layer", "names_filter"}
+                or kwargs["names_filter"] != [self._hook_name]):
+            return self._model.run_with_cache(*args, **kwargs)
+        digest = hashlib.sha256("\x00".join(prompts).encode()
+                                + json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:24]
+        path = self._memory / f"{digest}.pt"
+        if path.is_file():
+            try:
+                self.remembered += 1
+                return None, {self._hook_name: torch.load(path, map_location=self._model.cfg.device)}
+            except Exception:  # a torn or foreign file: computed again below
+                self.remembered -= 1
+        self.computed += 1
+        out, cache = self._model.run_with_cache(*args, **kwargs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(cache[self._hook_name].clone(), tmp)
+        return out, cache
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -630,7 +668,9 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
 
     # the probes train with autograd (run_eval enables it globally); scikit-learn's warning about
     # letters no probe predicts (precision 0/0) repeats hundreds of times and is not ours to act on
-    with torch.enable_grad(), cpu_threads(sizes.cpu_threads), warnings.catch_warnings():
+    threads, why = threads_for_phase(sizes.cpu_threads)
+    print(f"[absorption] threads: {threads or torch.get_num_threads()} ({why})")
+    with torch.enable_grad(), cpu_threads(threads), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
         probe_cached = ensure_llm_probe(view, probes_dir, key, layer, config, sizes, device)
         counts = split_letter_counts(probes_dir, view.cfg.model_name, layer)
@@ -657,7 +697,7 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
         k_sparse_results.to_json(work_dir / "k_sparse_probing.json", orient="records", indent=4)
         letters, lowered = choose_thresholds(k_sparse_results, config, sizes.lowered_thresholds)
         k_sparse_seconds = time.time() - started - probe_seconds
-        with seeded(config.random_seed):
+        with seeded(config.random_seed), view.remembering(probes_dir / "prompt_activations"):
             raw_df = run_feature_absortion_experiment(
                 model=view, sae=sae, layer=layer, sae_name=sae_name, force=True,
                 max_k_value=config.max_k_value,
@@ -724,6 +764,9 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
             "seconds": {"tokenizer_check_and_llm_probe": probe_seconds,
                         "k_sparse_probing": k_sparse_seconds,
                         "total": seconds, "llm_probe_cached": probe_cached},
+            "prompt_activation_batches": {"read_from_cache": view.remembered,
+                                          "computed": view.computed},
+            "cpu_threads": {"threads": threads or torch.get_num_threads(), "why": why},
         },
         **identity_fields(sae, sae_id),
     )

@@ -50,14 +50,28 @@ SAE-Bench 0.6.0 quirks, recorded here because the numbers are SAE-Bench's:
     `explained_variance_legacy` is SAE-Bench's per-token ratio averaged over tokens.
   * losses and KL are averaged in the model's dtype: with a bf16 model the CE means are
     rounded to bf16 (e.g. 3.765625), which moves `ce_loss_score` by up to ~0.003.
+
+What does not depend on the SAE is computed once and cached (`ReconstructionReference`, under
+`reference_root`, keyed by model, weights, dtype, hook and the batch's tokens). SAE-Bench's
+`get_recons_loss` runs three full forward passes per reconstruction batch: clean, with the SAE
+spliced in at the hook, and with the hook zero-ablated. Within this eval it is replaced by
+`get_recons_loss_from_reference`, which computes the same metrics by the same formulas from
+the residual stream at the hook (blocks 0..L run once per batch, ever) and the blocks above it:
+a clean pass (its logits are the reference for the KL) and a pass with the SAE's reconstruction,
+the zero-ablation CE loss and KL being read from the cache. A test holds it equal to SAE-Bench's
+own function.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,7 +79,8 @@ from sae_harness.errors import ConfigurationError, DataError
 from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, flat_means, sae_bench_version
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
-from sae_harness.run_directory import atomic_path
+from sae_harness.evals.patching import patched
+from sae_harness.run_directory import atomic_path, atomic_write_json
 
 SHUFFLE_SEED = 42
 """Seed of the document shuffle (SAE-Bench's multiple_evals uses 42)."""
@@ -186,10 +201,135 @@ def centered_explained_variance(sae, model, tokens: torch.Tensor, layer: int, ig
     return 1.0 - errors / (x - x.mean(0)).pow(2).sum().item()
 
 
-def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_path: Path
-             ) -> dict[str, float]:
-    """Run SAE-Bench's core metrics on `documents`, write its JSON to `out_path`, return means."""
+# --------------------------------------------------------------------------------------------
+# What does not depend on the SAE, computed once
+# --------------------------------------------------------------------------------------------
+REFERENCE_VERSION = 1
+"""Bump when ReconstructionReference's contents change: part of its folder's key."""
+
+
+def kl_divergence(original_probs: torch.Tensor, log_original_probs: torch.Tensor,
+                  new_logits: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(original || new), as SAE-Bench 0.6.0's `get_recons_loss` computes it (softmax,
+    then log of it, in the logits' dtype), with the original's softmax passed in once."""
+    new_probs = torch.nn.functional.softmax(new_logits, dim=-1)
+    log_new_probs = torch.log(new_probs)
+    return (original_probs * (log_original_probs - log_new_probs)).sum(dim=-1)
+
+
+class ReconstructionReference:
+    """Per batch of tokens: the residual stream at `blocks.{layer}.hook_resid_post`, the
+    attention mask the model's forward would use, and the zero-ablation CE loss and KL.
+
+    `folder` None keeps nothing on disk (every batch is computed afresh).
+    """
+
+    def __init__(self, model, layer: int, folder: Path | None):
+        self.model, self.layer, self.folder = model, layer, folder
+        self.hits = self.misses = 0
+
+    def _path(self, tokens: torch.Tensor) -> Path | None:
+        if self.folder is None:
+            return None
+        digest = hashlib.sha256(str(tuple(tokens.shape)).encode()
+                                + tokens.cpu().numpy().tobytes()).hexdigest()[:24]
+        return self.folder / f"{digest}.pt"
+
+    def from_hook(self, resid: torch.Tensor, tokens: torch.Tensor, attention_mask):
+        """(logits, per-token CE loss) of the blocks above the hook, from its residual stream."""
+        return self.model(resid, start_at_layer=self.layer + 1, tokens=tokens, return_type="both",
+                          loss_per_token=True, attention_mask=attention_mask)
+
+    @torch.no_grad()
+    def entry(self, tokens: torch.Tensor) -> dict[str, Any]:
+        """The batch's cached entry; computed (and the clean pass's logits and loss returned
+        with it, as 'clean') when it is not cached yet."""
+        path = self._path(tokens)
+        if path is not None and path.is_file():
+            try:
+                entry = torch.load(path, map_location=tokens.device)
+                if torch.equal(entry["tokens"], tokens):
+                    self.hits += 1
+                    return entry
+            except Exception:  # a torn or foreign file: computed again below
+                pass
+        self.misses += 1
+        attention_mask = self.model.input_to_embed(tokens)[3]
+        resid = self.model(tokens, stop_at_layer=self.layer + 1)
+        clean_logits, clean_ce = self.from_hook(resid, tokens, attention_mask)
+        ablation_logits, ablation_ce = self.from_hook(torch.zeros_like(resid), tokens, attention_mask)
+        probs = torch.nn.functional.softmax(clean_logits, dim=-1)
+        entry = {"tokens": tokens, "resid": resid, "attention_mask": attention_mask,
+                 "ce_loss_with_ablation": ablation_ce,
+                 "kl_div_with_ablation": kl_divergence(probs, torch.log(probs), ablation_logits)}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                torch.save(entry, tmp)
+        return {**entry, "clean": (clean_logits, clean_ce, probs)}
+
+
+def reference_folder(root: Path, lm: LanguageModel, hook_name: str) -> Path:
+    """The folder of ReconstructionReference entries for exactly this model, dtype and hook."""
+    key = {"model_name": lm.model.cfg.model_name, "weights_id": lm.weights_id,
+           "dtype": str(lm.model.cfg.dtype).replace("torch.", ""), "hook_name": hook_name,
+           "reference_version": REFERENCE_VERSION, "sae_bench": version("sae-bench"),
+           "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(root) / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").is_file():
+        atomic_write_json(folder / "key.json", key)
+    return folder
+
+
+def get_recons_loss_from_reference(reference: ReconstructionReference, original):
+    """A stand-in for SAE-Bench's `get_recons_loss` (same arguments and result) that reads the
+    SAE-independent passes from `reference`; other hooks than resid_post go to `original`."""
+
+    def get_recons_loss(sae, model, batch_tokens, activation_store, compute_kl, compute_ce_loss,
+                        ignore_tokens=set(), exclude_special_tokens_from_reconstruction=False,
+                        model_kwargs={}):
+        if (model is not reference.model or model_kwargs
+                or sae.cfg.hook_name != f"blocks.{reference.layer}.hook_resid_post"
+                or getattr(sae.cfg, "hook_head_index", None) is not None):
+            return original(sae, model, batch_tokens, activation_store, compute_kl, compute_ce_loss,
+                            ignore_tokens, exclude_special_tokens_from_reconstruction, model_kwargs)
+        entry = reference.entry(batch_tokens)
+        resid, attention_mask = entry["resid"], entry["attention_mask"]
+        if "clean" in entry:
+            clean_logits, clean_ce, probs = entry["clean"]
+        else:
+            clean_logits, clean_ce = reference.from_hook(resid, batch_tokens, attention_mask)
+            probs = torch.nn.functional.softmax(clean_logits, dim=-1)
+        if len(ignore_tokens) > 0 and exclude_special_tokens_from_reconstruction:
+            mask = torch.logical_not(torch.any(
+                torch.stack([batch_tokens == token for token in ignore_tokens], dim=0), dim=0))
+        else:
+            mask = torch.ones_like(batch_tokens, dtype=torch.bool)
+        # SAE-Bench's standard_replacement_hook
+        reconstructed = sae.decode(sae.encode(resid.to(sae.device))).to(resid.dtype)
+        reconstructed = torch.where(mask[..., None], reconstructed.to(resid.device), resid)
+        recons_logits, recons_ce = reference.from_hook(reconstructed, batch_tokens, attention_mask)
+        metrics = {}
+        if compute_kl:
+            metrics["kl_div_with_sae"] = kl_divergence(probs, torch.log(probs), recons_logits)
+            metrics["kl_div_with_ablation"] = entry["kl_div_with_ablation"]
+        if compute_ce_loss:
+            metrics["ce_loss_with_sae"] = recons_ce
+            metrics["ce_loss_without_sae"] = clean_ce
+            metrics["ce_loss_with_ablation"] = entry["ce_loss_with_ablation"]
+        return metrics
+
+    return get_recons_loss
+
+
+def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_path: Path,
+             reference_root: Path | None = None) -> dict[str, float]:
+    """Run SAE-Bench's core metrics on `documents`, write its JSON to `out_path`, return means.
+    The SAE-independent passes are cached under `reference_root` (None: not kept)."""
     import datasets
+    import sae_bench.evals.core.main as core_main
     import sae_bench.sae_bench_utils.general_utils as general_utils
     from sae_bench.evals.core.main import (
         calculate_misc_metrics,
@@ -228,7 +368,12 @@ def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_p
           f"batches of {config.context_size}) from {len(documents)} documents")
 
     batches = _record_batches(store)
-    metrics, feature_metrics = run_evals(sae, store, lm.model, config, ignore_tokens=ignore_tokens)
+    reference = ReconstructionReference(
+        lm.model, sae.cfg.hook_layer,
+        reference_folder(reference_root, lm, sae.cfg.hook_name) if reference_root else None)
+    with patched(core_main, "get_recons_loss",
+                 get_recons_loss_from_reference(reference, core_main.get_recons_loss)):
+        metrics, feature_metrics = run_evals(sae, store, lm.model, config, ignore_tokens=ignore_tokens)
     metrics["misc_metrics"] = calculate_misc_metrics(feature_metrics)
     result = {"eval_cfg": config, "metrics": metrics, "feature_metrics": feature_metrics,
               "sae_id": sae_id, "sae_set": SAE_BENCH_RELEASE}
@@ -244,5 +389,6 @@ def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_p
     print(f"[core] explained variance {means['explained_variance_centered']:.3f} (SAE-Bench's "
           f"formula: {means.get('explained_variance', float('nan')):.4f}), L0 "
           f"{means.get('l0', float('nan')):.1f}, CE loss score "
-          f"{means.get('ce_loss_score', float('nan')):.3f}; {time.time() - started:.0f} s")
+          f"{means.get('ce_loss_score', float('nan')):.3f}; {time.time() - started:.0f} s "
+          f"(SAE-independent passes: {reference.hits} batches cached, {reference.misses} computed)")
     return means

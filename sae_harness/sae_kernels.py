@@ -1,0 +1,157 @@
+"""Exact, faster forms of the SAE's matmuls: what the gradient needs, and no more.
+
+The hierarchical SAE's step is dominated by five dense (B x n1)-sized matmuls and their
+gradients. Three facts make most of that work unnecessary, without changing what is computed
+(up to the order of floating-point sums):
+
+* The decoder bias b_dec enters the encoder as (x - b_dec) W_enc1. Autograd would get its
+  gradient through a (B x n1) @ (n1 x d) product (the gradient of the centred input); it is
+  -sum_rows(g) @ W_enc1^T, one vector-matrix product (`centred_encoder`).
+* The base level is a ReLU: after warm-up only a few percent of z1 is nonzero (L0 60-170 of
+  2048). Its decoder z1 W_dec1 and the concept encoder z1 W_enc2 then cost nnz(z1) rows each
+  as gathered sums (`latent_matmul`, torch's embedding_bag), and their gradients likewise.
+* TopK keeps k of the n2 concept pre-activations per token: the gradient reaches W_enc2, b_enc2
+  and z1 only through those k entries (`selected_preactivations`), k/n2 of the dense work.
+
+Sparse paths run in fp32 (they are bound by memory, not arithmetic); the dense ones run in the
+autocast dtype when autocast is on, as before. Which path a batch takes depends only on its
+own density (SPARSE_DENSITY_MAX), so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+DENSITY_SAMPLE_ROWS = 256
+"""The density that picks the path is counted on this many rows (counting all of a dense batch
+would cost as much as a tenth of the step)."""
+SPARSE_DENSITY_MAX = 0.1
+"""z1 at most this dense takes the gathered path. Measured (bench/run_benchmarks.py --only
+kernels; B 1024, n1 2048, d 640, fp32, 1 thread, forward and backward): gathered 0.010 s vs
+dense 0.087 at 1% density, 0.023 vs 0.090 at 3%, 0.062 vs 0.104 at 10%, 0.135 vs 0.087 at 20%."""
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+# --------------------------------------------------------------------------------------------
+# The base encoder
+# --------------------------------------------------------------------------------------------
+class _CentredEncoder(torch.autograd.Function):
+    """(x - b_dec) W + b, with b_dec's gradient as a vector-matrix product; x gets none."""
+
+    @staticmethod
+    def forward(ctx, x, b_dec, W, b, dtype):
+        centred = x - b_dec
+        if dtype is None:
+            out = torch.addmm(b, centred, W)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                out = torch.addmm(b.to(dtype), centred.to(dtype), W.to(dtype))
+        ctx.save_for_backward(centred, W)
+        ctx.dtype = dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        centred, W = ctx.saved_tensors
+        grad_b = grad.sum(0, dtype=torch.float32)
+        grad_b_dec = -(grad_b @ W.T)
+        if ctx.dtype is None:
+            grad_W = centred.T @ grad
+        else:
+            with torch.autocast(centred.device.type, enabled=False):
+                grad_W = (centred.to(ctx.dtype).T @ grad.to(ctx.dtype)).float()
+        return None, grad_b_dec, grad_W, grad_b, None
+
+
+def centred_encoder(x: torch.Tensor, b_dec: torch.Tensor, W: torch.Tensor, b: torch.Tensor
+                    ) -> torch.Tensor:
+    """(x - b_dec) @ W + b for inputs x that need no gradient (training data).
+
+    In the autocast dtype when autocast is on (as torch.addmm would be), else fp32."""
+    return _CentredEncoder.apply(x, b_dec, W, b, _autocast_dtype(x.device.type))
+
+
+# --------------------------------------------------------------------------------------------
+# Products with the ReLU latents
+# --------------------------------------------------------------------------------------------
+class ActiveLatents(NamedTuple):
+    """The nonzero entries of a (B, n) latent matrix, as embedding_bag reads them."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    offsets: torch.Tensor
+    """Start of each row's entries in `cols` (B,)."""
+
+    @classmethod
+    def of(cls, z: torch.Tensor, density_max: float = SPARSE_DENSITY_MAX) -> ActiveLatents | None:
+        """The support of z, or None when z is denser than `density_max` (dense products win) or
+        not on a CPU (on a GPU dense products are fast, and counting would wait for the device)."""
+        if z.device.type != "cpu":
+            return None
+        with torch.no_grad():
+            sample = z[:DENSITY_SAMPLE_ROWS]
+            if torch.count_nonzero(sample).item() > density_max * sample.numel():
+                return None
+            rows, cols = z.nonzero(as_tuple=True)
+            offsets = torch.zeros(len(z), dtype=torch.long, device=z.device)
+            offsets[1:] = torch.bincount(rows, minlength=len(z)).cumsum(0)[:-1]
+        return cls(rows, cols, offsets)
+
+
+def latent_matmul(z: torch.Tensor, W: torch.Tensor, active: ActiveLatents | None,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """z @ W (+ bias) for ReLU latents z, on z's support when `active` is given.
+
+    On the support, the gradient reaches z only at its nonzero entries: for z = ReLU(pre) that is
+    exactly the gradient of pre (the ReLU's derivative is 0 elsewhere); W's gradient is exact.
+    """
+    if active is None:
+        return z @ W if bias is None else torch.addmm(bias, z, W)
+    values = z[active.rows, active.cols].float()
+    out = F.embedding_bag(active.cols, W, active.offsets, per_sample_weights=values, mode="sum")
+    return out if bias is None else out + bias
+
+
+# --------------------------------------------------------------------------------------------
+# TopK's selected pre-activations
+# --------------------------------------------------------------------------------------------
+class _SelectedPreactivations(torch.autograd.Function):
+    """pre[r, indices[r, j]] for pre = z W + b computed outside autograd; the backward sends the
+    (B, k) gradient to z, W and b through the selected entries only."""
+
+    @staticmethod
+    def forward(ctx, z, W, b, pre, indices):
+        ctx.save_for_backward(z, W, indices)
+        ctx.n = W.shape[1]
+        return pre.gather(1, indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, W, indices = ctx.saved_tensors
+        grad = grad.float()
+        flat = indices.reshape(-1)
+        grad_b = torch.zeros(ctx.n, dtype=torch.float32, device=grad.device).index_add_(
+            0, flat, grad.reshape(-1))
+        grad_z = F.embedding_bag(indices, W.T.contiguous(), per_sample_weights=grad, mode="sum")
+        # grad_W[:, c] = sum over (r, j) with indices[r, j] = c of grad[r, j] * z[r]
+        order = torch.argsort(flat, stable=True)
+        per_column = torch.bincount(flat, minlength=ctx.n)
+        offsets = torch.zeros(ctx.n, dtype=torch.long, device=grad.device)
+        offsets[1:] = per_column.cumsum(0)[:-1]
+        tokens = torch.arange(len(z), device=z.device).repeat_interleave(indices.shape[1])[order]
+        grad_W = F.embedding_bag(tokens, z.float(), offsets, per_sample_weights=grad.reshape(-1)[order],
+                                 mode="sum").T
+        return grad_z.to(z.dtype), grad_W, grad_b, None, None
+
+
+def selected_preactivations(z: torch.Tensor, W: torch.Tensor, b: torch.Tensor, pre: torch.Tensor,
+                            indices: torch.Tensor) -> torch.Tensor:
+    """The entries `indices` (B, k) of pre = z @ W + b, differentiable in z, W and b at the cost
+    of k entries per row. `pre` must be z @ W + b computed without autograd (no_grad)."""
+    return _SelectedPreactivations.apply(z, W, b, pre.detach(), indices)
