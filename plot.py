@@ -38,7 +38,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from sae_harness.notes import RunRecord, load_run, run_number  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from sae_harness.evals.schemas import WeightsOutput  # noqa: E402
+from sae_harness.evals.sparse_probing import K_VALUES  # noqa: E402
+from sae_harness.run_directory import RunRecord, load_run, run_number  # noqa: E402
 
 # The runs to show, with their legend labels; empty: every run_* found.
 labels = {
@@ -47,7 +51,6 @@ labels = {
     "run_2": "Tuned cosine (this idea)",
 }
 
-K_VALUES = (1, 2, 5, 10, 20, 50)
 ALL_LATENTS_X = 120  # where the probe on all latents / all dimensions sits on the k axis
 DEGENERATE_HATCH = "//"
 DEGENERATE_NOTE = "hatched / dashed / hollow = degenerate SAE (see the table)"
@@ -350,44 +353,22 @@ QUANTITY_LABELS = {  # quantity: (axis label with unit, what the histogram count
                                          "largest (count per concept)", "fraction of concepts"),
 }
 """Labels for the histograms of sae_harness/evals/weights.py; other histograms get their key."""
-_CONTAINER_KEYS = {"levels", "histograms", "histogram"}
+W_ENC2_HISTOGRAMS = ("abs_log10_histogram", "effective_base_per_concept", "entries_above_1pct_of_max")
 
 
-def weight_histograms(weights: dict) -> dict[tuple[str, str], dict]:
-    """{(quantity, level): {"edges", "counts"}} from weights.json, wherever its histograms sit.
-
-    A histogram is any {"bin_edges" or "edges": [...], "counts": [...]} in the nested dicts. Its
-    level is a key on its path equal to 'base' or 'concept'; W_enc2 (a key starting with
-    'w_enc2') belongs to the concept level; failing both, a quantity key ending in '_base' or
-    '_concept' names it ('dec_norm_concept'); else the level is 'all'. The quantity is the other
-    keys on the path joined by '/' (container keys such as 'levels' and 'histogram' dropped).
-    """
+def weight_histograms(weights: WeightsOutput) -> dict[tuple[str, str], dict]:
+    """{(quantity, level): {"edges", "counts"}} from weights.json (its schema, by field name)."""
     found = {}
-
-    def walk(node, path):
-        if not isinstance(node, dict):
-            return
-        edges = node.get("bin_edges", node.get("edges"))
-        if isinstance(edges, list) and isinstance(node.get("counts"), list):
-            level, names = "all", []
-            for key in path:
-                if key in LEVELS:
-                    level = key
-                    continue
-                if key.startswith("w_enc2"):
-                    level = "concept"
-                if key not in _CONTAINER_KEYS:
-                    names.append(key)
-            if level == "all" and names:
-                for lv in LEVELS:
-                    if names[-1].endswith(f"_{lv}"):
-                        level, names[-1] = lv, names[-1][: -len(lv) - 1]
-            found[("/".join(names) or "weights", level)] = {"edges": edges, "counts": node["counts"]}
-            return
-        for key, value in node.items():
-            walk(value, path + [str(key)])
-
-    walk(weights, [])
+    for level, norms in weights.levels.items():
+        for quantity in ("encoder_column_norm", "decoder_row_norm"):
+            histogram = getattr(norms, quantity).histogram
+            found[(quantity, level)] = {"edges": histogram.bin_edges, "counts": histogram.counts}
+    if weights.w_enc2 is not None:
+        for quantity in W_ENC2_HISTOGRAMS:
+            node = getattr(weights.w_enc2, quantity)
+            histogram = getattr(node, "histogram", node)
+            found[(f"w_enc2/{quantity}", "concept")] = {"edges": histogram.bin_edges,
+                                                        "counts": histogram.counts}
     return found
 
 
@@ -400,11 +381,15 @@ def _constant(hist: dict, relative: float = 1e-4) -> bool:
 def plot_weights(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
     per_run = {}
     for run in runs:
-        hists = weight_histograms(run.record.eval_results.get("weights") or {})
-        if hists:
-            per_run[run.name] = hists
-        else:
+        data = run.record.eval_results.get("weights")
+        if data is None:
             skipped.append(f"{run.name}: no weight histograms (weights.json)")
+            continue
+        try:
+            per_run[run.name] = weight_histograms(WeightsOutput.model_validate(data))
+        except ValidationError as error:
+            skipped.append(f"{run.name}: weights.json does not fit its schema "
+                           f"({error.error_count()} problems, first: {error.errors()[0]['loc']})")
     if not per_run:
         return None
     known = list(QUANTITY_LABELS)
@@ -468,6 +453,19 @@ TRAINING_PANELS = [  # (title, y label, [(log key, line style)], y scale)
 
 CONCEPT_ONLY = {"l1_concept", "weight_l1_concept", "l0_concept", "dead_fraction_concept", "lw2"}
 """Log keys that mean nothing for a vanilla SAE (no concept level): not drawn for it."""
+NOT_PLOTTED = {"step", "tokens", "seconds"}
+PANEL_COLUMNS = 4
+
+
+def training_panels(logs: dict[str, list[dict]]) -> list[tuple]:
+    """The panels for what the logs hold: the known ones (TRAINING_PANELS) that have data, then
+    one panel per other logged number (an added loss term or diagnostic gets its own)."""
+    present = {key for rows in logs.values() for row in rows for key, value in row.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)}
+    panels = [panel for panel in TRAINING_PANELS if any(key in present for key, _ in panel[2])]
+    known = {key for panel in TRAINING_PANELS for key, _ in panel[2]} | NOT_PLOTTED
+    panels += [(key.replace("_", " "), key, [(key, "-")], "linear") for key in sorted(present - known)]
+    return panels
 
 
 def plot_training(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
@@ -481,8 +479,13 @@ def plot_training(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | 
             skipped.append(f"{run.name}: no training log (training_log.jsonl)")
     if not logs:
         return None
-    fig, axes = plt.subplots(2, 4, figsize=(20, 9))
-    for ax, (title, ylabel, series, scale) in zip(axes.flat, TRAINING_PANELS):
+    panels = training_panels(logs)
+    columns = min(PANEL_COLUMNS, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(5 * columns, 4.3 * rows + 0.6))
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, ylabel, series, scale) in zip(axes.flat, panels):
         for run in runs:
             rows = logs.get(run.name)
             if not rows:

@@ -6,8 +6,8 @@
 `factory(d_in=, d_sae=, k=, device=)` builds the `tuned_cosine` variant with base width d_sae and
 d_sae/4 concept latents. The concept level keeps the variant's own k (10): perf_ref's k is the
 TopK of the other trainers. One `update(step, x)` is a full step as in experiment.py's training
-loop: forward, loss, backward, decoder-gradient projection, Adam, decoder renormalisation and
-the dead-latent counters (inputs are scaled by the first batch's scale, as in training).
+loop: input scaling, forward, loss, backward, decoder-gradient projection, Adam, decoder
+renormalisation and the dead-latent counters (the first batch sets the scale, as in training).
 
 A fresh ReLU SAE fires on about half its latents (L0 ~ n1/2), while a trained one fires on a
 few percent (L0 60-170 of 2048 in the embedded runs); a TopK trainer's L0 is k from its first
@@ -22,6 +22,7 @@ import sys
 from dataclasses import replace
 
 import experiment as E
+from sae_harness.presets import PRESETS
 
 TRAINED_STEPS = 150
 _trained: dict[tuple, "HierarchicalStep"] = {}
@@ -30,22 +31,19 @@ _trained: dict[tuple, "HierarchicalStep"] = {}
 class HierarchicalStep:
     def __init__(self, d_in: int, d_sae: int, device: str, matmul_dtype: str, batch: int = 4096,
                  total_steps: int | None = None):
-        cfg = replace(E.make_config("tuned_cosine", "real"), d_sae_base=d_sae, matmul_dtype=matmul_dtype)
+        changes = dict(d_sae_base=d_sae, matmul_dtype=matmul_dtype)
         if total_steps:
-            cfg = replace(cfg, batch_size=batch, training_tokens=batch * total_steps)
-        self.cfg = cfg
-        self.sae = E.HierarchicalSAE(d_in, d_sae, self.cfg.n_concept, self.cfg.concept_k,
-                                     model_name="synthetic", hook_layer=0, context_size=128,
-                                     init_scale_concept=self.cfg.init_scale_concept).to(device)
+            changes.update(batch_size=batch, training_tokens=batch * total_steps)
+        self.cfg = E.make_config("tuned_cosine", "real", overrides=changes)
+        preset = replace(PRESETS["real"], model_name="synthetic", hook_layer=0)
+        self.sae = E.HierarchicalSAE.from_config(self.cfg, d_in, preset).to(device)
         self.trainer = None
         self.step_offset = 0
 
     def update(self, step, x):
         if self.trainer is None:  # the input scale comes from the first batch, as in training
-            self.scale = E.input_scale(x)
-            self.trainer = E.HierarchicalTrainer(self.sae, self.cfg, E.StepSchedule.for_run(self.cfg),
-                                                 E.input_std(x / self.scale))
-        return self.trainer.update(step + self.step_offset, x / self.scale)
+            self.trainer = E.HierarchicalTrainer(self.sae, self.cfg, x)
+        return self.trainer.update(step + self.step_offset, x)
 
 
 def hierarchical(d_in, d_sae, k, device):

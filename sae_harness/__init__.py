@@ -4,12 +4,25 @@ experiment.py holds the experiment itself (configuration, the SAE, its trainer, 
 package holds what it stands on, one step of the data's path per module:
 
     presets.py          the real and the embedded setting; EXPERIMENT_* environment variables
+    preflight.py        checks that a run can load its model and text, before any work
     text_sources.py     OpenWebText, or text shipped in installed packages
     sae_probes_data.py  the labelled sae-probes datasets: probing suite vs. training text
     language_model.py   the model as a TransformerLens HookedTransformer (GGUF conversion)
+    precision.py        bf16 or fp32, for the model and the SAE: measured per machine
+    cpu_threads.py      how many threads a phase uses, from the other processes' load
     activations.py      packing, residual-stream activations, the on-disk activation cache
-    sae_lens_format.py  saving/loading the SAE in SAE-Lens' format
-    run_directory.py    the run directory: atomic JSON, final_info.json, status, training log
+    sae_kernels.py      exact, faster forms of the SAE's matmuls (sparse latents, TopK gradient)
+    sae_bench_view.py   the SAE as SAE-Bench sees it, and its files
+    sae_files.py        the SAE on disk: strict state + SAE-Lens view of the base level
+    training_session.py resume, checkpoints, the training log, progress, divergence, stops
+    checkpoint.py       checkpoint files and graceful stops on SIGINT/SIGTERM
+    heldout.py          the trained SAE on held-out tokens (explained variance, L0, dead)
+    evaluations.py      every evaluation of a trained SAE (evals/: one module per eval)
+    degeneracy.py       DESIGN 7's checks: is a run's SAE degenerate?
+    notes.py            the lab notebook notes.txt
+    experiment_run.py   one run from its checks to its last stderr line
+    command_line.py     --out_dir, exit codes and the last stderr line
+    run_directory.py    the run directory: atomic files, final_info.json, status, training log
     provenance.py       versions, commit and machine of a run
     errors.py           failures with a one-line explanation
 """

@@ -9,6 +9,7 @@ other processes keep a core busy, the waiting dominates (4-19 prompts/s on 2 thr
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -49,3 +50,20 @@ def threads_for_phase(requested: int | str | None) -> tuple[int | None, str]:
     if others >= BUSY_CORES:
         return 1, f"other processes used {others:.1f} of {os.cpu_count()} cores: 1 thread"
     return None, f"other processes used {others:.1f} of {os.cpu_count()} cores: all {current} threads"
+
+
+@contextmanager
+def thread_count(n: int | None):
+    """torch's and the BLAS libraries' thread counts set to `n` within the block (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)

@@ -164,60 +164,80 @@ def _legacy_sae_layer(flat: dict) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def base_width(final_info: dict, config: dict | None) -> int | None:
-    """n1, the base level's width: config.json's d_sae_base, else what final_info says."""
+class RunFacts(NamedTuple):
+    """What the checks read of a run, in one shape whichever shape its files have."""
+
+    means: dict[str, dict[str, float]]
+    base_width: int | None
+    """n1 (d_sae_base)."""
+    has_concept_level: bool | None
+    training_note: str | None
+    """How the training record reads, when it is not this harness's (the seeded template's)."""
+    trained_layer: int | None
+    """The layer the SAE was trained on, when the files say."""
+    evaluated_layer: int | None
+    """The layer of the SAE that SAE-Bench evaluated, when the files say."""
+
+
+def read_run_facts(final_info: dict, config: dict | None = None) -> RunFacts:
+    """The facts of a run from final_info.json (ours or the legacy flat one) and config.json.
+
+    This is the only place that knows the legacy template's keys: its training_steps and
+    final_loss, its `layer`, `dict_size` (a vanilla SAE: the whole dictionary is the base level)
+    and the SAE-Bench sae_cfg_dict merged into it.
+    """
+    means = group_means(final_info)
     cfg = (config or {}).get("config") if isinstance(config, dict) else None
-    for candidate in ((cfg or {}).get("d_sae_base"),
-                      group_means(final_info).get("training", {}).get("d_sae_base")):
-        if _number(candidate):
-            return int(candidate)
-    if is_legacy_final_info(final_info):  # a vanilla SAE: the whole dictionary is the base level
-        for candidate in (final_info.get("dict_size"), _find_key(final_info, "d_sae")):
-            if _number(candidate):
-                return int(candidate)
-    return None
-
-
-def _has_concept_level(final_info: dict, config: dict | None) -> bool | None:
-    """Whether the SAE has a concept level (None: unknown)."""
+    cfg = cfg or {}
+    width = next((int(c) for c in (cfg.get("d_sae_base"), means.get("training", {}).get("d_sae_base"))
+                  if _number(c)), None)
+    concept = cfg["concept_k"] > 0 if _number(cfg.get("concept_k")) is not None else None
+    trained = (config or {}).get("preset", {}).get("hook_layer") if isinstance(config, dict) else None
+    note = evaluated = None
     if is_legacy_final_info(final_info):
-        return False
-    cfg = (config or {}).get("config") if isinstance(config, dict) else None
-    if cfg and _number(cfg.get("concept_k")) is not None:
-        return cfg["concept_k"] > 0
-    return None
+        width = width or next((int(c) for c in (final_info.get("dict_size"), _find_key(final_info, "d_sae"))
+                               if _number(c)), None)
+        concept = False
+        loss = final_info.get("final_loss", "absent")
+        steps = final_info.get("training_steps")
+        note = (f"legacy AI-Scientist template result: training_steps = {steps}, "
+                f"final_loss = {'null' if loss is None else loss}")
+        if "training_steps" not in final_info and loss is None:  # nothing says it trained at all
+            means.setdefault("training", {})["steps"] = 0.0
+            note = "legacy final_info: no training_steps and final_loss is null"
+        trained = _number(final_info.get("layer"))
+        evaluated = _legacy_sae_layer(final_info)
+    return RunFacts(means, width, concept, note, None if trained is None else int(trained), evaluated)
 
 
 # =============================================================================================
 # The checks
 # =============================================================================================
+NEARLY_DEAD = 0.95
+"""A concept level with at least this fraction of its latents never firing on the held-out
+tokens is (nearly) entirely dead: the SAE is a ReLU SAE with an unused second dictionary."""
+
+
 def check_degeneracy(final_info: dict, config: dict | None = None) -> DegeneracyCheck:
     """Every DESIGN 7 check that the run's files allow, with the ones they do not allow listed."""
-    means = group_means(final_info)
+    facts = read_run_facts(final_info, config)
+    means = facts.means
     training, core = means.get("training", {}), means.get("core", {})
-    legacy = is_legacy_final_info(final_info)
     reasons: list[str] = []
     unchecked: list[str] = []
+    detail = f" ({facts.training_note})" if facts.training_note else ""
 
     # --- training steps --------------------------------------------------------------------
     steps = training.get("steps")
     if steps is not None and steps < 1:
-        if legacy:
-            loss = final_info.get("final_loss", "absent")
-            reasons.append(f"0 training steps (legacy AI-Scientist template result: training_steps = 0, "
-                           f"final_loss = {'null' if loss is None else loss})")
-        else:
-            reasons.append("0 training steps")
+        reasons.append(f"0 training steps{detail}")
     elif steps is None:
-        if legacy and "final_loss" in final_info and final_info["final_loss"] is None:
-            reasons.append("no training recorded (legacy final_info: final_loss is null)")
-        else:
-            unchecked.append("training steps unknown (no training group)")
+        unchecked.append("training steps unknown (no training group)")
 
     # --- base-level L0 ---------------------------------------------------------------------
-    n1 = base_width(final_info, config)
+    n1 = facts.base_width
     l0_base, source = training.get("l0_base"), "held-out tokens"
-    if l0_base is None and _has_concept_level(final_info, config) is False:
+    if l0_base is None and facts.has_concept_level is False:
         l0_base, source = core.get("l0"), "SAE-Bench core"  # a vanilla SAE: core L0 is the base L0
     if l0_base is not None:
         if l0_base == 0:
@@ -230,6 +250,12 @@ def check_degeneracy(final_info: dict, config: dict | None = None) -> Degeneracy
         reasons.append("L0 is 0 in SAE-Bench core: no latent fires")
     else:
         unchecked.append("base L0 unknown (no training l0_base)")
+
+    # --- a concept level that does not fire ------------------------------------------------
+    dead_concept = training.get("dead_fraction_concept")
+    if facts.has_concept_level and dead_concept is not None and dead_concept >= NEARLY_DEAD:
+        reasons.append(f"concept level (nearly) entirely dead: {dead_concept:.1%} of its latents "
+                       f"never fire on held-out tokens")
 
     # --- explained variance ----------------------------------------------------------------
     # core: the centred figure where present (SAE-Bench 0.6.0's own divides by an uncentred
@@ -255,12 +281,11 @@ def check_degeneracy(final_info: dict, config: dict | None = None) -> Degeneracy
     elif not probes:
         unchecked.append("probe accuracies unknown (no sparse_probing SAE accuracies)")
 
-    # --- legacy: the SAE that was evaluated is not the one that was configured -------------
-    if legacy:
-        template_layer, sae_layer = _number(final_info.get("layer")), _legacy_sae_layer(final_info)
-        if template_layer is not None and sae_layer is not None and int(template_layer) != sae_layer:
-            reasons.append(f"legacy final_info: the template trains layer {int(template_layer)} but "
-                           f"SAE-Bench evaluated an SAE at hook_layer {sae_layer}")
+    # --- the SAE that was evaluated is not the one that was trained ------------------------
+    if facts.trained_layer is not None and facts.evaluated_layer is not None \
+            and facts.trained_layer != facts.evaluated_layer:
+        reasons.append(f"the SAE was trained on layer {facts.trained_layer} but SAE-Bench evaluated "
+                       f"an SAE at hook_layer {facts.evaluated_layer}{detail}")
     return DegeneracyCheck(reasons, unchecked)
 
 

@@ -25,10 +25,8 @@ import torch
 
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
-from sae_harness.run_directory import RunDirectory
+from sae_harness.run_directory import EVALUATIONS, RunDirectory
 from sae_harness.text_sources import documents
-
-EVALS = ("weights", "hierarchy", "core", "sparse_probing", "absorption")
 
 
 @dataclass
@@ -62,7 +60,7 @@ def _our_analysis(run: RunDirectory, name: str, analysis: Callable[[], tuple[dic
 
 
 def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, heldout: torch.Tensor,
-                 cache_dir: Path, names: tuple[str, ...] = EVALS) -> EvaluationOutcome:
+                 cache_dir: Path, names: tuple[str, ...] = EVALUATIONS) -> EvaluationOutcome:
     """Run the named evals of `sae` (reading raw activations) and record each one's outcome."""
     from sae_harness.evals.absorption import run_absorption
     from sae_harness.evals.core import core_config, run_core, tokens_needed

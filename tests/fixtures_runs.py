@@ -22,6 +22,8 @@ import numpy as np
 K_VALUES = (1, 2, 5, 10, 20, 50)
 N_BASE = 2048
 
+VARIANT_TITLES = {"baseline": "Baseline (vanilla ReLU SAE)", "cosine_sparsity": "Previous cosine variant",
+                  "tuned_cosine": "Tuned cosine (this idea)"}
 VARIANT_CONFIGS = {
     "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, lw_base=0.0, lw2_min=0.0,
                      lw2_max=0.0, base_init="dictionary_learning", lr_schedule="constant",
@@ -57,6 +59,7 @@ def config_json(variant: str, **changes) -> dict:
     config.update(VARIANT_CONFIGS[variant], **changes)
     return {
         "variant": variant,
+        "variant_title": VARIANT_TITLES[variant],
         "config": config,
         "preset": {"name": "embedded", "model_name": "google/gemma-3-270m",
                    "model_source": "gemma3_gguf_package", "hook_layer": 6,
@@ -127,37 +130,15 @@ def weights_means(has_concepts: bool) -> dict:
     return means
 
 
-def _histogram(samples, edges=40) -> dict:
-    counts, edges = np.histogram(samples, bins=edges)
-    return {"bin_edges": edges.tolist(), "counts": counts.tolist()}
-
-
-def _summary(samples) -> dict:
-    return {"mean": float(samples.mean()), "std": float(samples.std()), "min": float(samples.min()),
-            "max": float(samples.max()), "histogram": _histogram(samples)}
-
-
 def weights_json(has_concepts: bool, seed: int) -> dict:
-    """weights.json as sae_harness/evals/weights.py writes it (format_version 1)."""
-    rng = np.random.default_rng(seed)
-    levels = {"base": {"encoder_column_norm": _summary(rng.gamma(30, 0.028, N_BASE)),
-                       "decoder_row_norm": _summary(1 + rng.normal(0, 1e-4, N_BASE))}}
-    details = {"format_version": 1, "definitions": {}, "parameters": {"top_m": 5, "bins": 40},
-               "levels": levels}
-    if has_concepts:
-        levels["concept"] = {"encoder_column_norm": _summary(rng.gamma(4, 0.015, N_BASE // 4)),
-                             "decoder_row_norm": _summary(1 + rng.normal(0, 1e-4, N_BASE // 4))}
-        log10 = rng.normal(-4.2, 0.9, 50_000)
-        effective = rng.gamma(3, 4.5, N_BASE // 4)
-        details["w_enc2"] = {
-            "frac_abs_below": {"1e-4": 0.41, "1e-3": 0.962, "1e-2": 0.997},
-            "zero_entries": 0, "zero_columns": 0,
-            "abs_log10_histogram": {**_histogram(log10, np.linspace(-10.0, 2.0, 49)),
-                                    "below_first_edge": 0, "above_last_edge": 0},
-            "effective_base_per_concept": {"mean": float(effective.mean()), "median": float(np.median(effective)),
-                                           "histogram": _histogram(effective)},
-        }
-    return details
+    """weights.json as sae_harness/evals/weights.py writes it: its analysis of a random SAE."""
+    import experiment as E
+    from sae_harness.evals.weights import weight_analysis
+
+    sae = E.HierarchicalSAE(64, N_BASE, N_BASE // 4 if has_concepts else 0, 10 if has_concepts else 0,
+                            model_name="google/gemma-3-270m", hook_layer=6, context_size=128,
+                            init_scale_concept=0.01, seed=seed)
+    return weight_analysis(sae)[1]
 
 
 def training_log(variant: str, steps: int = 488, log_every: int = 10) -> list[dict]:

@@ -166,3 +166,15 @@ def test_core_explained_variance_is_judged_by_its_centred_figure(healthy):
     assert "explained variance -0.200 < 0 on SAE-Bench core" in degeneracy_reasons(bad, config)
     good = with_means(info, "core", explained_variance=-3.0, explained_variance_centered=0.8)
     assert not any("SAE-Bench core" in r for r in degeneracy_reasons(good, config))
+
+
+def test_the_seeded_record_kept_in_run_0_is_flagged_degenerate():
+    """run_0/final_info_as_seeded.json is the baseline the project was seeded with, verbatim."""
+    from conftest import REPO
+
+    seeded = json.loads((REPO / "run_0" / "final_info_as_seeded.json").read_text())
+    assert is_legacy_final_info(seeded)
+    reasons = degeneracy_reasons(seeded, None)
+    assert reasons[0].startswith("0 training steps (legacy AI-Scientist template result")
+    assert any(r.startswith("all SAE probes at chance") for r in reasons)
+    assert any("trained on layer 19" in r and "hook_layer 5" in r for r in reasons)

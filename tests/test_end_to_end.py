@@ -10,8 +10,8 @@ import torch
 
 import experiment as E
 from conftest import REPO
+from sae_harness.heldout import heldout_statistics
 from sae_harness.run_directory import read_training_log
-from sae_harness.sae_lens_format import load_sae
 from tiny_gemma2 import tiny_environment
 
 TINY = dict(d_sae_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
@@ -32,8 +32,8 @@ def tiny_run(tiny_gemma2, tiny_cache, tmp_path_factory):
 
 def test_end_to_end_run_writes_every_promised_file(tiny_run):
     for name in ("final_info.json", "run_status.json", "config.json", "training_log.jsonl",
-                 "sae/cfg.json", "sae/sae_weights.safetensors", "sae/concept_level.safetensors",
-                 "sae/hierarchical_sae.json"):
+                 "sae/cfg.json", "sae/sae_weights.safetensors", "sae/sae_state.safetensors",
+                 "sae/sae_state.json"):
         assert (tiny_run / name).is_file(), name
     info = json.loads((tiny_run / "final_info.json").read_text())
     means = info["training"]["means"]
@@ -85,11 +85,10 @@ def test_training_log_records_every_term_and_the_loss_decreases(tiny_run):
 
 def test_saved_sae_loads_back_and_reproduces_its_outputs(tiny_run, tiny_lm):
     preset, lm = tiny_lm
-    saved = load_sae(tiny_run / "sae")
-    sae = E.HierarchicalSAE.from_saved(saved)
+    sae = E.HierarchicalSAE.load(tiny_run / "sae")
     tokens = torch.tensor([lm.tokenizer("Return the value of the attribute. " * 5)["input_ids"][:32]])
     x = lm.model(tokens, stop_at_layer=preset.hook_layer + 1)[0, 1:]  # BOS dropped, as in training
-    again = E.HierarchicalSAE.from_saved(load_sae(tiny_run / "sae"))
+    again = E.HierarchicalSAE.load(tiny_run / "sae")
     assert torch.equal(sae.encode(x), again.encode(x))
     # the base level alone is a standard SAE-Lens SAE computing z1
     from sae_lens import SAE
@@ -103,9 +102,9 @@ def test_saved_sae_reproduces_the_recorded_heldout_statistics(tiny_run, tiny_lm,
     data = prepare_activations(lm, preset, TINY["training_tokens"], TINY["heldout_tokens"],
                                tiny_cache, TINY["batch_size"], seed=0)
     assert data.cache_hit
-    sae = E.HierarchicalSAE.from_saved(load_sae(tiny_run / "sae"))
+    sae = E.HierarchicalSAE.load(tiny_run / "sae")
     recorded = json.loads((tiny_run / "final_info.json").read_text())["training"]["means"]
-    stats = E.heldout_statistics(sae, data.heldout)
+    stats = heldout_statistics(sae, data.heldout)
     for key in ("explained_variance", "mse", "l0_base", "l0_concept", "dead_fraction_base"):
         assert stats[key] == pytest.approx(recorded[key], rel=1e-6, abs=1e-9), key
 
@@ -115,7 +114,7 @@ def test_sae_meets_sae_bench_custom_sae_expectations(tiny_run, tiny_lm):
     from sae_bench.sae_bench_utils import activation_collection, general_utils
 
     preset, lm = tiny_lm
-    sae = E.HierarchicalSAE.from_saved(load_sae(tiny_run / "sae"))
+    sae = E.HierarchicalSAE.load(tiny_run / "sae")
     d, width = sae.d_in, sae.n_base + sae.n_concept
     assert sae.W_dec.shape == (width, d) and sae.W_enc.shape == (d, width)
     assert sae.b_enc.shape == (width,) and sae.b_dec.shape == (d,)

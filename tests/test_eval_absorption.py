@@ -25,6 +25,8 @@ import torch
 import experiment as E
 from sae_harness.errors import ConfigurationError
 from sae_harness.evals import absorption as A
+from sae_harness.evals import absorption_probe as P
+from sae_harness.evals import absorption_prompts as V
 from sae_harness.evals.sae_bench_results import read_eval_output
 
 TEMPLATE = "{word} has the first letter:"
@@ -48,7 +50,7 @@ def letter_tokenizer():
     words = sorted({w for doc in python_docstrings() for w in re.findall(r"\b[a-zA-Z]{2,12}\b", doc)})
     rng = random.Random(0)
     lines = []
-    for letter in A.LETTERS:
+    for letter in P.LETTERS:
         group = [w for w in words if w[0].lower() == letter] or [letter]
         lines += [f"\n{w} has the first letter: {letter.upper()}" for w in rng.choices(group, k=60)]
     return build_tokenizer(lines)
@@ -70,7 +72,7 @@ def letter_lm(tiny_lm):
         for token, index in tokenizer.vocab.items():
             word = tokenizer.convert_tokens_to_string([token]).strip()
             if word.isascii() and word.isalpha() and word[0].lower() in PLANTED:
-                W_E[index] += scale * directions[A.LETTERS.index(word[0].lower())]
+                W_E[index] += scale * directions[P.LETTERS.index(word[0].lower())]
     try:
         yield preset, replace(lm, weights_id=lm.weights_id + "+letter-tokenizer+planted-letters")
     finally:
@@ -118,7 +120,7 @@ def test_only_sae_bench_0_6_0_is_accepted(monkeypatch, tiny_lm, tmp_path):
 def test_a_tokenizer_that_breaks_sae_bench_prompts_is_refused(tiny_lm, tmp_path):
     _, lm = tiny_lm  # the fixture's BPE: ' Q' is two tokens, ' A' one
     with pytest.raises(ConfigurationError, match="does not suit this tokenizer"):
-        A.locate_word_token(lm.tokenizer, TEMPLATE)
+        V.locate_word_token(lm.tokenizer, TEMPLATE)
     with pytest.raises(ConfigurationError, match="does not suit this tokenizer"):
         run(tiny_lm, tmp_path, tmp_path / "probes", tiny_sae(0), None)  # the preset's sizes
     assert not any(tmp_path.iterdir())
@@ -127,7 +129,7 @@ def test_a_tokenizer_that_breaks_sae_bench_prompts_is_refused(tiny_lm, tmp_path)
 @pytest.mark.parametrize("template", [TEMPLATE, "{word} has the first letter of it:"])
 def test_word_position_is_read_from_the_tokenizer(letter_lm, template):
     tokenizer = letter_lm[1].tokenizer
-    found = A.locate_word_token(tokenizer, template)
+    found = V.locate_word_token(tokenizer, template)
     words = 0
     for token, token_id in tokenizer.vocab.items():
         word = tokenizer.convert_tokens_to_string([token])
@@ -149,7 +151,7 @@ def test_gemma3_tokenizer_puts_the_word_where_sae_bench_expects_it():
     checkpoints = sorted((cache / "models").glob("gemma-3-270m-bf16-*"))
     if not checkpoints:
         pytest.skip("no converted Gemma-3-270M checkpoint in the cache (run the embedded preset once)")
-    found = A.locate_word_token(AutoTokenizer.from_pretrained(checkpoints[-1]), TEMPLATE)
+    found = V.locate_word_token(AutoTokenizer.from_pretrained(checkpoints[-1]), TEMPLATE)
     assert found.word_token_pos == AbsorptionEvalConfig().prompt_token_pos == -6
     # the byte-fallback tokens <0x41>.. ('A'..) are the same words as the tokens 'A'..; besides
     # them only a handful of words (' YYYY', ...) re-tokenise in the prompt
@@ -159,29 +161,29 @@ def test_gemma3_tokenizer_puts_the_word_where_sae_bench_expects_it():
 
 def test_word_sample_keeps_proportions_and_a_floor_per_letter():
     words = [f"a{i}" for i in range(1000)] + [f"B{i}" for i in range(100)] + [f" x{i}" for i in range(5)]
-    sample = A.sample_words(words, 110, 10, random.Random(0))
-    letters = [A.first_letter(w) for w in sample]
+    sample = P.sample_words(words, 110, 10, random.Random(0))
+    letters = [P.first_letter(w) for w in sample]
     assert letters.count("a") == 100 and letters.count("b") == 10 and letters.count("x") == 5
     assert len(set(sample)) == len(sample) and set(sample) <= set(words)
-    assert A.sample_words(words, None, 10, random.Random(0)) == words
+    assert P.sample_words(words, None, 10, random.Random(0)) == words
 
 
 def test_split_puts_every_letter_with_two_words_on_both_sides():
     words = [f"a{i}" for i in range(50)] + ["zz", "zy"] + ["q1"]
-    train, test = A.split_words(words, random.Random(1))
+    train, test = P.split_words(words, random.Random(1))
     assert sorted(train + test) == sorted(words)
-    assert {A.first_letter(w) for w in test} == {"a", "z"}
+    assert {P.first_letter(w) for w in test} == {"a", "z"}
     assert sum(w.startswith("a") for w in test) == 10  # 80/20 within the letter
 
 
 def test_probe_folder_depends_on_model_layer_and_prompt():
     key = {"transformer_lens_name": "gemma-2-2b", "layer": 12, "prompt_token_pos": -6,
            "prompt_template": TEMPLATE, "weights_id": "w"}
-    folder = A.probe_folder(Path("/p"), key)
-    assert folder == A.probe_folder(Path("/p"), dict(key))
+    folder = P.probe_folder(Path("/p"), key)
+    assert folder == P.probe_folder(Path("/p"), dict(key))
     for change in ({"layer": 11}, {"prompt_token_pos": -5}, {"weights_id": "v"},
                    {"prompt_template": "{word}:"}):
-        assert A.probe_folder(Path("/p"), {**key, **change}) != folder
+        assert P.probe_folder(Path("/p"), {**key, **change}) != folder
 
 
 
@@ -201,8 +203,8 @@ def test_with_too_few_first_letter_features_it_fails_clearly_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work_absorption"]
     # the LLM probe is complete and kept for the next run with this model and layer
     (folder,) = [p for p in probes_root.iterdir() if not p.name.startswith(".")]
-    assert json.loads((folder / A.PROBE_KEY).read_text())["weights_id"].endswith("+planted-letters")
-    assert all((folder / "gemma-2-2b" / "layer_1" / name).is_file() for name in A.PROBE_FILES)
+    assert json.loads((folder / P.PROBE_KEY).read_text())["weights_id"].endswith("+planted-letters")
+    assert all((folder / "gemma-2-2b" / "layer_1" / name).is_file() for name in P.PROBE_FILES)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +242,7 @@ def test_with_lowered_thresholds_it_writes_sae_bench_json(completed, letter_lm):
     for d in out.eval_result_details:
         assert 0.0 <= d.mean_absorption_fraction <= 1.0 and 0.0 <= d.full_absorption_rate <= 1.0
         assert 0 <= d.num_full_absorption <= d.num_probe_true_positives and d.num_split_features >= 1
-    found = A.locate_word_token(letter_lm[1].tokenizer, TEMPLATE)
+    found = V.locate_word_token(letter_lm[1].tokenizer, TEMPLATE)
     assert out.eval_config.prompt_token_pos == found.word_token_pos
     assert out.sae_cfg_dict["d_sae"] == 256 + 64
     assert out.sae_bench_commit_hash.startswith("sae-bench==0.6.0")

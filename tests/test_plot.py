@@ -78,7 +78,8 @@ def test_table_has_a_row_per_run_and_marks_degenerate_ones(all_runs_plotted):
 
 def test_missing_groups_and_files_are_reported(all_runs_plotted):
     _, stdout, _ = all_runs_plotted
-    assert "run_1 lacks: group absorption (failed: too few letters" in stdout
+    lacks = {line.split(" lacks: ")[0]: line for line in stdout.splitlines() if " lacks: " in line}
+    assert "group absorption (failed: too few letters" in lacks["run_1"]
     assert "training: left out run_1: no training log (training_log.jsonl)" in stdout
     assert "absorption: left out run_1: no absorption results" in stdout
     assert "weights: left out run_4: no weight histograms (weights.json)" in stdout
@@ -132,18 +133,32 @@ def test_no_runs_is_an_error_with_a_one_line_reason(monkeypatch, tmp_path):
     assert stderr.strip().splitlines()[-1].startswith("error: no run to plot: no run_*/final_info.json")
 
 
-@pytest.mark.parametrize("weights,expected", [
-    ({"levels": {"concept": {"decoder_row_norm": {"mean": 1.0, "histogram": {"bin_edges": [0, 1], "counts": [3]}}}}},
-     ("decoder_row_norm", "concept")),
-    ({"w_enc2": {"abs_log10_histogram": {"bin_edges": [0, 1], "counts": [3], "below_first_edge": 0}}},
-     ("w_enc2/abs_log10_histogram", "concept")),
-    ({"histograms": {"decoder_norm": {"base": {"edges": [0, 1], "counts": [3]}}}}, ("decoder_norm", "base")),
-    ({"histograms": {"dec_norm_concept": {"edges": [0, 1], "counts": [3]}}}, ("dec_norm", "concept")),
-    ({"concept": {"w_enc2_abs": {"edges": [0, 1], "counts": [3]}}}, ("w_enc2_abs", "concept")),
-    ({"histograms": {"cosine": {"edges": [0, 1], "counts": [3]}}}, ("cosine", "all")),
-])
-def test_weight_histograms_are_found_wherever_they_sit(weights, expected):
-    assert list(plot.weight_histograms(weights)) == [expected]
+def test_weights_are_read_by_their_schema_and_a_file_that_does_not_fit_is_named(tmp_path, monkeypatch):
+    F.write_complete_run(tmp_path / "run_0", "tuned_cosine")
+    weights = json.loads((tmp_path / "run_0" / "weights.json").read_text())
+    histograms = plot.weight_histograms(plot.WeightsOutput.model_validate(weights))
+    assert sorted(histograms) == sorted(
+        [(q, level) for q in ("encoder_column_norm", "decoder_row_norm") for level in ("base", "concept")]
+        + [(f"w_enc2/{q}", "concept") for q in plot.W_ENC2_HISTOGRAMS])
+    weights["levels"]["base"]["decoder_row_norm"]["histogram"]["edgez"] = [0, 1]  # not a field
+    (tmp_path / "run_0" / "weights.json").write_text(json.dumps(weights))
+    _, stdout, _ = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
+    assert "weights: left out run_0: weights.json does not fit its schema" in stdout
+
+
+def test_training_panels_follow_what_the_log_holds(tmp_path, monkeypatch):
+    F.write_complete_run(tmp_path / "run_0", "tuned_cosine")
+    log = tmp_path / "run_0" / "training_log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    logs = {"run_0": rows}
+    assert len(plot.training_panels(logs)) == len(plot.TRAINING_PANELS)
+    for row in rows:  # an added loss term is drawn in a panel of its own, nothing is dropped
+        row.update(aux_loss=0.1, concept_pre_mean=-0.2)
+    titles = [panel[0] for panel in plot.training_panels(logs)]
+    assert titles[-2:] == ["aux loss", "concept pre mean"]
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    _, stdout, _ = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
+    assert "training: wrote" in stdout
 
 
 def test_the_table_names_the_precision_when_runs_differ_in_it(tmp_path, monkeypatch):

@@ -53,7 +53,7 @@ def wait_for_checkpoint_after(out_dir, step, proc, timeout=240):
 
 def weights(run_dir):
     sae = Path(run_dir) / "sae"
-    return (sae / "sae_weights.safetensors").read_bytes(), (sae / "concept_level.safetensors").read_bytes()
+    return (sae / "sae_weights.safetensors").read_bytes(), (sae / "sae_state.safetensors").read_bytes()
 
 
 def training_means(run_dir):
@@ -152,7 +152,7 @@ def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpo
         E.train_sae(cfg, preset, FakeData(bad_step=17), run)
     state = Checkpoint(run.file(CHECKPOINT)).load()
     assert state["step"] == 15  # saved after step 14, before the NaN
-    assert all(torch.isfinite(v).all() for v in state["sae"].values())
+    assert all(torch.isfinite(v).all() for v in state["trainer"]["sae"].values())
 
 
 def test_unreadable_checkpoint_is_refused_not_used(tmp_path):

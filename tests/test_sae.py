@@ -111,7 +111,7 @@ def test_decoder_rows_stay_unit_norm_after_steps():
                    lr=1e-2, lr_warmup_steps=1)
     sae = E.HierarchicalSAE(32, 64, 16, 3, model_name="m", hook_layer=0, context_size=8,
                             init_scale_concept=0.5)
-    trainer = E.HierarchicalTrainer(sae, cfg, E.StepSchedule.for_run(cfg), input_std=1.0)
+    trainer = E.HierarchicalTrainer(sae, cfg, torch.randn(128, 32) * 2)
     for step in range(20):
         trainer.update(step, torch.randn(128, 32) * 2)
     norms = sae.W_dec.norm(dim=-1)
@@ -155,9 +155,8 @@ def test_impossible_configurations_are_refused_with_a_reason(changes, fragment):
     from dataclasses import replace
     from sae_harness.errors import ConfigurationError
 
-    cfg = replace(E.make_config("tuned_cosine", "embedded"), **changes)
-    with pytest.raises(ConfigurationError, match=fragment):
-        E.validate_config(cfg)
+    with pytest.raises(ConfigurationError, match=fragment):  # Config refuses it when it is made
+        replace(E.make_config("tuned_cosine", "embedded"), **changes)
 
 
 def test_unknown_variant_is_refused():
@@ -165,3 +164,36 @@ def test_unknown_variant_is_refused():
 
     with pytest.raises(ConfigurationError, match="EXPERIMENT_VARIANT='nope'"):
         E.make_config("nope", "embedded")
+
+
+def test_loss_terms_equal_their_documented_formulas():
+    """Config's comment block defines each term; the trainer computes exactly those."""
+    cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=32, training_tokens=32 * 10,
+                   matmul_dtype="float32")
+    sae = make_sae(d=16, n1=64, k=3, init_scale_concept=0.5)
+    x = torch.randn(32, 16) * 2 + 1
+    trainer = E.HierarchicalTrainer(sae, cfg, x)
+    xs = x / trainer.input_scale
+    assert trainer.input_scale == pytest.approx(math.sqrt(x.pow(2).sum(-1).mean().item() / 16))
+    s = trainer.input_std
+    assert s == pytest.approx(math.sqrt((xs - xs.mean(0)).pow(2).sum(-1).mean().item() / 16))
+    terms, _, _ = trainer.loss_terms(xs, step=7)
+    z = sae.encode(xs)
+    z1, z2 = z[:, :64], z[:, 64:]
+    x_hat = z1 @ sae.W_dec1 + z2 @ sae.W_dec2 + sae.b_dec
+    expected = {
+        "reconstruction": (xs - x_hat).pow(2).sum(-1).mean() / (16 * s * s),
+        "l1_base": z1.abs().sum(-1).mean() / (4 * s),
+        "l1_concept": z2.abs().sum(-1).mean() / (4 * s),
+        "weight_l1_base": sae.W_enc1.abs().sum(0).mean() / 4,
+        "weight_l1_concept": sae.W_enc2.abs().sum(0).mean() / 8,
+        "l0_base": (z1 > 0).sum(-1).float().mean(),
+        "l0_concept": (z2 > 0).sum(-1).float().mean(),
+    }
+    for name, value in expected.items():
+        assert getattr(terms, name).item() == pytest.approx(value.item(), rel=1e-5), name
+    lw2 = E.lw2_at(7, cfg.lw2_min, cfg.lw2_max, trainer.schedule.lw2_ramp)
+    total = (expected["reconstruction"] + cfg.l1_base * expected["l1_base"]
+             + cfg.l1_concept * expected["l1_concept"] + cfg.lw_base * expected["weight_l1_base"]
+             + lw2 * expected["weight_l1_concept"])
+    assert terms.total.item() == pytest.approx(total.item(), rel=1e-5)

@@ -167,9 +167,9 @@ def level_figures(sae, feature_density: list[float]) -> dict[str, float]:
     return figures
 
 
-def _record_batches(store) -> list[torch.Tensor]:
-    """Keep every token batch the store hands out (the last ones are the variance batches)."""
-    batches: list[torch.Tensor] = []
+def _recording_batches(store, batches: list[torch.Tensor]):
+    """store.get_batch_tokens, keeping every token batch it hands out in `batches` (the last ones
+    are the sparsity/variance batches)."""
     get_batch_tokens = store.get_batch_tokens
 
     def recording(*args, **kwargs):
@@ -177,8 +177,7 @@ def _record_batches(store) -> list[torch.Tensor]:
         batches.append(tokens)
         return tokens
 
-    store.get_batch_tokens = recording
-    return batches
+    return recording
 
 
 @torch.no_grad()
@@ -367,12 +366,13 @@ def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_p
           f"{config.n_eval_reconstruction_batches}+{config.n_eval_sparsity_variance_batches} "
           f"batches of {config.context_size}) from {len(documents)} documents")
 
-    batches = _record_batches(store)
+    batches: list[torch.Tensor] = []
     reference = ReconstructionReference(
         lm.model, sae.cfg.hook_layer,
         reference_folder(reference_root, lm, sae.cfg.hook_name) if reference_root else None)
     with patched(core_main, "get_recons_loss",
-                 get_recons_loss_from_reference(reference, core_main.get_recons_loss)):
+                 get_recons_loss_from_reference(reference, core_main.get_recons_loss)), \
+            patched(store, "get_batch_tokens", _recording_batches(store, batches)):
         metrics, feature_metrics = run_evals(sae, store, lm.model, config, ignore_tokens=ignore_tokens)
     metrics["misc_metrics"] = calculate_misc_metrics(feature_metrics)
     result = {"eval_cfg": config, "metrics": metrics, "feature_metrics": feature_metrics,

@@ -51,6 +51,7 @@ from typing import NamedTuple
 
 import torch
 
+from sae_harness.evals.schemas import HierarchyOutput, validated
 from sae_harness.evals.weights import sample_excluding, strongest_base_latents
 
 FORMAT_VERSION = 1
@@ -270,7 +271,7 @@ def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null
         "concepts": concepts,
     }
     details["seconds"] = time.time() - started
-    return means, details
+    return means, validated(HierarchyOutput, details)
 
 
 def _group_means(info: PairInformation) -> dict[str, float]:

@@ -76,6 +76,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.evals.patching import patched
 from sae_harness.evals.sae_bench_results import (
     SAE_BENCH_RELEASE,
     flat_means,
@@ -261,12 +262,11 @@ def embedded_probing_datasets(suite: dict = EMBEDDED_PROBING_SUITE):
             return embedded_train_test_data(dataset_name, train_set_size, test_set_size, random_seed)
         return original_loader(dataset_name, train_set_size, test_set_size, random_seed)
 
-    dataset_utils.get_multi_label_train_test_data = get_multi_label_train_test_data
     chosen.update({name: list(classes) for name, classes in suite.items()})
     try:
-        yield
+        with patched(dataset_utils, "get_multi_label_train_test_data", get_multi_label_train_test_data):
+            yield
     finally:
-        dataset_utils.get_multi_label_train_test_data = original_loader
         for name in suite:
             chosen.pop(name, None)
         chosen.update(previous)
@@ -291,11 +291,8 @@ def sae_probes_seeded(seed: int):
         torch.manual_seed(seed)
         return encoded
 
-    activation_collection.get_sae_meaned_activations = get_sae_meaned_activations
-    try:
+    with patched(activation_collection, "get_sae_meaned_activations", get_sae_meaned_activations):
         yield
-    finally:
-        activation_collection.get_sae_meaned_activations = original
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,11 +323,8 @@ def atomic_torch_saves_into(folder: Path):
             raise
 
     remove_stale_temporaries(folder)
-    torch.save = save
-    try:
+    with patched(torch, "save", save):
         yield
-    finally:
-        torch.save = original
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -49,6 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sae_harness.evals.schemas import WeightsOutput, validated
+
 FORMAT_VERSION = 1
 THRESHOLDS = {"1e-4": 1e-4, "1e-3": 1e-3, "1e-2": 1e-2}
 """Thresholds for the W_enc2 sparsity fractions, keyed by the name used in metric names."""
@@ -124,7 +126,7 @@ def weight_analysis(sae, top_m: int = 5, bins: int = 50, seed: int = 0
             for stat in ("mean", "std", "min", "max"):
                 means[f"{short}_norm_{stat}_{level}"] = stats[stat]
     if not sae.n_concept:
-        return means, details
+        return means, validated(WeightsOutput, details)
 
     # on the SAE's device, in float32, with float64 sums
     W = sae.W_enc2.detach().float()
@@ -140,7 +142,7 @@ def weight_analysis(sae, top_m: int = 5, bins: int = 50, seed: int = 0
     means[f"concept_top{m}_base_decoder_cosine_mean"] = cosine["topm_mean"]
     if cosine["random_mean"] is not None:
         means["concept_random_base_decoder_cosine_mean"] = cosine["random_mean"]
-    return means, details
+    return means, validated(WeightsOutput, details)
 
 
 def _column_chunks(n_columns: int, chunk: int):

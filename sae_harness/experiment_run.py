@@ -1,0 +1,208 @@
+"""One experiment into one run directory: from the checks before any work to the last stderr line.
+
+    with ExperimentRun.start(out_dir, env, config, variant_title) as run:   # checks, lock, precision
+        lm = run.load_language_model()
+        data = run.activations(lm)
+        if run.training_finished():                   # an earlier attempt trained already
+            sae = run.trained_sae(load)
+        else:
+            sae, summary = train(...)
+            run.record_training(sae, summary, data)   # saves the SAE, held-out statistics
+        run.evaluate(sae, lm, data)                   # evals, degeneracy, notes, status
+
+What `start` does, in order: refuses a run that cannot work (preflight: model, text, cache;
+a token budget the text cannot supply) before creating anything; prepares and locks the folder
+(a finished run is refused unless EXPERIMENT_OVERWRITE=1, an unfinished one with another
+configuration always); prints and records the provenance (config.json, run_status.json
+'running'); converts the model if need be and chooses the precision (precision.py), which it
+prints and records in config.json.
+
+`evaluate` runs every evaluation (a failing one is recorded, the rest still run), flags a
+degenerate SAE (DESIGN 7) in final_info.json, on stdout and in notes.txt, marks the run finished
+with the time of each phase, and ends with one stderr line naming any problem.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from sae_harness.activations import ActivationData, check_token_budget, prepare_activations
+from sae_harness.checkpoint import Checkpoint
+from sae_harness.degeneracy import degeneracy_reasons
+from sae_harness.errors import ConfigurationError
+from sae_harness.evaluations import evaluate_sae
+from sae_harness.heldout import heldout_statistics, training_warnings
+from sae_harness.language_model import (LanguageModel, load_language_model, load_tokenizer,
+                                        locate_model, tokenizer_id)
+from sae_harness.notes import update_notes
+from sae_harness.precision import precision_for_run
+from sae_harness.preflight import preflight
+from sae_harness.presets import RunEnvironment
+from sae_harness.provenance import provenance
+from sae_harness.run_directory import CHECKPOINT, CONFIG, RunDirectory, read_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def json_round_trip(obj):
+    """`obj` as it reads back from JSON (tuples become lists), for comparing configurations."""
+    return json.loads(json.dumps(obj))
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class ExperimentRun:
+    """The run directory, the preset with its chosen precision, and the phases' times."""
+
+    def __init__(self, directory: RunDirectory, env: RunEnvironment, cfg, variant_title: str):
+        self.directory, self.env, self.cfg = directory, env, cfg
+        self.preset = env.preset
+        self.variant_title = variant_title
+        self.phases: dict[str, float] = {}
+        self.started = time.time()
+
+    # --- start --------------------------------------------------------------------------------
+    @classmethod
+    @contextmanager
+    def start(cls, out_dir: Path, env: RunEnvironment, cfg, variant_title: str = ""
+              ) -> Iterator[ExperimentRun]:
+        """Checks, the locked run folder, provenance and precision (module docstring)."""
+        preset = env.preset
+        preflight(preset, env.cache_dir)
+        check_token_budget(preset, cfg.training_tokens, cfg.heldout_tokens, env.cache_dir,
+                           lambda: load_tokenizer(preset, env.cache_dir), tokenizer_id(preset))
+        directory = RunDirectory(out_dir)
+        directory.prepare(overwrite=env.overwrite)
+        with directory.lock():
+            run = cls(directory, env, cfg, variant_title or cfg.variant)
+            run._begin()
+            yield run
+
+    def _begin(self) -> None:
+        directory, env, cfg = self.directory, self.env, self.cfg
+        if env.overwrite:
+            directory.reset_results()
+        elif directory.previous_config() not in (None, json_round_trip(asdict(cfg))):
+            raise ConfigurationError(
+                f"{directory.path} holds an unfinished run with another configuration; use a new "
+                "--out_dir or set EXPERIMENT_OVERWRITE=1 to start it over")
+        resuming = directory.status().get("state") in ("running", "failed", "interrupted")
+        earlier = (read_json(directory.file(CONFIG)).get("precision")
+                   if resuming and directory.file(CONFIG).is_file() else None)
+        self.origin = provenance(REPO, self.preset.device)
+        print(f"[run] {directory.path}: variant {cfg.variant}, preset {self.preset.name} "
+              f"({env.preset_reason})" + (" - resuming an unfinished run" if resuming else ""))
+        print(f"[run] code {self.origin['git']['commit']}"
+              f"{' (modified)' if self.origin['git']['dirty'] else ''}; "
+              + ", ".join(f"{k} {v}" for k, v in self.origin["packages"].items()))
+        self._write_config(None)
+        directory.set_status("running", started=self.origin["started"])
+
+        self.location = locate_model(self.preset, env.cache_dir)
+        self.phases["model_conversion"] = self.location.seconds
+        self.precision = precision_for_run(self.preset, self.location, env.precision,
+                                           cfg.matmul_dtype, cfg.batch_size, cfg.d_sae_base,
+                                           earlier, env.cache_dir)
+        self.preset = replace(self.preset, model_dtype=self.precision.model_dtype)
+        self._write_config(self.precision)
+        print(f"[run] model {self.preset.model_name} {self.preset.hook_name} on "
+              f"{self.origin['device']}; text {self.preset.text_dataset}; {cfg.training_tokens} tokens")
+        print(f"[run] precision: model {self.precision.model_dtype}, SAE matmuls "
+              f"{self.precision.sae_matmul_dtype} ({self.precision.reason})")
+        if self.precision.warning:
+            print(f"[run] WARNING: {self.precision.warning}")
+
+    def _write_config(self, precision) -> None:
+        self.directory.write_json(CONFIG, {
+            "variant": self.cfg.variant, "variant_title": self.variant_title,
+            "config": asdict(self.cfg), "preset": asdict(self.preset),
+            "preset_reason": self.env.preset_reason, "cache_dir": str(self.env.cache_dir),
+            "provenance": self.origin,
+            **({"precision": precision.record()} if precision else {})})
+
+    # --- the model and the activations ------------------------------------------------------------
+    def load_language_model(self) -> LanguageModel:
+        lm = load_language_model(self.preset, self.env.cache_dir, self.location)
+        print(f"[model] loaded {self.preset.model_name} from {lm.source} in {lm.load_seconds:.0f} s")
+        self.phases["model_load"] = lm.load_seconds
+        return lm
+
+    def activations(self, lm: LanguageModel) -> ActivationData:
+        started, cfg = time.time(), self.cfg
+        data = prepare_activations(lm, self.preset, cfg.training_tokens, cfg.heldout_tokens,
+                                   self.env.cache_dir, cfg.batch_size, cfg.seed)
+        self.phases["activations"] = time.time() - started
+        return data
+
+    # --- training -------------------------------------------------------------------------------
+    def training_finished(self) -> bool:
+        """Whether an earlier attempt in this folder trained and saved the SAE already."""
+        return "training" in self.directory.final_info() and self.directory.sae_dir.is_dir()
+
+    def trained_sae(self, load: Callable[[Path], object]):
+        """The SAE an earlier attempt trained (its evaluations are what is left to do)."""
+        print("[train] training had finished in an earlier attempt; reusing its SAE")
+        self._training_started = time.time()
+        sae = load(self.directory.sae_dir).to(self.preset.device)
+        self._report_training(self.directory.final_info()["training"]["means"])
+        return sae
+
+    def record_training(self, sae, summary: dict, data: ActivationData, training_started: float) -> None:
+        """Save the trained SAE, measure it on the held-out tokens, write the training group."""
+        self._training_started = training_started
+        sae.save(self.directory.sae_dir, {"variant": self.cfg.variant,
+                                          "dataset_path": self.preset.text_dataset,
+                                          "training_tokens": self.cfg.training_tokens})
+        stats = {**summary, **heldout_statistics(sae, data.heldout),
+                 "activation_seconds": data.collect_seconds,
+                 "activation_cache_hit": float(data.cache_hit)}
+        self.directory.set_group("training", stats)
+        Checkpoint(self.directory.file(CHECKPOINT)).remove()
+        self._report_training(stats)
+
+    def _report_training(self, stats: dict) -> None:
+        self.phases["training"] = time.time() - self._training_started
+        print(f"[train] EV {stats['explained_variance']:.3f}, L0 base {stats['l0_base']:.1f} / "
+              f"concept {stats['l0_concept']:.1f}, dead {stats['dead_fraction_base']:.1%} / "
+              f"{stats['dead_fraction_concept']:.1%}, {stats['seconds']:.0f} s")
+        self.stats = stats
+
+    # --- evaluations and the end ------------------------------------------------------------------
+    def evaluate(self, sae, lm: LanguageModel, data: ActivationData) -> RunDirectory:
+        directory = self.directory
+        warnings = training_warnings(self.stats, sae)
+        for warning in warnings:
+            print(f"[train] WARNING: {warning}")
+        outcome = evaluate_sae(directory, sae, lm, self.preset, data.heldout, self.env.cache_dir)
+        self.phases.update(outcome.done)
+
+        # DESIGN 7: flag a degenerate SAE in final_info.json, on stdout and in notes.txt
+        reasons = degeneracy_reasons(directory.final_info(), read_json(directory.file(CONFIG)))
+        training = directory.final_info()["training"]
+        directory.set_group("training", {**training["means"], "degenerate": float(bool(reasons))},
+                            degenerate_reasons=reasons)
+        if reasons:
+            print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
+        self.phases["total"] = time.time() - self.started
+        directory.set_status("finished", seconds=self.phases["total"], peak_rss_gb=peak_memory_gb(),
+                             degenerate_reasons=reasons, warnings=warnings,
+                             phase_seconds=self.phases)
+        update_notes(directory.path.resolve().parent / "notes.txt", directory.path)
+        print(f"[run] finished {directory.path} in {self.phases['total']:.0f} s")
+        if outcome.failed or reasons:  # the loop reads the tail of stderr: say it last, on one line
+            problems = [f"eval {name} failed: {why}" for name, why in outcome.failed.items()]
+            problems += [f"degenerate SAE: {'; '.join(reasons)}"] if reasons else []
+            print(f"warning: {directory.path} finished with problems: {' | '.join(problems)}",
+                  file=sys.stderr)
+        return directory
