@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from sae_harness.errors import ConfigurationError
+from sae_harness.provenance import cpu_name
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 """Values of EXPERIMENT_PRECISION, of Preset.model_dtype and of Config.matmul_dtype."""
@@ -249,7 +249,7 @@ def precision_for_run(preset, location, requested: str, matmul_dtype: str, batch
                          sae=(batch_size, d_model, d_sae))
     path = None
     if cache_dir is not None and torch.device(preset.device).type == "cpu":
-        key = {"cpu": _cpu_name(), "flags": cpu_bf16_flags(), "torch": torch.__version__,
+        key = {"cpu": cpu_name(), "flags": cpu_bf16_flags(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "shapes": asdict(shapes), "requested": requested,
                "model_dtype": preset.model_dtype, "matmul_dtype": matmul_dtype,
                "isa_limits": {name: os.environ.get(name) for name in ISA_VARIABLES}}
@@ -271,16 +271,6 @@ def precision_for_run(preset, location, requested: str, matmul_dtype: str, batch
 
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 """Environment variables that change which instructions torch's kernels use (part of the key)."""
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def resolve_matmul_dtype(matmul_dtype: str, device, batch_size: int, d_in: int, d_sae: int) -> str:

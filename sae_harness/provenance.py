@@ -39,12 +39,28 @@ def git_state(repo: Path) -> dict[str, str | bool | None]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: str) -> str:
+    """'cuda: <GPU>' or 'cpu: <model name>, N threads, native bf16: yes|no|unknown'."""
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    from sae_harness.precision import cpu_bf16_flags
+
+    flags = cpu_bf16_flags()
+    native = "unknown" if flags is None else ("yes (" + ", ".join(flags) + ")" if flags else "no")
+    return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads, native bf16: {native}"
 
 
 def provenance(repo: Path, device: str) -> dict:
