@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from sae_harness.activations import ActivationData
 from sae_harness.command_line import run_command
+from sae_harness.concept_diagnostics import concept_diagnostics
 from sae_harness.errors import ConfigurationError
 from sae_harness.experiment_run import ExperimentRun
 from sae_harness.language_model import torch_dtype
@@ -99,10 +100,23 @@ class Config:
     'auto': bf16 on CUDA, and on a CPU only where a probe at run start measures bf16 faster than
     fp32 (sae_harness/precision.py; ~2.4x with native bf16, ~200x slower without). 'float32' or
     'bfloat16' pins it; EXPERIMENT_PRECISION overrides both."""
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    """'adamw' (torch's AdamW, as the idea trains) or 'adam' (Adam; with the decoder constraint
+    below it is dictionary_learning's ConstrainedAdam, as the baseline's template trains)."""
+    weight_decay: float = 0.01
+    """AdamW's decoupled weight decay (torch's default, as the idea uses it); 'adam' ignores it."""
     lr: float = 1e-3
+    """[optimisation] 1e-3, the harness's earlier rate; the idea and the template train at 3e-4
+    (the *_as_written variants and the baseline do). In the embedded run's 976 steps 1e-3 reaches
+    EV 0.870 at base L0 49 against 0.825 at L0 77 for 3e-4, the concept level alive either way
+    (results/concept_ablation.md)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     lr_warmup_steps: int = 1000
     """Linear warm-up from lr/warmup to lr."""
+    min_lr_warmup_steps: int = 1
+    """[aid: optimisation, off] The scaled warm-up lasts at least this many steps: 1000 of 12,000
+    steps is 81 steps in the embedded run, shorter than SAE-Lens' (5% of steps) or
+    dictionary_learning's and H-SAE's (1000-2000) warm-ups. 1: as the idea scales it."""
     lr_schedule: Literal["constant", "cosine", "cosine_restarts"] = "cosine_restarts"
     """After warm-up: 'constant', 'cosine' (one decay to lr_min_ratio*lr over the run) or
     'cosine_restarts' (cosine annealing with warm restarts, SGDR)."""
@@ -118,9 +132,53 @@ class Config:
     """Training budget in content tokens (BOS/EOS/PAD excluded); one pass, no repeats."""
     heldout_tokens: int = 65_536
     """Tokens held out (first documents) for explained variance and the analyses."""
-    batch_size: int = 4096
-    """Tokens per optimisation step."""
+    batch_size: int = 2048
+    """Tokens per optimisation step (the idea's and the template's 2048)."""
     seed: int = 0
+
+    # --- aids for the concept level ----------------------------------------------------------------
+    # As written, the concept level dies within the first steps (README: "The hierarchy lives").
+    # Each aid below is one Config field, off in the *_as_written variants. [objective]: it
+    # changes what is optimised; [optimisation]: only how (the objective is the idea's). The
+    # defaults are the smallest set that keeps the level alive and spread (the ablation,
+    # scripts/concept_ablation.py): no L1 on TopK, AuxK and load-balanced selection; the others
+    # are there, off, for the loop to try.
+    l1_on_topk: bool = False
+    """[objective] Apply l1_concept to the TopK activations. The idea does; no trusted TopK trainer
+    does (OpenAI's, dictionary_learning, sparsify, SAE-Lens: k sets the sparsity), and with unit
+    decoder rows it makes a concept cost 3.5x what a base latent providing the same
+    reconstruction costs. l1_concept stays recorded (and logged) either way."""
+    concept_penalty_warmup_steps: int = 0
+    """[optimisation, off] l1_concept and lw2(t) rise linearly from 0 over this many steps
+    (scaled like every step count), as SAE-Lens' l1_warm_up_steps and dictionary_learning's
+    sparsity_warmup_steps do (1000 is theirs). 0: off (not needed once the L1 on TopK is off)."""
+    concept_recon_coef: float = 0.0
+    """[objective, off] + coef * ||x - (z2 W_dec2 + b_dec)||^2 / (d s^2): the concept level's own
+    reconstruction target, as H-SAE (Muchane et al. 2025) adds 0.1 x a parent-only
+    reconstruction loss. 0: off (the ablation finds it changes nothing the others do not)."""
+    auxk_alpha: float = 1 / 32
+    """[objective, dead latents only] AuxK (Gao et al. 2024; dictionary_learning's TopK trainer:
+    alpha 1/32): the auxk_k dead concept latents with the largest pre-activations reconstruct
+    the residual error x - x_hat; alpha times that loss (relative to the error's variance) gives
+    dead latents a gradient. 0: off."""
+    auxk_k: int = 64
+    """Latents in the AuxK reconstruction (at most the dead ones)."""
+    auxk_dead_tokens: int = 200_000
+    """A concept latent counts as dead for AuxK after this many training tokens without firing."""
+    concept_init: Literal["random", "base_subsets"] = "random"
+    """[optimisation] 'random': W_enc2 ~ N(0, init_scale_concept^2), W_dec2 random unit rows, as
+    the idea. 'base_subsets': concept c starts reading concept_init_base random base latents
+    (weight init_scale_concept each, 0 elsewhere) with its decoder the normalised sum of theirs."""
+    concept_init_base: int = 4
+    """Base latents per concept for concept_init='base_subsets'."""
+    concept_balance_rate: float = 0.03
+    """[architecture: TopK's selection] Load balancing without an auxiliary loss (DeepSeek-V3's
+    routing bias; Wang et al. 2024): among a token's positive concept pre-activations TopK
+    chooses by pre-activation + beta, the values stay ReLU(z1 W_enc2 + b_enc2); after each step
+    beta_c moves by rate x std(pre-activations), up when concept c fired on fewer than k/n2 of the
+    batch's tokens, down when on more. Without it TopK is filled by the same ~20 of 512 concepts
+    on every token (measured). beta is a buffer of the SAE, saved with it and used at
+    evaluation. 0: off (TopK as written)."""
 
     # --- bookkeeping -------------------------------------------------------------------------------
     log_every: int = 25
@@ -148,11 +206,13 @@ class Config:
             if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
                 problems.append(f"{name}={getattr(self, name)!r} is not one of {', '.join(get_args(hint))}")
         for name in ("l1_base", "l1_concept", "lw_base", "lw2_min", "lw2_max", "init_scale_concept",
-                     "lr_min_ratio"):
+                     "lr_min_ratio", "weight_decay", "concept_recon_coef", "auxk_alpha",
+                     "concept_penalty_warmup_steps", "auxk_k", "min_lr_warmup_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must not be negative")
         for name in ("d_sae_base", "concept_ratio", "batch_size", "lr_warmup_steps",
-                     "lr_restart_period_steps", "lw2_ramp_steps", "log_every", "heldout_tokens"):
+                     "lr_restart_period_steps", "lw2_ramp_steps", "log_every", "heldout_tokens",
+                     "concept_init_base", "auxk_dead_tokens"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
         if self.lr <= 0 or self.init_scale_base <= 0:
@@ -181,27 +241,43 @@ counts in Config are given; a run of S steps multiplies them by S / REFERENCE_ST
 DEFAULT_VARIANT = "tuned_cosine"
 """The variant a run trains unless EXPERIMENT_VARIANT names another."""
 
+AS_WRITTEN = dict(l1_on_topk=True, concept_penalty_warmup_steps=0, concept_recon_coef=0.0,
+                  auxk_alpha=0.0, concept_init="random", concept_balance_rate=0.0,
+                  min_lr_warmup_steps=1, lr=3e-4)
+"""Every concept-level aid off and the idea's lr: the idea exactly as written."""
+PREVIOUS_COSINE = dict(concept_k=12, l1_concept=0.3, lw2_max=0.1, init_scale_concept=0.002,
+                       lr_schedule="cosine")
+"""The previous cosine variant's differences from this idea."""
+
 VARIANTS: dict[str, dict] = {
-    # this idea: tuned penalties, smaller concept init, warm-restart cosine LR (Config's defaults)
+    # this idea (tuned penalties, smaller concept init, warm-restart cosine LR) with the aids
+    # that keep its concept level alive and lr 1e-3: Config's defaults
     "tuned_cosine": {},
-    # the previous cosine variant: cosine-annealed lw2, single cosine LR decay
-    "cosine_sparsity": dict(concept_k=12, l1_concept=0.3, lw2_max=0.1, init_scale_concept=0.002,
-                            lr_schedule="cosine"),
-    # a vanilla ReLU SAE with L1, as the AI-Scientist template trains it (no concept level)
+    # the previous cosine variant (cosine-annealed lw2, single cosine LR decay), same aids
+    "cosine_sparsity": PREVIOUS_COSINE,
+    # both exactly as the idea writes them
+    "tuned_cosine_as_written": AS_WRITTEN,
+    "cosine_sparsity_as_written": {**PREVIOUS_COSINE, **AS_WRITTEN},
+    # a vanilla ReLU SAE with L1, as the AI-Scientist template trains it (no concept level;
+    # Adam + the decoder constraint = its ConstrainedAdam, lr 3e-4, batch 2048)
     "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, lw_base=0.0, lw2_min=0.0,
-                     lw2_max=0.0, base_init="dictionary_learning", lr_schedule="constant"),
+                     lw2_max=0.0, base_init="dictionary_learning", lr_schedule="constant",
+                     optimizer="adam", lr=3e-4, auxk_alpha=0.0, concept_balance_rate=0.0),
 }
 """Each variant as a change from Config's defaults."""
 
 VARIANT_TITLES = {"tuned_cosine": "Tuned cosine (this idea)",
                   "cosine_sparsity": "Previous cosine variant",
+                  "tuned_cosine_as_written": "Tuned cosine as written",
+                  "cosine_sparsity_as_written": "Previous cosine variant as written",
                   "baseline": "Baseline (vanilla ReLU SAE)"}
 """How notes.txt and plot.py name each variant."""
 
 SETTING_SIZES: dict[str, dict] = {
     # the embedded setting (Gemma-3-270M on a CPU) shrinks sizes and budgets; nothing else differs
-    "embedded": dict(d_sae_base=2048, batch_size=1024, training_tokens=500_000, heldout_tokens=16_384,
-                     log_every=10, dead_window_tokens=100_000),
+    # (batch: the real setting's / 4, as before: 2048 -> 512)
+    "embedded": dict(d_sae_base=2048, batch_size=512, training_tokens=500_000, heldout_tokens=16_384,
+                     log_every=10, dead_window_tokens=100_000, auxk_dead_tokens=20_000),
 }
 """The only other changes to Config: per setting (the real setting takes the defaults)."""
 
@@ -236,6 +312,8 @@ class StepSchedule:
     warmup: int
     lw2_ramp: int
     restart_period: int
+    penalty_warmup: int
+    """Steps over which l1_concept and lw2 rise from 0 (0: none)."""
     cfg: Config
 
     @classmethod
@@ -243,11 +321,17 @@ class StepSchedule:
         def scaled(steps: int) -> int:
             return max(1, round(steps * cfg.total_steps / REFERENCE_STEPS))
 
-        return cls(cfg.total_steps, scaled(cfg.lr_warmup_steps), scaled(cfg.lw2_ramp_steps),
-                   scaled(cfg.lr_restart_period_steps), cfg)
+        warmup = min(max(scaled(cfg.lr_warmup_steps), cfg.min_lr_warmup_steps), cfg.total_steps)
+        penalty = scaled(cfg.concept_penalty_warmup_steps) if cfg.concept_penalty_warmup_steps else 0
+        return cls(cfg.total_steps, warmup, scaled(cfg.lw2_ramp_steps),
+                   scaled(cfg.lr_restart_period_steps), penalty, cfg)
 
     def lw2(self, step: int) -> float:
         return lw2_at(step, self.cfg.lw2_min, self.cfg.lw2_max, self.lw2_ramp)
+
+    def concept_penalty_factor(self, step: int) -> float:
+        """The factor on l1_concept and lw2(t): linear from 0 to 1 over the penalty warm-up."""
+        return min(1.0, step / self.penalty_warmup) if self.penalty_warmup else 1.0
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up, then constant, one cosine, or cosine with warm restarts."""
@@ -293,6 +377,11 @@ class SAEOutput(NamedTuple):
     """(B, k) indices of the selected concept latents."""
     base_active: ActiveLatents | None = None
     """The nonzero entries of z1 when the sparse products were used (sae_kernels)."""
+    z2_pre: torch.Tensor | None = None
+    """(B, n2) concept pre-activations z1 W_enc2 + b_enc2, without gradient (AuxK picks from them;
+    selected_preactivations makes chosen entries differentiable)."""
+    x_hat_concept: torch.Tensor | None = None
+    """(B, d) the concept level's part of x_hat, z2 W_dec2 (without b_dec)."""
 
 
 class HierarchicalSAE(TwoLevelSAE):
@@ -305,13 +394,15 @@ class HierarchicalSAE(TwoLevelSAE):
     def __init__(self, d_in: int, n_base: int, n_concept: int, concept_k: int, *,
                  model_name: str, hook_layer: int, context_size: int,
                  base_init: str = "xavier_normal", init_scale_base: float = 1.0,
-                 init_scale_concept: float = 0.001, seed: int = 0):
+                 init_scale_concept: float = 0.001, concept_init: str = "random",
+                 concept_init_base: int = 4, balancing: bool = False, seed: int = 0):
         super().__init__()
         self._set_identity(
             dict(d_in=d_in, n_base=n_base, n_concept=n_concept, concept_k=concept_k,
                  model_name=model_name, hook_layer=hook_layer, context_size=context_size,
                  base_init=base_init, init_scale_base=init_scale_base,
-                 init_scale_concept=init_scale_concept, seed=seed),
+                 init_scale_concept=init_scale_concept, concept_init=concept_init,
+                 concept_init_base=concept_init_base, balancing=balancing, seed=seed),
             d_in, n_base, n_concept, model_name, hook_layer, context_size, "hierarchical_relu_topk")
         self.concept_k = concept_k
         g = torch.Generator().manual_seed(seed)
@@ -322,11 +413,23 @@ class HierarchicalSAE(TwoLevelSAE):
         W_enc1 = torch.randn(d_in, n_base, generator=g) * sigma_base
         self.W_enc1 = nn.Parameter(W_enc1)
         self.b_enc1 = nn.Parameter(torch.zeros(n_base))
-        self.W_dec1 = nn.Parameter(F.normalize(W_enc1.T.clone(), dim=-1))
-        self.W_enc2 = nn.Parameter(torch.randn(n_base, n_concept, generator=g) * init_scale_concept)
+        self.W_dec1 = nn.Parameter(F.normalize(W_enc1.T.contiguous(), dim=-1))  # rows contiguous
+        W_enc2 = torch.randn(n_base, n_concept, generator=g) * init_scale_concept
+        W_dec2 = F.normalize(torch.randn(n_concept, d_in, generator=g), dim=-1)
+        if concept_init == "base_subsets" and n_concept:
+            # concept c reads m random base latents and decodes to the normalised sum of theirs
+            subsets = torch.stack([torch.randperm(n_base, generator=g)[:concept_init_base]
+                                   for _ in range(n_concept)])  # (n2, m)
+            W_enc2 = torch.zeros(n_base, n_concept).scatter_(
+                0, subsets.T.contiguous(), init_scale_concept)
+            W_dec2 = F.normalize(self.W_dec1.detach()[subsets].sum(1), dim=-1)
+        self.W_enc2 = nn.Parameter(W_enc2)
         self.b_enc2 = nn.Parameter(torch.zeros(n_concept))
-        self.W_dec2 = nn.Parameter(F.normalize(torch.randn(n_concept, d_in, generator=g), dim=-1))
+        self.W_dec2 = nn.Parameter(W_dec2)
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("concept_selection_bias", torch.zeros(n_concept))
+        """beta: shifts TopK's choice among positive concept pre-activations (load balancing)."""
+        self.balancing = balancing
 
     @classmethod
     def from_config(cls, cfg: Config, d_in: int, preset: Preset) -> HierarchicalSAE:
@@ -334,7 +437,9 @@ class HierarchicalSAE(TwoLevelSAE):
         return cls(d_in, cfg.d_sae_base, cfg.n_concept, cfg.concept_k, model_name=preset.model_name,
                    hook_layer=preset.hook_layer, context_size=preset.context_length,
                    base_init=cfg.base_init, init_scale_base=cfg.init_scale_base,
-                   init_scale_concept=cfg.init_scale_concept, seed=cfg.seed)
+                   init_scale_concept=cfg.init_scale_concept, concept_init=cfg.concept_init,
+                   concept_init_base=cfg.concept_init_base, balancing=cfg.concept_balance_rate > 0,
+                   seed=cfg.seed)
 
     def forward_levels(self, x: torch.Tensor) -> SAEOutput:
         """Both levels on (B, d) inputs. The products are sae_kernels' exact forms: on a CPU, the
@@ -348,11 +453,15 @@ class HierarchicalSAE(TwoLevelSAE):
             return SAEOutput(x_hat, z1, empty, empty.long(), active)
         with torch.no_grad():
             pre2 = latent_matmul(z1, self.W_enc2, active, self.b_enc2)
-            indices = pre2.topk(self.concept_k, dim=-1, sorted=False).indices
+            # TopK's choice among the positive pre-activations is shifted by beta (load balancing;
+            # beta - min(beta) >= 0 keeps every positive candidate ahead of the non-positive ones)
+            beta = self.concept_selection_bias
+            score = torch.where(pre2 > 0, pre2 + (beta - beta.min()), pre2) if self.balancing else pre2
+            indices = score.topk(self.concept_k, dim=-1, sorted=False).indices
         values = F.relu(selected_preactivations(z1, self.W_enc2, self.b_enc2, pre2, indices))
-        x_hat = x_hat + F.embedding_bag(indices, self.W_dec2, mode="sum",
+        x_hat_concept = F.embedding_bag(indices, self.W_dec2, mode="sum",
                                         per_sample_weights=values.to(self.W_dec2.dtype))
-        return SAEOutput(x_hat, z1, values, indices, active)
+        return SAEOutput(x_hat + x_hat_concept, z1, values, indices, active, pre2, x_hat_concept)
 
     # --- constraints -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -371,11 +480,11 @@ class HierarchicalSAE(TwoLevelSAE):
     def fold_input_scale_(self, scale: float) -> None:
         """Make the SAE read raw activations x = scale * x_normalised.
 
-        Multiplying every bias by `scale` multiplies both levels' latents by `scale` (ReLU and
-        TopK commute with a positive factor), so W matrices, TopK choices and unit decoder rows
-        stay as they are and x_hat scales with x.
+        Multiplying every bias (and TopK's selection bias) by `scale` multiplies both levels'
+        latents by `scale` (ReLU and TopK commute with a positive factor), so W matrices, TopK
+        choices and unit decoder rows stay as they are and x_hat scales with x.
         """
-        for b in (self.b_enc1, self.b_enc2, self.b_dec):
+        for b in (self.b_enc1, self.b_enc2, self.b_dec, self.concept_selection_bias):
             b.mul_(scale)
 
 
@@ -383,18 +492,22 @@ class HierarchicalSAE(TwoLevelSAE):
 # The trainer
 # =============================================================================================
 class LossTerms(NamedTuple):
+    """Each term before its coefficient (Config's comment block), the total, and L0 per level."""
+
     total: torch.Tensor
     reconstruction: torch.Tensor
     l1_base: torch.Tensor
     l1_concept: torch.Tensor
     weight_l1_base: torch.Tensor
     weight_l1_concept: torch.Tensor
+    concept_reconstruction: torch.Tensor
+    auxk: torch.Tensor
     l0_base: torch.Tensor
     l0_concept: torch.Tensor
 
 
 class HierarchicalTrainer:
-    """One Adam step per `update(step, x)` on raw activations x.
+    """One optimiser step per `update(step, x)` on raw activations x.
 
     The first batch sets the input scale c (E||x/c||^2 = d), the input's std s (the loss units)
     and b_dec (its mean); every batch is divided by c before the SAE sees it.
@@ -411,29 +524,49 @@ class HierarchicalTrainer:
         self.matmul_dtype = resolve_matmul_dtype(matmul_dtype or cfg.matmul_dtype, sae.W_enc1.device,
                                                  cfg.batch_size, sae.d_in, sae.n_base)
         """cfg.matmul_dtype resolved: a run passes its choice (precision.py); 'auto' measures."""
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-                                          foreach=True)
+        if cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                               weight_decay=cfg.weight_decay, foreach=True)
+        else:
+            self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                              foreach=True)
         # tokens since each latent last fired, for dead-latent counts (kept on the device)
         self.tokens_since_fired_base = torch.zeros(sae.n_base, device=sae.W_enc1.device)
         self.tokens_since_fired_concept = torch.zeros(sae.n_concept, device=sae.W_enc1.device)
+        self.diagnostics: dict[str, float] = {}
 
-    def loss_terms(self, x: torch.Tensor, step: int) -> tuple[LossTerms, SAEOutput, torch.Tensor]:
-        """The loss terms on scaled inputs x (matmuls in self.matmul_dtype), the SAE's output,
-        and which base latents fired on the batch (n1,)."""
-        sae, cfg = self.sae, self.cfg
+    def loss_terms(self, x: torch.Tensor, step: int) -> tuple[LossTerms, dict, SAEOutput, torch.Tensor]:
+        """On scaled inputs x (matmuls in self.matmul_dtype): the loss terms, the weighted terms
+        that add up to the total ({name: coefficient x term}), the SAE's output, and which base
+        latents fired on the batch (n1,)."""
+        sae, cfg, schedule = self.sae, self.cfg, self.schedule
         d, s = x.shape[1], self.input_std
         with torch.autocast(x.device.type, dtype=torch_dtype(self.matmul_dtype),
                             enabled=self.matmul_dtype != "float32"):
             out = sae.forward_levels(x)
+        zero = x.new_zeros(())
         reconstruction = (x - out.x_hat.float()).pow(2).sum(-1).mean() / (d * s * s)
         # z >= 0, so the sum is the L1 norm
         l1_base = out.z1.sum(-1, dtype=torch.float32).mean() / (math.sqrt(d) * s)
         l1_concept = out.z2_values.sum(-1, dtype=torch.float32).mean() / (math.sqrt(d) * s)
         weight_l1_base = sae.W_enc1.abs().sum(0).mean() / math.sqrt(d)
-        weight_l1_concept = (sae.W_enc2.abs().sum(0).mean() / math.sqrt(sae.n_base)
-                             if sae.n_concept else x.new_zeros(()))
-        total = (reconstruction + cfg.l1_base * l1_base + cfg.l1_concept * l1_concept
-                 + cfg.lw_base * weight_l1_base + self.schedule.lw2(step) * weight_l1_concept)
+        weight_l1_concept = sae.W_enc2.abs().sum(0).mean() / math.sqrt(sae.n_base) if sae.n_concept else zero
+        concept_reconstruction = auxk = zero
+        if sae.n_concept and cfg.concept_recon_coef:
+            concept_reconstruction = (x - out.x_hat_concept.float() - sae.b_dec).pow(2).sum(-1).mean() / (d * s * s)
+        if sae.n_concept and cfg.auxk_alpha:
+            auxk = self.auxk_loss(x, out)
+        warm = schedule.concept_penalty_factor(step)
+        weighted = {
+            "reconstruction": reconstruction,
+            "l1_base": cfg.l1_base * l1_base,
+            "l1_concept": (cfg.l1_concept * warm if cfg.l1_on_topk else 0.0) * l1_concept,
+            "weight_l1_base": cfg.lw_base * weight_l1_base,
+            "weight_l1_concept": schedule.lw2(step) * warm * weight_l1_concept,
+            "concept_reconstruction": cfg.concept_recon_coef * concept_reconstruction,
+            "auxk": cfg.auxk_alpha * auxk,
+        }
+        total = sum(weighted.values())
         with torch.no_grad():
             # which base latents fired in the batch, and L0, without a (B, n1) temporary
             active = out.z1.amax(0) > 0
@@ -441,14 +574,33 @@ class HierarchicalTrainer:
                        else torch.count_nonzero(out.z1, dim=-1).float().mean())
             l0_concept = (out.z2_values > 0).sum(-1, dtype=torch.float32).mean()
         terms = LossTerms(total, reconstruction, l1_base, l1_concept, weight_l1_base,
-                          weight_l1_concept, l0_base, l0_concept)
-        return terms, out, active
+                          weight_l1_concept, concept_reconstruction, auxk, l0_base, l0_concept)
+        return terms, weighted, out, active
+
+    def auxk_loss(self, x: torch.Tensor, out: SAEOutput) -> torch.Tensor:
+        """AuxK: the top-auxk_k dead concept latents (by pre-activation) reconstruct the error
+        x - x_hat, relative to the error's variance (dictionary_learning's normalisation). The
+        gradient reaches only those latents' encoder columns, biases and decoder rows."""
+        sae = self.sae
+        dead = self.tokens_since_fired_concept >= self.cfg.auxk_dead_tokens
+        k = min(self.cfg.auxk_k, sae.n_concept)
+        pre = out.z2_pre.float().masked_fill(~dead, float("-inf"))
+        indices = pre.topk(k, dim=-1, sorted=False).indices
+        values = F.relu(selected_preactivations(out.z1.detach(), sae.W_enc2, sae.b_enc2, out.z2_pre,
+                                                indices)).float() * dead[indices]
+        error = (x - out.x_hat.float()).detach()
+        error_hat = F.embedding_bag(indices, sae.W_dec2, mode="sum", per_sample_weights=values)
+        loss = (error - error_hat).pow(2).sum(-1).mean() / (error - error.mean(0)).pow(2).sum(-1).mean()
+        return loss * dead.any()
 
     def update(self, step: int, x: torch.Tensor) -> LossTerms:
         x = x / self.input_scale
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * self.schedule.lr_factor(step)
-        terms, out, active = self.loss_terms(x, step)
+        terms, weighted, out, active = self.loss_terms(x, step)
+        if step % self.cfg.log_every == 0 or step == self.schedule.total_steps - 1:
+            self.diagnostics = concept_diagnostics(weighted, out, [self.sae.W_enc2, self.sae.b_enc2],
+                                                   self.sae.n_concept)
         terms.total.backward()
         self.sae.remove_decoder_grad_parallel_()
         self.optimizer.step()
@@ -457,9 +609,15 @@ class HierarchicalTrainer:
         with torch.no_grad():
             self.tokens_since_fired_base.add_(len(x)).masked_fill_(active, 0)
             if self.sae.n_concept:
+                fired = out.z2_indices[out.z2_values > 0]
                 fired2 = torch.zeros(self.sae.n_concept, dtype=torch.bool, device=x.device)
-                fired2[out.z2_indices[out.z2_values > 0]] = True
+                fired2[fired] = True
                 self.tokens_since_fired_concept.add_(len(x)).masked_fill_(fired2, 0)
+                if self.cfg.concept_balance_rate:
+                    rate = torch.bincount(fired, minlength=self.sae.n_concept) / len(x)
+                    target = self.sae.concept_k / self.sae.n_concept
+                    step_size = self.cfg.concept_balance_rate * out.z2_pre.float().std()
+                    self.sae.concept_selection_bias.add_(step_size * torch.sign(target - rate))
         return terms
 
     def log_values(self, step: int, terms: LossTerms) -> dict[str, float]:
@@ -469,8 +627,10 @@ class HierarchicalTrainer:
         dead_concept = ((self.tokens_since_fired_concept >= window).float().mean().item()
                         if self.sae.n_concept else 0.0)
         return {"lr": self.optimizer.param_groups[0]["lr"], "lw2": self.schedule.lw2(step),
+                "concept_penalty_factor": self.schedule.concept_penalty_factor(step),
                 **{name: value.item() for name, value in terms._asdict().items()},
-                "dead_fraction_base": dead_base, "dead_fraction_concept": dead_concept}
+                "dead_fraction_base": dead_base, "dead_fraction_concept": dead_concept,
+                **self.diagnostics}
 
     def state_dict(self) -> dict:
         return {"sae": self.sae.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -14,7 +14,9 @@ Figures (in --out_dir):
     l0_vs_ev.png         L0 per level (base, concept, total) against explained variance
     hierarchy.png        hierarchy consistency (MI, NMI, H(b|c), P(b|c), leakage) vs random null
     weights.png          weight-norm / W_enc2 histograms per level (weights.json)
-    training.png         loss terms, L0, dead fractions, lw2 and lr against training tokens
+    training.png         every logged number against training tokens (a panel each; new ones too)
+    concept_diagnostics.png  what decides the concept level's fate: each loss term's share of the
+                         concept encoder's gradient, pre-activations, latents alive (early, whole)
 
 Degenerate SAEs (DESIGN 7) are marked: '(degenerate)' in their legend label, hatched bars,
 dashed or hollow markers, and a note in the figure title.
@@ -448,12 +450,20 @@ TRAINING_PANELS = [  # (title, y label, [(log key, line style)], y scale)
     ("Dead latents", "fraction of the level", [("dead_fraction_base", "-"), ("dead_fraction_concept", "--")], "linear"),
     ("Concept-weight penalty lw2(t)", "lw2 (coefficient)", [("lw2", "-")], "linear"),
     ("Learning rate", "learning rate", [("lr", "-")], "log"),
+    ("Concept-level terms (before their coefficients)", "loss (scale-free units)",
+     [("concept_reconstruction", "-"), ("auxk", "--")], "log"),
+    ("Concept pre-activations z1 W_enc2 + b_enc2", "batch mean (-) and max (--), scaled units",
+     [("concept_pre_mean", "-"), ("concept_pre_max", "--")], "symlog"),
+    ("Concept latents firing in a batch", "distinct latents", [("concept_latents_in_batch", "-")], "linear"),
 ]
 
 
-CONCEPT_ONLY = {"l1_concept", "weight_l1_concept", "l0_concept", "dead_fraction_concept", "lw2"}
+CONCEPT_ONLY = {"l1_concept", "weight_l1_concept", "l0_concept", "dead_fraction_concept", "lw2",
+                "concept_reconstruction", "auxk", "concept_penalty_factor"}
 """Log keys that mean nothing for a vanilla SAE (no concept level): not drawn for it."""
-NOT_PLOTTED = {"step", "tokens", "seconds"}
+NOT_PLOTTED = {"step", "tokens", "seconds", "concept_penalty_factor", "concept_pre_positive_fraction",
+               "concept_bias_mean"}
+"""Logged but not drawn on their own (the diagnostics figure shows the grad shares)."""
 PANEL_COLUMNS = 4
 
 
@@ -461,7 +471,8 @@ def training_panels(logs: dict[str, list[dict]]) -> list[tuple]:
     """The panels for what the logs hold: the known ones (TRAINING_PANELS) that have data, then
     one panel per other logged number (an added loss term or diagnostic gets its own)."""
     present = {key for rows in logs.values() for row in rows for key, value in row.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)}
+               if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+               and not key.startswith("grad_share_")}
     panels = [panel for panel in TRAINING_PANELS if any(key in present for key, _ in panel[2])]
     known = {key for panel in TRAINING_PANELS for key, _ in panel[2]} | NOT_PLOTTED
     panels += [(key.replace("_", " "), key, [(key, "-")], "linear") for key in sorted(present - known)]
@@ -512,6 +523,65 @@ def plot_training(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | 
            [r for r in runs if r.name in logs])
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, out_dir, "training.png")
+
+
+# =============================================================================================
+# (g) what decides the concept level's fate: early steps and the whole run
+# =============================================================================================
+DIAGNOSTIC_ROWS = [  # (title, y label, keys or a prefix, y scale)
+    ("Which loss term moves the concept encoder", "share of the gradient on\n(W_enc2, b_enc2)",
+     "grad_share_", "symlog"),
+    ("Concept pre-activations", "batch max (--) and mean (-)", ["concept_pre_max", "concept_pre_mean"], "symlog"),
+    ("Concept level alive", "L0 concept (-), latents firing in\nthe batch / 10 (--)",
+     ["l0_concept", "concept_latents_in_batch"], "linear"),
+]
+EARLY_STEPS = 100
+
+
+def plot_concept_diagnostics(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
+    logs = {}
+    for run in runs:
+        path = run.record.path / "training_log.jsonl"
+        rows = read_training_log(path) if path.is_file() and run.record.has_concept_level else []
+        if any("concept_pre_mean" in row for row in rows):
+            logs[run.name] = rows
+        elif run.record.has_concept_level:
+            skipped.append(f"{run.name}: no concept diagnostics in training_log.jsonl")
+    if not logs:
+        return None
+    shown = [r for r in runs if r.name in logs]
+    fig, axes = plt.subplots(len(DIAGNOSTIC_ROWS), 2, figsize=(15, 3.8 * len(DIAGNOSTIC_ROWS)),
+                             squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for row, (title, ylabel, keys, scale) in enumerate(DIAGNOSTIC_ROWS):
+        for column, early in enumerate((True, False)):
+            ax = axes[row, column]
+            for run in shown:
+                rows = [r for r in logs[run.name] if not early or r.get("step", 0) <= EARLY_STEPS]
+                names = (sorted({k for r in rows for k in r if k.startswith(keys)})
+                         if isinstance(keys, str) else keys)
+                steps = _finite([r.get("step") for r in rows])
+                for i, key in enumerate(names):
+                    values = _finite([r.get(key) for r in rows])
+                    if key == "concept_latents_in_batch":
+                        values = values / 10
+                    if np.isfinite(values).any():
+                        label = key.removeprefix("grad_share_") if isinstance(keys, str) else None
+                        ax.plot(steps, values, color=run.color, ls=styles[i % len(styles)], lw=1.6,
+                                label=label if run is shown[0] else None)
+            if scale == "symlog":
+                ax.set_yscale("symlog", linthresh=1e-3 if "pre" in title else 1e-2)
+            ax.set_title(f"{title} ({'first ' + str(EARLY_STEPS) + ' steps' if early else 'whole run'})")
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("training step")
+            if isinstance(keys, str) and ax.lines:
+                ax.legend(loc="best", fontsize=8, title=f"term ({shown[0].name})")
+    handles = [Line2D([], [], color=r.color, lw=2.5, label=r.legend) for r in shown]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), bbox_to_anchor=(0.5, 0.0))
+    _title(fig, "Concept-level diagnostics (training_log.jsonl): shares sum to 1 per step; "
+                "a pre-activation max below 0 leaves TopK nothing to fire", shown)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(fig, out_dir, "concept_diagnostics.png")
 
 
 # =============================================================================================
@@ -570,7 +640,8 @@ def markdown_table(runs: list[Run]) -> str:
 # =============================================================================================
 # Main
 # =============================================================================================
-FIGURES = [plot_sparse_probing, plot_absorption, plot_l0_vs_ev, plot_hierarchy, plot_weights, plot_training]
+FIGURES = [plot_sparse_probing, plot_absorption, plot_l0_vs_ev, plot_hierarchy, plot_weights, plot_training,
+           plot_concept_diagnostics]
 
 
 def main(argv: list[str] | None = None) -> int:

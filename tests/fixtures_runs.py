@@ -17,7 +17,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 
 K_VALUES = (1, 2, 5, 10, 20, 50)
 N_BASE = 2048
@@ -51,9 +50,9 @@ def _write(path: Path, obj) -> None:
 
 def config_json(variant: str, **changes) -> dict:
     config = dict(variant=variant, d_sae_base=N_BASE, concept_ratio=4, lw2_ramp_steps=5000,
-                  init_scale_base=1.0, lr=0.001, adam_betas=[0.9, 0.999], lr_warmup_steps=1000,
+                  init_scale_base=1.0, lr=0.0003, adam_betas=[0.9, 0.999], lr_warmup_steps=1000,
                   lr_restart_period_steps=2000, lr_restart_mult=2.0, lr_min_ratio=0.1,
-                  training_tokens=500000, heldout_tokens=16384, batch_size=1024, seed=0,
+                  training_tokens=500000, heldout_tokens=16384, batch_size=512, seed=0,
                   log_every=10, dead_window_tokens=100000, dead_warning_fraction=0.5,
                   matmul_dtype="bfloat16")
     config.update(VARIANT_CONFIGS[variant], **changes)
@@ -163,6 +162,15 @@ def training_log(variant: str, steps: int = 488, log_every: int = 10) -> list[di
             "dead_fraction_base": 0.012 * t, "dead_fraction_concept": 0.31 * t if has_concepts else 0.0,
             "seconds": 0.13 * step,
         })
+        if has_concepts:  # the concept-level terms and diagnostics (concept_diagnostics.py)
+            lines[-1].update({
+                "concept_reconstruction": 0.9 - 0.3 * t, "auxk": 0.8 * math.exp(-step / 50),
+                "concept_penalty_factor": min(1.0, step / 41), "concept_pre_mean": -0.1 - 0.2 * t,
+                "concept_pre_max": 2.0 + t, "concept_pre_positive_fraction": 0.05,
+                "concept_bias_mean": -0.01 * t, "concept_latents_in_batch": 400 + 50 * t,
+                "grad_share_reconstruction": 0.8 - 0.2 * t, "grad_share_weight_l1_concept": 0.1 + 0.2 * t,
+                "grad_share_concept_reconstruction": 0.05, "grad_share_auxk": 0.05,
+            })
     return lines
 
 

@@ -178,3 +178,17 @@ def test_the_seeded_record_kept_in_run_0_is_flagged_degenerate():
     assert reasons[0].startswith("0 training steps (legacy AI-Scientist template result")
     assert any(r.startswith("all SAE probes at chance") for r in reasons)
     assert any("trained on layer 19" in r and "hook_layer 5" in r for r in reasons)
+
+
+def test_a_dead_concept_level_has_its_own_reason(healthy, tmp_path):
+    """The committed as-written runs' failure: the SAE trains, but its concept level is dead."""
+    info, config = healthy
+    assert degeneracy_reasons(with_means(info, "training", dead_fraction_concept=0.94), config) == []
+    reasons = degeneracy_reasons(with_means(info, "training", dead_fraction_concept=0.996), config)
+    assert reasons == ["concept level (nearly) entirely dead: 99.6% of its latents never fire on "
+                       "held-out tokens"]
+    # a vanilla SAE has no concept level to be dead
+    run = F.write_complete_run(tmp_path / "run_0", "baseline")
+    info = json.loads((run / "final_info.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert degeneracy_reasons(with_means(info, "training", dead_fraction_concept=1.0), config) == []

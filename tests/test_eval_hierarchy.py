@@ -223,7 +223,8 @@ def test_sae_without_alive_concepts_is_refused():
 
 def test_means_are_the_documented_finite_figures():
     means, _ = hierarchy_consistency(wired_sae(), activations(1000))
-    names = ["mi_mean", "nmi_mean", "h_b_given_c_mean", "p_b_given_c_mean", "leakage_mean"]
+    names = ["mi_mean", "nmi_mean", "h_b_given_c_mean", "p_b_given_c_mean", "leakage_mean",
+             "sibling_nmi_mean"]
     assert set(means) == {"alive_concepts", "alive_concept_fraction", "tokens", *names,
                           *[f"null_{n}" for n in names]}
     assert all(isinstance(v, float) and math.isfinite(v) for v in means.values())

@@ -153,9 +153,9 @@ def test_training_panels_follow_what_the_log_holds(tmp_path, monkeypatch):
     logs = {"run_0": rows}
     assert len(plot.training_panels(logs)) == len(plot.TRAINING_PANELS)
     for row in rows:  # an added loss term is drawn in a panel of its own, nothing is dropped
-        row.update(aux_loss=0.1, concept_pre_mean=-0.2)
+        row.update(aux_loss=0.1, sparsity_probe=-0.2)
     titles = [panel[0] for panel in plot.training_panels(logs)]
-    assert titles[-2:] == ["aux loss", "concept pre mean"]
+    assert titles[-2:] == ["aux loss", "sparsity probe"]
     log.write_text("".join(json.dumps(row) + "\n" for row in rows))
     _, stdout, _ = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
     assert "training: wrote" in stdout

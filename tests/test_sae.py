@@ -167,9 +167,10 @@ def test_unknown_variant_is_refused():
 
 
 def test_loss_terms_equal_their_documented_formulas():
-    """Config's comment block defines each term; the trainer computes exactly those."""
+    """Config's comment block defines each term; the trainer computes exactly those. As written
+    (AS_WRITTEN: L1 on TopK, no aids) the total is the idea's objective."""
     cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=32, training_tokens=32 * 10,
-                   matmul_dtype="float32")
+                   matmul_dtype="float32", **E.AS_WRITTEN)
     sae = make_sae(d=16, n1=64, k=3, init_scale_concept=0.5)
     x = torch.randn(32, 16) * 2 + 1
     trainer = E.HierarchicalTrainer(sae, cfg, x)
@@ -177,7 +178,7 @@ def test_loss_terms_equal_their_documented_formulas():
     assert trainer.input_scale == pytest.approx(math.sqrt(x.pow(2).sum(-1).mean().item() / 16))
     s = trainer.input_std
     assert s == pytest.approx(math.sqrt((xs - xs.mean(0)).pow(2).sum(-1).mean().item() / 16))
-    terms, _, _ = trainer.loss_terms(xs, step=7)
+    terms, weighted, _, _ = trainer.loss_terms(xs, step=7)
     z = sae.encode(xs)
     z1, z2 = z[:, :64], z[:, 64:]
     x_hat = z1 @ sae.W_dec1 + z2 @ sae.W_dec2 + sae.b_dec
@@ -197,3 +198,29 @@ def test_loss_terms_equal_their_documented_formulas():
              + cfg.l1_concept * expected["l1_concept"] + cfg.lw_base * expected["weight_l1_base"]
              + lw2 * expected["weight_l1_concept"])
     assert terms.total.item() == pytest.approx(total.item(), rel=1e-5)
+    assert sum(weighted.values()).item() == pytest.approx(total.item(), rel=1e-5)
+
+    # with the aids: no L1 on TopK, penalties warmed up, the concept-only reconstruction, AuxK
+    aided = E.Config(d_sae_base=64, concept_k=3, batch_size=32, training_tokens=32 * 10,
+                     matmul_dtype="float32", concept_penalty_warmup_steps=24_000,
+                     concept_recon_coef=0.1, auxk_alpha=1 / 32, auxk_k=4, auxk_dead_tokens=100)
+    trainer = E.HierarchicalTrainer(sae, aided, x)
+    dead = torch.zeros(16, dtype=torch.bool)
+    dead[[0, 5, 9]] = True  # three dead concept latents: AuxK may use them all (auxk_k 4)
+    trainer.tokens_since_fired_concept.copy_(dead.float() * 1000)
+    terms, weighted, _, _ = trainer.loss_terms(xs, step=7)
+    warm = 7 / trainer.schedule.penalty_warmup
+    concept_only = (xs - z2 @ sae.W_dec2 - sae.b_dec).pow(2).sum(-1).mean() / (16 * s * s)
+    assert terms.concept_reconstruction.item() == pytest.approx(concept_only.item(), rel=1e-5)
+    pre = (z1 @ sae.W_enc2 + sae.b_enc2).detach()
+    chosen = pre.masked_fill(~dead, float("-inf")).topk(3, dim=-1).indices
+    z_aux = torch.zeros_like(pre).scatter(1, chosen, torch.relu(pre.gather(1, chosen)))
+    error = (xs - x_hat).detach()
+    auxk = (error - z_aux @ sae.W_dec2).pow(2).sum(-1).mean() / (error - error.mean(0)).pow(2).sum(-1).mean()
+    assert terms.auxk.item() == pytest.approx(auxk.item(), rel=1e-4)
+    lw2 = E.lw2_at(7, aided.lw2_min, aided.lw2_max, trainer.schedule.lw2_ramp)
+    total = (expected["reconstruction"] + aided.l1_base * expected["l1_base"]
+             + aided.lw_base * expected["weight_l1_base"] + lw2 * warm * expected["weight_l1_concept"]
+             + 0.1 * concept_only + auxk / 32)
+    assert terms.total.item() == pytest.approx(total.item(), rel=1e-5)
+    assert weighted["l1_concept"] == 0  # the L1 on TopK is off (l1_on_topk=False)

@@ -21,6 +21,17 @@ which then count like the others), from the 2x2 table of (c fires, b fires) over
     P(b|c)      P(b fires | c fires).
     leakage(c)  fraction of c's firings in which none of its top-m base latents fires.
 
+These concept-base figures are high for any concept that reads a few base latents: its firing
+is a thresholded function of theirs, so they co-fire by construction (measured on synthetic
+data, tests/test_hierarchy_recovery.py: NMI ~17x its null with no hierarchy in the data at
+all). What a hierarchy in the data adds is that the base latents a concept reads belong
+together: children of one parent co-fire (or exclude each other) beyond chance. So also:
+
+    sibling NMI the mean NMI between pairs of c's top-m base latents, on all T tokens (from
+                their 2x2 tables), averaged over pairs, then over alive concepts; its null is the
+                same for the random base latents. Near the null when a concept groups unrelated
+                base latents; far above it when it groups related ones.
+
 The null: for each alive concept, m base latents drawn at random (seeded, without replacement)
 from the alive base latents (same `min_firings`) outside its top-m, the same figures computed for
 them; `n_null` independent draws, averaged (their spread is in the details). Pair figures are
@@ -28,7 +39,8 @@ averaged over all (alive concept, base latent) pairs, leakage over alive concept
 
 Efficiency: concept firings are sparse (k per token), so co-firing counts are gathered only at
 concept firings, O(T (n1 + k m (1 + n_null))) per pass, instead of a dense (n2 x n1) product of
-the binary matrices, O(T n1 n2). Two passes over the activations (firing counts, which decide
+the binary matrices, O(T n1 n2); the sibling counts are (m x m) products per concept and
+group, O(T C (1 + n_null) m^2). Two passes over the activations (firing counts, which decide
 which latents are alive and so the null, then co-firing counts), in batches.
 
 hierarchy.json layout:
@@ -137,6 +149,8 @@ class CoFiringCounter:
         self.cofirings = torch.zeros(C, G, m, dtype=torch.long, device=device)
         self.none_fire = torch.zeros(C, G, dtype=torch.long, device=device)
         """Firings of the concept in which no base latent of the group fires."""
+        self.pair_cofirings = torch.zeros(C, G, m, m, dtype=torch.float64, device=device)
+        """Tokens on which base latents i and j of a group both fire (any token, concept or not)."""
 
     def add(self, base_fires: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor) -> None:
         """base_fires (B, n1) bool; concept firings as token ids (F,) and concept rows (F,)."""
@@ -145,6 +159,26 @@ class CoFiringCounter:
         co = base_fires[tokens[:, None, None], self.partners[rows]]  # (F, G, m) bool
         self.cofirings.index_add_(0, rows, co.long())
         self.none_fire.index_add_(0, rows, (~co.any(-1)).long())
+        C, G, m = self.partners.shape
+        flat = self.partners.reshape(-1)
+        for part in base_fires.split(1024):  # (b, C*G*m) -> per group, the (m, m) co-firing counts
+            fires = part[:, flat].float().reshape(len(part), C * G, m).transpose(0, 1)
+            self.pair_cofirings += torch.bmm(fires.transpose(1, 2), fires).reshape(C, G, m, m).double()
+
+    def sibling_nmi(self, group: int) -> torch.Tensor:
+        """(C,) per concept: the mean NMI between pairs of the base latents of one group. For a
+        concept's top-m base latents this says whether the base latents a concept reads belong
+        together (they co-fire, or exclude each other, more than chance), which is what a
+        hierarchy in the data makes them do; NaN when the group has fewer than 2 latents."""
+        C, G, m = self.partners.shape
+        if m < 2:
+            return torch.full((C,), float("nan"), dtype=torch.float64)
+        ids = self.partners[:, group].cpu()
+        n = self.base_firings.cpu()[ids].double()  # (C, m)
+        i, j = torch.triu_indices(m, m, offset=1)
+        counts = self.pair_cofirings[:, group].cpu()[:, i, j]
+        _, nmi, _, _ = information_from_counts(self.tokens, n[:, i], n[:, j], counts)
+        return nmi.mean(1)
 
     def information(self, group: int) -> PairInformation:
         """Figures of each concept with the m base latents of one group (0: its top-m)."""
@@ -235,10 +269,13 @@ def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null
 
     real = counter.information(0)
     null = [counter.information(g) for g in range(1, n_null + 1)]
+    siblings = counter.sibling_nmi(0)
+    null_siblings = torch.stack([counter.sibling_nmi(g) for g in range(1, n_null + 1)])  # (n_null, A)
     means = {"alive_concepts": float(len(alive)),
              "alive_concept_fraction": len(alive) / sae.n_concept,
-             **_group_means(real)}
-    null_draws = [_group_means(n) for n in null]
+             **_group_means(real), "sibling_nmi_mean": siblings.nanmean().item()}
+    null_draws = [{**_group_means(n), "sibling_nmi_mean": s.nanmean().item()}
+                  for n, s in zip(null, null_siblings)]
     means.update({f"null_{name}": sum(draw[name] for draw in null_draws) / n_null
                   for name in null_draws[0]})
     means["tokens"] = float(counter.tokens)
@@ -255,7 +292,8 @@ def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null
          "top_base_firing_rate": base_rate[i].tolist(),
          "mi": real.mi[i].tolist(), "nmi": real.nmi[i].tolist(),
          "h_b_given_c": real.h_b_given_c[i].tolist(), "p_b_given_c": real.p_b_given_c[i].tolist(),
-         "leakage": real.leakage[i].item(),
+         "leakage": real.leakage[i].item(), "sibling_nmi": siblings[i].item(),
+         "null_sibling_nmi_mean": null_siblings[:, i].mean().item(),
          **{f"null_{name}_mean": values[i].item() for name, values in null_per_concept.items()}}
         for i, c in enumerate(alive.tolist())
     ]
@@ -289,6 +327,8 @@ _DEFINITIONS = {
     "p_b_given_c_mean": "mean of P(b fires | c fires)",
     "leakage_mean": "mean over alive concepts of the fraction of c's firings in which none of "
                     "its top-m base latents fires",
+    "sibling_nmi_mean": "mean over alive concepts of the mean NMI between pairs of its top-m base "
+                        "latents (all tokens): do the base latents a concept reads belong together?",
     "null_*": "the same with m random alive base latents (outside c's top-m) per concept, "
               "averaged over n_null seeded draws",
     "tokens": "held-out tokens the figures are computed on",

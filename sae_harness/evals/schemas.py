@@ -99,6 +99,7 @@ class PairMeans(Schema):
     h_b_given_c_mean: float
     p_b_given_c_mean: float
     leakage_mean: float | None = None
+    sibling_nmi_mean: float | None = None
 
 
 class ConceptHierarchy(Schema):
@@ -113,6 +114,8 @@ class ConceptHierarchy(Schema):
     h_b_given_c: list[float]
     p_b_given_c: list[float]
     leakage: float
+    sibling_nmi: float
+    null_sibling_nmi_mean: float
     null_mi_mean: float
     null_nmi_mean: float
     null_h_b_given_c_mean: float
