@@ -17,6 +17,13 @@ Figures (in --out_dir):
     training.png         every logged number against training tokens (a panel each; new ones too)
     concept_diagnostics.png  what decides the concept level's fate: each loss term's share of the
                          concept encoder's gradient, pre-activations, latents alive (early, whole)
+    frontier.png         each headline metric against total L0: the baseline frontier
+                         (run_0/frontier.json: ReLU, SAE-Lens TopK and Matryoshka) as curves,
+                         each run as a point with its seed spread where measured
+
+The table's "vs <family> at equal L0" columns are each run's `vs_baseline` differences (run minus
+frontier at the run's L0); "~" marks a difference within seed noise, "out" an L0 outside the
+family's range.
 
 Degenerate SAEs (DESIGN 7) are marked: '(degenerate)' in their legend label, hatched bars,
 dashed or hollow markers, and a note in the figure title.
@@ -51,6 +58,8 @@ labels = {
     "run_0": "Baseline (vanilla ReLU SAE)",
     "run_1": "Previous cosine variant",
     "run_2": "Tuned cosine (this idea)",
+    "run_3": "Previous cosine variant as written",
+    "run_4": "Tuned cosine as written",
 }
 
 ALL_LATENTS_X = 120  # where the probe on all latents / all dimensions sits on the k axis
@@ -584,6 +593,56 @@ def plot_concept_diagnostics(runs: list[Run], out_dir: Path, skipped: list[str])
     return _save(fig, out_dir, "concept_diagnostics.png")
 
 
+# (h) the baseline frontier: metric against L0
+FRONTIER_PANELS = [("explained_variance", "explained variance (held-out)"),
+                   ("ce_loss_score", "CE-loss score (core)"),
+                   ("absorption_fraction", "absorption fraction (lower is better)"),
+                   ("sae_top_1", "SAE top-1 probe accuracy"), ("sae_top_5", "SAE top-5 probe accuracy")]
+FAMILY_STYLE = {"relu": ("ReLU+L1 baseline (ours)", "o-"), "topk": ("TopK (SAE-Lens)", "s-"),
+                "matryoshka": ("Matryoshka BatchTopK (SAE-Lens)", "^-")}
+
+
+def read_frontier_file(runs: list[Run]) -> dict | None:
+    path = runs[0].record.path.parent / "run_0" / "frontier.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def plot_frontier(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
+    from sae_harness.frontier import families, headline_values
+
+    frontier = read_frontier_file(runs)
+    if frontier is None:
+        skipped.append("every run: no run_0/frontier.json (python scripts/build_frontier.py)")
+        return None
+    spread = frontier.get("seed_spread", {}).get("families", {})
+    fig, axes = plt.subplots(1, len(FRONTIER_PANELS), figsize=(4.3 * len(FRONTIER_PANELS), 4.4))
+    for ax, (metric, title) in zip(axes, FRONTIER_PANELS):
+        for family, points in sorted(families(frontier).items()):
+            curve = sorted((p["l0_total"], p["metrics"][metric]) for p in points if metric in p["metrics"])
+            if curve:
+                label, style = FAMILY_STYLE.get(family, (family, "x-"))
+                ax.plot(*zip(*curve), style, color="0.45" if family == "relu" else None, ms=4,
+                        lw=1.2, alpha=0.8, label=label)
+        for run in runs:
+            info = {g: {"means": means} for g, means in run.record.means.items()}
+            value, l0 = headline_values(info).get(metric), run.metric("training", "l0_total")
+            if value is None or l0 is None:
+                continue
+            err = spread.get(run.record.variant, {}).get(metric, {}).get("std")
+            ax.errorbar([l0], [value], yerr=None if err is None else [2 * err], fmt="D",
+                        color=run.color, mfc="none" if run.record.degenerate else run.color,
+                        ms=7, capsize=3, label=run.legend)
+        ax.set_xscale("log")
+        ax.set_xlabel("total L0 (held-out)")
+        ax.set_title(title)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8.5, bbox_to_anchor=(0.5, -0.02))
+    _title(fig, "Each run against the baseline frontier at equal L0 (error bars: 2 x seed std; "
+                f"{frontier.get('machine', '')})", runs)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.94))
+    return _save(fig, out_dir, "frontier.png")
+
+
 # =============================================================================================
 # The table
 # =============================================================================================
@@ -598,8 +657,29 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 TABLE_COLUMNS = ["run", "label", "variant", "steps", "tokens", "EV", "L0 base", "L0 concept",
-                 "SAE top-1", "SAE top-5", "LLM top-1", "absorption", "MI (null)", "dead base",
-                 "dead concept", "degenerate"]
+                 "SAE top-1", "SAE top-5", "LLM top-1", "LLM / SAE top-1 standardised", "absorption",
+                 "NMI (null)", "dead base", "dead concept", "degenerate"]
+VS_COLUMNS = [("explained_variance", "dEV"), ("absorption_fraction", "d absorption"),
+              ("sae_top_1", "d top-1")]
+"""The vs_baseline differences in the table, one column per metric (families side by side)."""
+VS_FAMILIES = ("relu", "topk", "matryoshka")
+
+
+def vs_baseline_cell(run: Run, metric: str) -> str:
+    """'relu / topk / matryoshka' differences at equal L0; '~' within seed noise, 'out' outside
+    the family's L0 range, 'n/a' without a vs_baseline group."""
+    group = run.record.final_info.get("vs_baseline")
+    if not group:
+        return "n/a"
+    cells = []
+    for family in VS_FAMILIES:
+        value = group["means"].get(f"{family}.{metric}.difference")
+        if value is None:
+            cells.append("out" if family in group.get("out_of_range", {}) else "n/a")
+        else:
+            noise = "~" if f"{family}.{metric}" in group.get("within_seed_noise", []) else ""
+            cells.append(f"{value:+.3f}{noise}")
+    return " / ".join(cells)
 
 
 def table_row(run: Run) -> list[str]:
@@ -607,7 +687,9 @@ def table_row(run: Run) -> list[str]:
     ev, ev_note = m("training", "explained_variance"), ""
     if ev is None and m("core", "explained_variance_centered") is not None:
         ev, ev_note = m("core", "explained_variance_centered"), " (core)"
-    mi, null_mi = m("hierarchy", "mi_mean"), m("hierarchy", "null_mi_mean")
+    nmi, null_nmi = m("hierarchy", "nmi_mean"), m("hierarchy", "null_nmi_mean")
+    llm_std = m("sparse_probing", "llm_top_1_test_accuracy_standardised")
+    sae_std = m("sparse_probing", "sae_top_1_test_accuracy_standardised")
     return [run.name, run.label, run.record.variant, _fmt(m("training", "steps"), ".0f"),
             _fmt(m("training", "tokens"), "tokens"), _fmt(ev, ".3f") + ev_note,
             _fmt(m("training", "l0_base"), ".1f"),
@@ -615,8 +697,9 @@ def table_row(run: Run) -> list[str]:
             _fmt(m("sparse_probing", "sae_top_1_test_accuracy"), ".3f"),
             _fmt(m("sparse_probing", "sae_top_5_test_accuracy"), ".3f"),
             _fmt(m("sparse_probing", "llm_top_1_test_accuracy"), ".3f"),
+            f"{_fmt(llm_std, '.3f')} / {_fmt(sae_std, '.3f')}",
             _fmt(m("absorption", "mean_absorption_fraction_score"), ".3f"),
-            "n/a" if mi is None else f"{mi:.4f} ({_fmt(null_mi, '.4f')})",
+            "n/a" if nmi is None else f"{nmi:.3f} ({_fmt(null_nmi, '.4f')})",
             _fmt(m("training", "dead_fraction_base"), "%"),
             _fmt(m("training", "dead_fraction_concept"), "%") if run.record.has_concept_level else "n/a",
             "**yes**" if run.record.degenerate else "no"]
@@ -626,6 +709,10 @@ def markdown_table(runs: list[Run]) -> str:
     """The table of every run; a precision column when the runs' numbers come from different
     dtypes (a bf16 and an fp32 model give different activations, so their numbers differ)."""
     columns, rows = TABLE_COLUMNS, [table_row(r) for r in runs]
+    if any(r.record.final_info.get("vs_baseline") for r in runs):
+        columns = columns + [f"{title} vs {'/'.join(VS_FAMILIES)} at equal L0" for _, title in VS_COLUMNS]
+        rows = [row + [vs_baseline_cell(r, metric) for metric, _ in VS_COLUMNS]
+                for row, r in zip(rows, runs)]
     if len({r.record.precision for r in runs}) > 1:
         columns = columns + ["precision"]
         rows = [row + [r.record.precision or "n/a"] for row, r in zip(rows, runs)]
@@ -641,7 +728,7 @@ def markdown_table(runs: list[Run]) -> str:
 # Main
 # =============================================================================================
 FIGURES = [plot_sparse_probing, plot_absorption, plot_l0_vs_ev, plot_hierarchy, plot_weights, plot_training,
-           plot_concept_diagnostics]
+           plot_concept_diagnostics, plot_frontier]
 
 
 def main(argv: list[str] | None = None) -> int:

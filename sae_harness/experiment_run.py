@@ -37,6 +37,7 @@ from sae_harness.checkpoint import Checkpoint
 from sae_harness.degeneracy import degeneracy_reasons
 from sae_harness.errors import ConfigurationError
 from sae_harness.evaluations import evaluate_sae
+from sae_harness.frontier import record_vs_baseline
 from sae_harness.heldout import heldout_statistics, training_warnings
 from sae_harness.language_model import (LanguageModel, load_language_model, load_tokenizer,
                                         locate_model, tokenizer_id)
@@ -178,6 +179,12 @@ class ExperimentRun:
               f"{stats['dead_fraction_concept']:.1%}, {stats['seconds']:.0f} s")
         self.stats = stats
 
+    def _compare_with_frontier(self) -> None:
+        """final_info.json's `vs_baseline` group (frontier.py): this run against the baseline
+        frontier at its L0; without a frontier for this setting, it says how to make one."""
+        for line in record_vs_baseline(self.directory):
+            print(line)
+
     # --- evaluations and the end ------------------------------------------------------------------
     def evaluate(self, sae, lm: LanguageModel, data: ActivationData) -> RunDirectory:
         directory = self.directory
@@ -194,6 +201,7 @@ class ExperimentRun:
                             degenerate_reasons=reasons)
         if reasons:
             print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
+        self._compare_with_frontier()
         self.phases["total"] = time.time() - self.started
         directory.set_status("finished", seconds=self.phases["total"], peak_rss_gb=peak_memory_gb(),
                              degenerate_reasons=reasons, warnings=warnings,

@@ -2,6 +2,7 @@
 the local data SAE-Bench reads, its own result schema, and its activation artifacts (crash-safe,
 keyed by setting, reused)."""
 
+import json
 import math
 import os
 import subprocess
@@ -21,8 +22,11 @@ from tiny_gemma2 import tiny_real_preset
 # two of the four embedded datasets (5 of the 13 binary tasks) keep the test short; the split of
 # all four is tested without the model below
 DATASETS = ["sae_probes/amazon_5star", "sae_probes/ag_news"]
-METRICS = {f"{who}_test_accuracy" for who in ("llm", "sae")} | {
+SAE_BENCH_METRICS = {f"{who}_test_accuracy" for who in ("llm", "sae")} | {
     f"{who}_top_{k}_test_accuracy" for who in ("llm", "sae") for k in SP.K_VALUES}
+STANDARDISED = {f"{who}_top_{k}_test_accuracy_standardised" for who in ("llm", "sae")
+                for k in SP.STANDARDISED_K}
+METRICS = SAE_BENCH_METRICS | STANDARDISED
 
 
 def small_sae(preset):
@@ -127,7 +131,13 @@ def test_result_json_is_sae_bench_sparse_probing_output(probing):
     assert output.sae_cfg_dict["dtype"] == "float32"
     # the returned means are the JSON's metrics
     metrics = {**asdict(output.eval_result_metrics.llm), **asdict(output.eval_result_metrics.sae)}
-    assert {k: v for k, v in metrics.items() if v is not None} == probing["first"]
+    means = probing["first"]
+    assert {k: v for k, v in metrics.items() if v is not None} == {
+        k: v for k, v in means.items() if k in SAE_BENCH_METRICS}
+    # our standardised probes sit beside SAE-Bench's output under their own, labelled key
+    ours = json.loads((probing["root"] / "first.json").read_text())[SP.STANDARDISED_KEY]
+    assert "Not SAE-Bench's" in ours["definition"]
+    assert ours["means"] == {k: v for k, v in means.items() if k in STANDARDISED}
 
 
 def test_returns_every_llm_and_sae_accuracy_as_a_float_in_0_1(probing):
@@ -203,3 +213,26 @@ def test_temporaries_of_dead_processes_are_removed(tmp_path):
     alive.write_bytes(b"in progress")
     SP.remove_stale_temporaries(tmp_path)
     assert not dead.exists() and alive.exists()
+
+
+def test_standardising_lets_a_massive_channel_stop_stalling_the_top_1_probe():
+    """Gemma-3's case: a huge channel with a small class difference takes the top-1 slot of the
+    unscaled ranking; z-scored, the informative channel wins and the probe works."""
+    from sae_bench.evals.sparse_probing import probe_training as P
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        acts = {}
+        for name, sign in (("yes", 1.0), ("no", -1.0)):
+            x = torch.randn(n, 8, generator=g)
+            x[:, 0] = 1500 + 30 * torch.randn(n, generator=g) + 5 * sign  # massive, weak
+            x[:, 3] += 2.0 * sign  # informative, small
+            acts[name] = x
+        return acts
+
+    train, test = split(200), split(100)
+    _, plain = P.train_probe_on_activations(train, test, select_top_k=1)
+    standardised = SP.standardised_top_k_accuracies(train, test, k_values=(1,))[1]
+    assert max(plain.values()) < 0.7  # SAE-Bench's ranking picks channel 0
+    assert min(standardised.values()) > 0.9

@@ -69,7 +69,7 @@ def test_table_has_a_row_per_run_and_marks_degenerate_ones(all_runs_plotted):
     run_2 = dict(zip(header, rows["run_2"]))
     assert (run_2["variant"], run_2["EV"], run_2["L0 base"], run_2["L0 concept"]) == ("tuned_cosine", "0.924", "35.8", "9.7")
     assert (run_2["SAE top-1"], run_2["LLM top-1"], run_2["absorption"]) == ("0.731", "0.684", "0.128")
-    assert run_2["MI (null)"] == "0.0412 (0.0011)"
+    assert run_2["NMI (null)"] == "0.118 (0.0040)"
     assert dict(zip(header, rows["run_1"]))["absorption"] == "n/a"
     assert dict(zip(header, rows["run_4"]))["steps"] == "0"
     assert "run_3 is degenerate: base L0 1536.4 exceeds n1/2" in stdout
@@ -98,8 +98,16 @@ def test_only_runs_named_in_labels_are_shown(monkeypatch, five_runs, tmp_path):
     assert_png(tmp_path / "plots" / "hierarchy.png")
 
 
-def test_default_labels_name_the_three_runs_of_the_study():
-    assert list(plot.labels) == ["run_0", "run_1", "run_2"]
+def test_default_labels_name_the_five_runs_of_the_study():
+    """scripts/reproduce_runs.sh makes them, in this order, from these variants."""
+    import experiment as E
+
+    assert list(plot.labels) == ["run_0", "run_1", "run_2", "run_3", "run_4"]
+    variants = ["baseline", "cosine_sparsity", "tuned_cosine", "cosine_sparsity_as_written",
+                "tuned_cosine_as_written"]
+    assert list(plot.labels.values()) == [E.VARIANT_TITLES[v] for v in variants]
+    script = (F.Path(__file__).parent.parent / "scripts" / "reproduce_runs.sh").read_text()
+    assert "for variant in " + " ".join(variants) + "; do" in script
 
 
 def test_legacy_run_alone_is_plotted_without_crashing(monkeypatch, tmp_path):
@@ -174,3 +182,35 @@ def test_the_table_names_the_precision_when_runs_differ_in_it(tmp_path, monkeypa
     rows = table_rows(differ)
     assert dict(zip(header, rows["run_1"]))["precision"] == "model float32, SAE matmuls float32"
     assert dict(zip(header, rows["run_0"]))["precision"].startswith("model bfloat16")
+
+
+def test_the_frontier_figure_and_the_equal_l0_columns(tmp_path, monkeypatch):
+    """With run_0/frontier.json and a run's vs_baseline group: frontier.png and the difference
+    columns, '~' within seed noise and 'out' outside a family's L0 range."""
+    from sae_harness.frontier import compare_with_frontier, frontier_key
+
+    F.write_complete_run(tmp_path / "run_0", "baseline")
+    run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
+    config = json.loads((run / "config.json").read_text())
+    points = [{"family": "relu", "name": f"relu_{l0:g}", "l0_total": l0,
+               "metrics": {"explained_variance": ev, "absorption_fraction": 0.2, "sae_top_1": 0.7}}
+              for l0, ev in ((20.0, 0.85), (200.0, 0.95))]
+    points.append({"family": "topk", "name": "topk_k300", "l0_total": 300.0,
+                   "metrics": {"explained_variance": 0.97}})
+    frontier = {"format": 1, "key": frontier_key(config), "points": points, "machine": "test CPU",
+                "seed_spread": {"max_std": {"absorption_fraction": 0.05},
+                                "families": {"tuned_cosine": {"explained_variance": {"std": 0.01}}}}}
+    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(frontier))
+    info = json.loads((run / "final_info.json").read_text())
+    means, extra = compare_with_frontier(info, frontier)
+    info["vs_baseline"] = {"means": means, **extra}
+    (run / "final_info.json").write_text(json.dumps(info))
+    _, stdout, _ = run_plot(monkeypatch, tmp_path, tmp_path / "plots", {})
+    assert "frontier: wrote" in stdout
+    assert_png(tmp_path / "plots" / "frontier.png")
+    header = [c.strip() for c in next(l for l in stdout.splitlines() if l.startswith("| run |")).strip("|").split("|")]
+    row = dict(zip(header, table_rows(stdout)["run_2"]))
+    ev_cell = row["dEV vs relu/topk/matryoshka at equal L0"]
+    assert ev_cell == f"{means['relu.explained_variance.difference']:+.3f} / out / n/a"
+    assert row["d absorption vs relu/topk/matryoshka at equal L0"].split(" / ")[0].endswith("~")
+    assert dict(zip(header, table_rows(stdout)["run_0"]))["d top-1 vs relu/topk/matryoshka at equal L0"] == "n/a"

@@ -354,6 +354,68 @@ def artifact_files(folder: Path, dataset_names: list[str]) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------------------------
+# The standardised probes (ours, beside SAE-Bench's)
+# --------------------------------------------------------------------------------------------
+STANDARDISED_KEY = "harness_standardised_top_k"
+"""The key of our addition in sparse_probing.json (the rest is SAE-Bench's output as it is)."""
+STANDARDISED_DEFINITION = (
+    "Not SAE-Bench's: its top-k probe with every feature z-scored on the task's training split "
+    "before the class-mean-difference ranking and the logistic regression (as sae-probes does); "
+    "for the LLM's residual channels and, for symmetry, the SAE's latents. Means over datasets.")
+STANDARDISED_K = (1, 2, 5)
+"""k of the standardised top-k probes (the headline k's; each costs one probe per task)."""
+
+
+def standardised_top_k_accuracies(train: dict[str, torch.Tensor], test: dict[str, torch.Tensor],
+                                  k_values=STANDARDISED_K) -> dict[int, dict[str, float]]:
+    """SAE-Bench's top-k probe with the features z-scored first, as sae-probes does: for each
+    binary task (SAE-Bench's prepare_probe_data), every feature is standardised with the mean and
+    std of the task's training split (std 0 -> 1), then SAE-Bench's own class-mean-difference
+    ranking picks k features and its own scikit-learn logistic regression is fit on them.
+    Returns {k: {class: test accuracy}}. Standardising moves no decision of the ranking for an
+    SAE whose latents have similar scales, and it lets a massive residual channel stop
+    dominating both the ranking and the unscaled fit."""
+    from sae_bench.evals.sparse_probing import probe_training as P
+
+    accuracies: dict[int, dict[str, float]] = {k: {} for k in k_values}
+    for name in train:
+        train_x, train_y = P.prepare_probe_data(train, name)
+        test_x, test_y = P.prepare_probe_data(test, name)
+        train_x, test_x = train_x.float(), test_x.float()
+        mean, std = train_x.mean(0), train_x.std(0)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        train_z, test_z = (train_x - mean) / std, (test_x - mean) / std
+        for k in k_values:
+            mask = P.get_top_k_mean_diff_mask(train_z, train_y, k)
+            _, accuracy = P.train_sklearn_probe(P.apply_topk_mask_reduce_dim(train_z, mask), train_y,
+                                                P.apply_topk_mask_reduce_dim(test_z, mask), test_y)
+            accuracies[k][name] = float(accuracy)
+    return accuracies
+
+
+def standardised_probes(sae, folder: Path, dataset_names: list[str], sae_batch_size: int,
+                        seed: int) -> dict[str, float]:
+    """The standardised top-k probes for the LLM (residual channels) and the SAE (latents), on
+    the activations SAE-Bench cached in `folder`: means over datasets of the per-task means, as
+    SAE-Bench averages its own, named like SAE-Bench's keys with a `_standardised` suffix."""
+    import sae_bench.sae_bench_utils.activation_collection as activation_collection
+
+    per_dataset: dict[str, list[float]] = {}
+    for name, path in artifact_files(folder, dataset_names).items():
+        acts = torch.load(path, weights_only=False)
+        llm_train = activation_collection.create_meaned_model_activations(acts["train"])
+        llm_test = activation_collection.create_meaned_model_activations(acts["test"])
+        sae_train = activation_collection.get_sae_meaned_activations(acts["train"], sae, sae_batch_size)
+        sae_test = activation_collection.get_sae_meaned_activations(acts["test"], sae, sae_batch_size)
+        torch.manual_seed(seed)
+        for source, (train, test) in (("llm", (llm_train, llm_test)), ("sae", (sae_train, sae_test))):
+            for k, by_class in standardised_top_k_accuracies(train, test).items():
+                key = f"{source}_top_{k}_test_accuracy_standardised"
+                per_dataset.setdefault(key, []).append(sum(by_class.values()) / len(by_class))
+    return {key: sum(values) / len(values) for key, values in per_dataset.items()}
+
+
+# --------------------------------------------------------------------------------------------
 # The eval
 # --------------------------------------------------------------------------------------------
 def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, artifacts_root: Path,
@@ -411,8 +473,18 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
     )
     write_eval_output(output, out_path)
     means = flat_means(output.eval_result_metrics)
+    # ours, beside SAE-Bench's numbers (which stay as they are): the standardised top-k probes
+    with threadpool_limits(limits=1, user_api="blas"):
+        standardised = standardised_probes(sae, folder, config.dataset_names, config.sae_batch_size,
+                                           config.random_seed)
+    written = json.loads(out_path.read_text())
+    written[STANDARDISED_KEY] = {"definition": STANDARDISED_DEFINITION, "means": standardised}
+    atomic_write_json(out_path, written)
+    means.update(standardised)
     print("[sparse_probing] accuracy LLM / SAE: " + ", ".join(
         f"top-{k} {means.get(f'llm_top_{k}_test_accuracy', float('nan')):.3f} / "
-        f"{means.get(f'sae_top_{k}_test_accuracy', float('nan')):.3f}" for k in (1, 5))
+        f"{means.get(f'sae_top_{k}_test_accuracy', float('nan')):.3f} (standardised "
+        f"{means.get(f'llm_top_{k}_test_accuracy_standardised', float('nan')):.3f} / "
+        f"{means.get(f'sae_top_{k}_test_accuracy_standardised', float('nan')):.3f})" for k in (1, 5))
         + f"; {time.time() - started:.0f} s")
     return means

@@ -1,0 +1,119 @@
+"""The baseline frontier: interpolation at equal L0, its key, seed noise, SAE-Lens' trainer."""
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import fixtures_runs as F
+from sae_harness.experiment_run import ExperimentRun
+from sae_harness.frontier import (FRONTIER_FORMAT, SAELensView, compare_with_frontier,
+                                  frontier_key, interpolate_at_l0, read_frontier, seed_spread,
+                                  train_sae_lens)
+from sae_harness.heldout import heldout_statistics
+from sae_harness.run_directory import RunDirectory
+
+
+def test_interpolation_is_linear_in_log_l0_and_never_extrapolates():
+    curve = [(10.0, 0.8), (100.0, 0.9), (40.0, 0.86)]
+    assert interpolate_at_l0(curve, 10.0) == pytest.approx(0.8)
+    assert interpolate_at_l0(curve, 20.0) == pytest.approx(0.8 + 0.06 * math.log(2) / math.log(4))
+    assert interpolate_at_l0(curve, 100.0) == pytest.approx(0.9)
+    assert interpolate_at_l0(curve, 9.9) is None and interpolate_at_l0(curve, 101.0) is None
+    assert interpolate_at_l0([], 5.0) is None
+
+
+def frontier_for(config: dict, spread: dict | None = None) -> dict:
+    points = [{"family": "relu", "name": f"relu_{l0}", "l0_total": l0,
+               "metrics": {"explained_variance": ev, "sae_top_1": 0.6}}
+              for l0, ev in ((20.0, 0.80), (80.0, 0.90), (200.0, 0.95))]
+    points.append({"family": "topk", "name": "topk_k5", "l0_total": 5.0,
+                   "metrics": {"explained_variance": 0.7}})
+    return {"format": FRONTIER_FORMAT, "key": frontier_key(config), "points": points,
+            "seed_spread": spread or {"max_std": {"explained_variance": 0.01, "sae_top_1": 0.001}}}
+
+
+def test_a_run_reads_its_numbers_against_the_frontier_at_its_own_l0(tmp_path):
+    run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
+    info = json.loads((run / "final_info.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    l0 = info["training"]["means"]["l0_total"]
+    ev = info["training"]["means"]["explained_variance"]
+    top1 = info["sparse_probing"]["means"]["sae_top_1_test_accuracy"]
+    means, extra = compare_with_frontier(info, frontier_for(config))
+    expected = interpolate_at_l0([(20.0, 0.80), (80.0, 0.90), (200.0, 0.95)], l0)
+    assert means["l0_total"] == l0
+    assert means["relu.explained_variance.frontier"] == pytest.approx(expected)
+    assert means["relu.explained_variance.difference"] == pytest.approx(ev - expected)
+    assert means["relu.sae_top_1.difference"] == pytest.approx(top1 - 0.6)
+    # topk's single point at L0 5 does not reach this run: said, not extrapolated
+    assert not any(name.startswith("topk.") for name in means)
+    assert "outside topk's L0 range [5.0, 5.0]" in extra["out_of_range"]["topk"]
+    # noise marks: |difference| < 2 x the larger seed std
+    noisy = compare_with_frontier(info, frontier_for(config, {"max_std": {
+        "explained_variance": abs(ev - expected), "sae_top_1": 0.001}}))[1]
+    assert noisy["within_seed_noise"] == ["relu.explained_variance"]
+
+
+def test_the_frontier_is_read_only_for_its_own_setting(tmp_path):
+    run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
+    config = json.loads((run / "config.json").read_text())
+    frontier, why = read_frontier(run, config)
+    assert frontier is None and "no baseline frontier" in why and "build_frontier.py" in why
+    (tmp_path / "run_0").mkdir()
+    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(frontier_for(config)))
+    frontier, why = read_frontier(run, config)
+    assert frontier is not None and why == ""
+    other = json.loads(json.dumps(config))
+    other["config"]["training_tokens"] = 1_000_000
+    frontier, why = read_frontier(run, other)
+    assert frontier is None and "differs in training_tokens" in why
+
+
+def test_the_run_records_vs_baseline_or_says_how_to_make_the_frontier(tmp_path, capsys):
+    run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
+    config = json.loads((run / "config.json").read_text())
+    experiment_run = ExperimentRun.__new__(ExperimentRun)
+    experiment_run.directory = RunDirectory(run)
+    experiment_run._compare_with_frontier()
+    status = json.loads((run / "run_status.json").read_text())
+    assert "build_frontier.py" in status["skipped"]["vs_baseline"]
+    assert "[vs_baseline] skipped" in capsys.readouterr().out
+    (tmp_path / "run_0").mkdir()
+    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(frontier_for(config)))
+    experiment_run._compare_with_frontier()
+    info = json.loads((run / "final_info.json").read_text())
+    assert "relu.explained_variance.difference" in info["vs_baseline"]["means"]
+    assert "vs_baseline" not in json.loads((run / "run_status.json").read_text()).get("skipped", {})
+    assert "vs relu: explained_variance" in capsys.readouterr().out
+
+
+def test_seed_spread_is_the_sample_std_and_the_larger_family_sets_the_noise():
+    spread = seed_spread({"baseline": [{"explained_variance": v} for v in (0.80, 0.82, 0.84)],
+                          "tuned": [{"explained_variance": v} for v in (0.85, 0.85, 0.85)]})
+    assert spread["families"]["baseline"]["explained_variance"]["std"] == pytest.approx(0.02)
+    assert spread["max_std"]["explained_variance"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("family", ["topk", "matryoshka"])
+def test_sae_lens_trains_on_our_batches_and_is_seen_as_our_evals_see_an_sae(family):
+    torch.manual_seed(0)
+    directions = torch.randn(64, 16)
+    codes = (torch.rand(6000, 64) < 0.05).float() * torch.rand(6000, 64)
+    x = codes @ directions
+    batches = (x[(i * 128) % 5000:][:128] for i in range(10_000))
+    with tempfile.TemporaryDirectory() as work:
+        sae = train_sae_lens(family, 4, 16, 64, batches, 150, 128, 1e-3, 0, Path(work),
+                             [16, 64] if family == "matryoshka" else None)
+    view = SAELensView(sae, "tiny", 1, 32, family)
+    heldout = x[5000:]
+    stats = heldout_statistics(view, heldout)
+    assert stats["explained_variance"] > 0.3  # it learned from the batches it was fed
+    z = view.encode(heldout[:10])
+    assert z.shape == (10, 64) and torch.equal(view.decode(z), sae.decode(z))
+    assert view.cfg.d_sae == 64 and view.W_dec.shape == (64, 16)
+    if family == "topk":
+        assert stats["l0_total"] == 4.0
