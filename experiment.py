@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sae_harness import distributed
 from sae_harness.activations import ActivationData
 from sae_harness.command_line import run_command
 from sae_harness.concept_diagnostics import concept_diagnostics
@@ -530,6 +531,8 @@ class HierarchicalTrainer:
         else:
             self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                               foreach=True)
+        self.forward_levels = distributed.data_parallel(sae)
+        """sae.forward_levels; under torchrun wrapped in DistributedDataParallel (distributed.py)."""
         # tokens since each latent last fired, for dead-latent counts (kept on the device)
         self.tokens_since_fired_base = torch.zeros(sae.n_base, device=sae.W_enc1.device)
         self.tokens_since_fired_concept = torch.zeros(sae.n_concept, device=sae.W_enc1.device)
@@ -543,7 +546,7 @@ class HierarchicalTrainer:
         d, s = x.shape[1], self.input_std
         with torch.autocast(x.device.type, dtype=torch_dtype(self.matmul_dtype),
                             enabled=self.matmul_dtype != "float32"):
-            out = sae.forward_levels(x)
+            out = self.forward_levels(x)
         zero = x.new_zeros(())
         reconstruction = (x - out.x_hat.float()).pow(2).sum(-1).mean() / (d * s * s)
         # z >= 0, so the sum is the L1 norm
@@ -590,7 +593,7 @@ class HierarchicalTrainer:
                                                 indices)).float() * dead[indices]
         error = (x - out.x_hat.float()).detach()
         error_hat = F.embedding_bag(indices, sae.W_dec2, mode="sum", per_sample_weights=values)
-        loss = (error - error_hat).pow(2).sum(-1).mean() / (error - error.mean(0)).pow(2).sum(-1).mean()
+        loss = (error - error_hat).pow(2).sum(-1).mean() / batch_error_variance(error)
         return loss * dead.any()
 
     def update(self, step: int, x: torch.Tensor) -> LossTerms:
@@ -607,17 +610,18 @@ class HierarchicalTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.sae.normalize_decoder_()
         with torch.no_grad():
-            self.tokens_since_fired_base.add_(len(x)).masked_fill_(active, 0)
+            # under torchrun, what fired is counted over every rank's share (distributed.py)
+            tokens = len(x) * distributed.current().world_size
+            fired_base = distributed.all_reduce_max(active.float()) > 0
+            self.tokens_since_fired_base.add_(tokens).masked_fill_(fired_base, 0)
             if self.sae.n_concept:
                 fired = out.z2_indices[out.z2_values > 0]
-                fired2 = torch.zeros(self.sae.n_concept, dtype=torch.bool, device=x.device)
-                fired2[fired] = True
-                self.tokens_since_fired_concept.add_(len(x)).masked_fill_(fired2, 0)
+                counts = distributed.all_reduce_sum(torch.bincount(fired, minlength=self.sae.n_concept))
+                self.tokens_since_fired_concept.add_(tokens).masked_fill_(counts > 0, 0)
                 if self.cfg.concept_balance_rate:
-                    rate = torch.bincount(fired, minlength=self.sae.n_concept) / len(x)
                     target = self.sae.concept_k / self.sae.n_concept
-                    step_size = self.cfg.concept_balance_rate * out.z2_pre.float().std()
-                    self.sae.concept_selection_bias.add_(step_size * torch.sign(target - rate))
+                    step_size = self.cfg.concept_balance_rate * batch_std(out.z2_pre.float())
+                    self.sae.concept_selection_bias.add_(step_size * torch.sign(target - counts / tokens))
         return terms
 
     def log_values(self, step: int, terms: LossTerms) -> dict[str, float]:
@@ -628,7 +632,9 @@ class HierarchicalTrainer:
                         if self.sae.n_concept else 0.0)
         return {"lr": self.optimizer.param_groups[0]["lr"], "lw2": self.schedule.lw2(step),
                 "concept_penalty_factor": self.schedule.concept_penalty_factor(step),
-                **{name: value.item() for name, value in terms._asdict().items()},
+                **dict(zip(terms._fields, distributed.all_reduce_sum(
+                    torch.stack([t.detach().float() for t in terms])).div(
+                    distributed.current().world_size).tolist())),
                 "dead_fraction_base": dead_base, "dead_fraction_concept": dead_concept,
                 **self.diagnostics}
 
@@ -649,6 +655,26 @@ class HierarchicalTrainer:
         return {"input_scale": self.input_scale, "input_std": self.input_std}
 
 
+def batch_error_variance(error: torch.Tensor) -> torch.Tensor:
+    """sum_i ||e_i - mean(e)||^2 / B over the whole batch (every rank's share under torchrun)."""
+    if not distributed.current().distributed:
+        return (error - error.mean(0)).pow(2).sum(-1).mean()
+    n = distributed.all_reduce_sum(error.new_tensor(float(len(error))))
+    total = distributed.all_reduce_sum(error.pow(2).sum())
+    centre = distributed.all_reduce_sum(error.sum(0))
+    return (total - centre.pow(2).sum() / n) / n
+
+
+def batch_std(values: torch.Tensor) -> torch.Tensor:
+    """torch.std of all entries over the whole batch (every rank's share under torchrun)."""
+    if not distributed.current().distributed:
+        return values.std()
+    stats = distributed.all_reduce_sum(torch.stack([values.new_tensor(float(values.numel())),
+                                                    values.sum(), values.pow(2).sum()]))
+    n, total, squares = stats
+    return ((squares - total * total / n) / (n - 1)).clamp_min(0).sqrt()
+
+
 # =============================================================================================
 # Training
 # =============================================================================================
@@ -664,13 +690,15 @@ def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirecto
     device = preset.device
     sae = HierarchicalSAE.from_config(cfg, data.d_model, preset).to(device)
     trainer = HierarchicalTrainer(sae, cfg, data.train.first_batch(), matmul_dtype)
-    session = TrainingSession(run, cfg, trainer, trainer.schedule.total_steps)
+    world = distributed.current()  # one process, or a rank of torchrun's (its share of each batch)
+    session = TrainingSession(run, cfg, trainer, trainer.schedule.total_steps, is_writer=world.is_main)
     schedule = trainer.schedule
     print(f"[train] {schedule.total_steps} steps x {cfg.batch_size} tokens; n1={sae.n_base} "
           f"n2={sae.n_concept} k={sae.concept_k}; input scale {trainer.input_scale:.4g}, std "
           f"{trainer.input_std:.3g}; warm-up {schedule.warmup}, lw2 ramp {schedule.lw2_ramp}, "
           f"restarts at {schedule.restart_steps()}; matmuls {trainer.matmul_dtype}")
-    for step, x in session.batches(data.train):
+    batches = data.train.shard(world.rank, world.world_size) if world.distributed else data.train
+    for step, x in session.batches(batches):
         terms = trainer.update(step, x.to(device, non_blocking=True))
         session.step_done(step, terms)
     sae.fold_input_scale_(trainer.input_scale)

@@ -17,6 +17,8 @@ Sections:
                achieved FLOP/s of our step as a fraction of the matmul yardstick
   activations  residual-stream tokens/s on the embedded model: early exit at the hook layer
                (what training uses) vs a full forward vs TransformerLens run_with_cache
+  distributed  training tokens/s of our trainer with 1 and 2 torchrun processes (gloo, CPU, one
+               thread each, embedded shapes, random activations): what DDP costs and gains here
   runs         wall time of an embedded run with cold caches (activations, SAE-Bench artifacts;
                the converted model is reused unless --cold-model) and of a run of another variant
                with warm caches, phase by phase, with peak memory
@@ -243,7 +245,7 @@ def activations(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-SECTIONS = ("matmul", "precision", "kernels", "trainers", "activations", "runs")
+SECTIONS = ("matmul", "precision", "kernels", "trainers", "activations", "runs", "distributed")
 PHASES = ("model_conversion", "model_load", "activations", "training", "weights", "hierarchy",
           "core", "sparse_probing", "absorption", "total")
 
@@ -287,6 +289,25 @@ def runs(args) -> None:
         print(f"second / first = {table[labels[1]]['wall'] / table[labels[0]]['wall']:.0%}")
 
 
+def distributed_training(args) -> None:
+    header("distributed: training tokens/s, torchrun with 1 and 2 processes (gloo, 1 thread each; "
+           f"d_in 640, n1 {args.d_sae}, global batch 512, {args.ddp_steps} steps)")
+    for dtype in ("float32", "bfloat16"):
+        rates = {}
+        for processes in (1, 2):
+            result = subprocess.run(
+                [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 f"--nproc_per_node={processes}", str(REPO / "bench" / "distributed_training.py"),
+                 str(args.ddp_steps), "512", "640", str(args.d_sae), dtype],
+                env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+            if result.returncode:
+                print(result.stderr[-2000:])
+                raise SystemExit(f"error: the {processes}-process benchmark failed (stderr above)")
+            rates[processes] = json.loads(result.stdout.strip().splitlines()[-1])["tokens_per_second"]
+        print(f"{dtype:9s} 1 process {rates[1]:8.0f} tokens/s, 2 processes {rates[2]:8.0f} tokens/s "
+              f"({rates[2] / rates[1]:.2f}x)")
+
+
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -304,6 +325,7 @@ def main() -> None:
     parser.add_argument("--run-tokens", type=int, default=500_000)
     parser.add_argument("--variant", default="tuned_cosine")
     parser.add_argument("--second-variant", default="baseline")
+    parser.add_argument("--ddp-steps", type=int, default=30)
     args = parser.parse_args()
     if args.emulate_no_bf16 and not os.environ.get("ONEDNN_MAX_CPU_ISA"):
         argv = [a for a in sys.argv[1:] if a != "--emulate-no-bf16"]
@@ -326,6 +348,8 @@ def main() -> None:
         activations(args)
     if "runs" in only:
         runs(args)
+    if "distributed" in only:
+        distributed_training(args)
 
 
 if __name__ == "__main__":

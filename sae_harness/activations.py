@@ -315,14 +315,30 @@ class CachedBatches:
         self.rows, self.dtype, self.batch_size, self.seed = rows, dtype, batch_size, seed
         self.steps_per_epoch = len(rows) // batch_size
         self._epoch, self._perm = -1, None
+        self.rank, self.world_size = 0, 1
 
-    def batch(self, step: int) -> torch.Tensor:
+    def shard(self, rank: int, world_size: int) -> CachedBatches:
+        """The same batches, of which this source yields only rank's share (the global batch's
+        rows rank*B/W .. (rank+1)*B/W): W shards together are the one-process batches. The
+        first batch stays whole (it sets the input scale on every rank alike)."""
+        if self.batch_size % world_size:
+            raise ConfigurationError(f"batch_size={self.batch_size} is not divisible by the "
+                                     f"{world_size} processes of the run")
+        part = CachedBatches(self.rows, self.dtype, self.batch_size, self.seed)
+        part.rank, part.world_size = rank, world_size
+        return part
+
+    def batch(self, step: int, whole: bool = False) -> torch.Tensor:
+        """Batch `step` (this shard's rows of it, unless `whole`)."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm = torch.randperm(len(self.rows), generator=generator).numpy()
             self._epoch = epoch
         picked = np.sort(self._perm[index * self.batch_size:(index + 1) * self.batch_size])
+        if self.world_size > 1 and not whole:
+            share = self.batch_size // self.world_size
+            picked = picked[self.rank * share:(self.rank + 1) * share]
         return _rows_to_torch(self.rows[picked], self.dtype).float()
 
     def iterate(self, start_step: int, n_steps: int) -> Iterator[torch.Tensor]:
@@ -330,8 +346,8 @@ class CachedBatches:
             yield self.batch(step)
 
     def first_batch(self) -> torch.Tensor:
-        """The first training batch (it is trained on too); used to set the input scale."""
-        return self.batch(0)
+        """The first training batch, whole (it is trained on too); used to set the input scale."""
+        return self.batch(0, whole=True)
 
 
 class StreamingBatches:

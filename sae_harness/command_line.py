@@ -5,7 +5,8 @@ Exit codes: 0 finished (a failed evaluation is recorded and named on stderr, the
 finishes); 2 a foreseen failure (HarnessError: bad configuration, missing model or text, full
 disk, divergence), its message last; 128 + N stopped by signal N during training, with a
 checkpoint to resume from; 130 interrupted outside training; 1 anything unforeseen, with its
-traceback above the one-line summary. Whatever was written before the failure stays.
+traceback above the one-line summary. Whatever was written before the failure stays. Under
+torchrun each rank exits so, with its own last line; torchrun then stops the other ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from sae_harness import distributed
 from sae_harness.checkpoint import TrainingInterrupted
 from sae_harness.errors import HarnessError
 from sae_harness.presets import RunEnvironment, read_run_environment
@@ -42,7 +44,9 @@ def run_command(run: Callable[[Path, RunEnvironment, dict | None], object], desc
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # SIGTERM outside training
     try:
         env = environment or read_run_environment()
+        distributed.start(env.preset.device)  # torchrun's processes join here (distributed.py)
         run(out_dir, env, overrides)
+        distributed.stop()
         return 0
     except TrainingInterrupted as stop:
         _mark(out_dir, "interrupted", str(stop))
@@ -69,7 +73,9 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def _mark(out_dir: Path, state: str, reason: str) -> None:
-    """Record why a run stopped, if this process was running it."""
+    """Record why a run stopped, if this process was running it (rank 0 under torchrun)."""
+    if not distributed.current().is_main:
+        return
     run = RunDirectory(out_dir)
     if run.path.is_dir() and run.status().get("state") == "running":
         run.set_status(state, error=reason)

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from sae_harness import distributed
 from sae_harness.activations import ActivationData, check_token_budget, prepare_activations
 from sae_harness.checkpoint import Checkpoint
 from sae_harness.degeneracy import degeneracy_reasons
@@ -42,7 +43,7 @@ from sae_harness.heldout import heldout_statistics, training_warnings
 from sae_harness.language_model import (LanguageModel, load_language_model, load_tokenizer,
                                         locate_model, tokenizer_id)
 from sae_harness.notes import update_notes
-from sae_harness.precision import precision_for_run
+from sae_harness.precision import Precision, precision_for_run
 from sae_harness.preflight import preflight
 from sae_harness.presets import RunEnvironment
 from sae_harness.provenance import provenance
@@ -84,10 +85,20 @@ class ExperimentRun:
         check_token_budget(preset, cfg.training_tokens, cfg.heldout_tokens, env.cache_dir,
                            lambda: load_tokenizer(preset, env.cache_dir), tokenizer_id(preset))
         directory = RunDirectory(out_dir)
+        if not distributed.current().is_main:  # rank 0 prepares, locks and writes the folder
+            distributed.barrier()
+            run = cls(directory, env, cfg, variant_title or cfg.variant)
+            run._begin_other_rank()
+            yield run
+            return
         directory.prepare(overwrite=env.overwrite)
         with directory.lock():
             run = cls(directory, env, cfg, variant_title or cfg.variant)
-            run._begin()
+            try:
+                run._begin()
+            finally:
+                distributed.barrier()
+            distributed.from_main(run.precision.record())
             yield run
 
     def _begin(self) -> None:
@@ -124,6 +135,13 @@ class ExperimentRun:
         if self.precision.warning:
             print(f"[run] WARNING: {self.precision.warning}")
 
+    def _begin_other_rank(self) -> None:
+        """A rank other than 0 (torchrun): rank 0's precision, the model it located."""
+        self.origin = provenance(REPO, self.preset.device)
+        self.precision = Precision.from_record(distributed.from_main(None))
+        self.location = locate_model(self.preset, self.env.cache_dir)
+        self.preset = replace(self.preset, model_dtype=self.precision.model_dtype)
+
     def _write_config(self, precision) -> None:
         self.directory.write_json(CONFIG, {
             "variant": self.cfg.variant, "variant_title": self.variant_title,
@@ -141,8 +159,18 @@ class ExperimentRun:
 
     def activations(self, lm: LanguageModel) -> ActivationData:
         started, cfg = time.time(), self.cfg
+        world = distributed.current()
+        if world.distributed and not world.is_main:
+            distributed.barrier()  # rank 0 has the cache ready
         data = prepare_activations(lm, self.preset, cfg.training_tokens, cfg.heldout_tokens,
                                    self.env.cache_dir, cfg.batch_size, cfg.seed)
+        if world.distributed and world.is_main:
+            distributed.barrier()
+        if world.distributed and data.cache_dir is None:
+            raise ConfigurationError(
+                "under torchrun every rank reads its share of the activation cache, and these "
+                "activations do not fit in it; free disk space at EXPERIMENT_CACHE or lower "
+                "EXPERIMENT_TOKENS")
         self.phases["activations"] = time.time() - started
         return data
 
@@ -160,8 +188,11 @@ class ExperimentRun:
         return sae
 
     def record_training(self, sae, summary: dict, data: ActivationData, training_started: float) -> None:
-        """Save the trained SAE, measure it on the held-out tokens, write the training group."""
+        """Save the trained SAE, measure it on the held-out tokens, write the training group
+        (rank 0 of a torchrun run; the others have nothing to write)."""
         self._training_started = training_started
+        if not distributed.current().is_main:
+            return
         sae.save(self.directory.sae_dir, {"variant": self.cfg.variant,
                                           "dataset_path": self.preset.text_dataset,
                                           "training_tokens": self.cfg.training_tokens})
@@ -187,6 +218,17 @@ class ExperimentRun:
 
     # --- evaluations and the end ------------------------------------------------------------------
     def evaluate(self, sae, lm: LanguageModel, data: ActivationData) -> RunDirectory:
+        """Every evaluation, the degeneracy checks, the notebook; under torchrun rank 0 does
+        them while the other ranks wait."""
+        if not distributed.current().is_main:
+            distributed.barrier()
+            return self.directory
+        try:
+            return self._evaluate(sae, lm, data)
+        finally:
+            distributed.barrier()
+
+    def _evaluate(self, sae, lm: LanguageModel, data: ActivationData) -> RunDirectory:
         directory = self.directory
         warnings = training_warnings(self.stats, sae)
         for warning in warnings:

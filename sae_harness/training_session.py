@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from sae_harness import distributed
 from sae_harness.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
 from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.run_directory import CHECKPOINT, TRAINING_LOG, RunDirectory, TrainingLog
@@ -83,6 +84,9 @@ class TrainingSession:
         self._progress.update(cfg.batch_size)
         self.steps_since_save += 1
         last = step == self.total_steps - 1
+        # under torchrun every rank stops after the same step, whichever rank got the signal
+        if distributed.any_rank(stop.requested) and not stop.requested:
+            stop.signal_number = signal.SIGTERM  # another rank was asked to stop
         if not (step % cfg.log_every == 0 or last or stop.requested):
             return
         values = self.trainer.log_values(step, terms)

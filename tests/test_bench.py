@@ -36,3 +36,11 @@ def test_step_flop_count_matches_the_dense_matmuls():
     # gradient is k of n2 entries, sae_kernels.py)
     assert run_benchmarks.step_flops(256, 2048, 512, 4096) == 2 * 4096 * (
         2 * 256 * 2048 + 3 * 2048 * 256 + 1 * 2048 * 512)
+
+
+def test_the_distributed_benchmark_runs_one_and_two_processes(capsys):
+    import run_benchmarks
+
+    run_benchmarks.distributed_training(SimpleNamespace(d_sae=128, ddp_steps=2))
+    out = capsys.readouterr().out
+    assert len(re.findall(r"1 process +\d+ tokens/s, 2 processes +\d+ tokens/s \([\d.]+x\)", out)) == 2

@@ -1,0 +1,153 @@
+"""Several processes, one run: torchrun and torch.distributed, for more GPUs or machines.
+
+    torchrun --standalone --nproc_per_node=N experiment.py --out_dir=run_i
+    torchrun --nnodes=M --node_rank=R --master_addr=HOST --master_port=29500 \\
+             --nproc_per_node=N experiment.py --out_dir=run_i          # on each of M machines
+
+torchrun starts one process (rank) per device and sets RANK, WORLD_SIZE, LOCAL_RANK and the
+rendezvous variables; without them a run is one process and every function here does nothing.
+What each rank does (the rest of the harness asks `current()`):
+
+* rank 0 alone prepares, locks and writes the run folder (config, status, log, checkpoints,
+  SAE, results, notes) and runs the evaluations; the other ranks wait for it at a barrier;
+* rank 0 collects the activation cache if it is missing, then every rank reads its own share
+  of each global batch from it (`CachedBatches.shard`); the cache must therefore be on a
+  filesystem every rank sees (a run whose activations do not fit in the cache is refused);
+* the SAE trains under DistributedDataParallel: each rank's share gives gradients that DDP
+  averages, so with equal shares every update is the single-process one up to the order of
+  float additions; what the loss or the trainer takes from the whole batch (AuxK's error
+  variance, the load-balancing firing rates and scale, the dead-latent counters, the logged
+  figures) is all-reduced; the decoder constraint then acts on identical gradients everywhere;
+* a stop (SIGINT/SIGTERM) on any rank stops every rank after the same step (`any_rank`); rank 0
+  saves the checkpoint, and every rank resumes from it;
+* a failure on any rank ends that rank with its one-line cause on stderr, and torchrun then
+  stops the others.
+
+Backend: NCCL on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU (tested: 2 processes give
+the single-process weights within float tolerance, tests/test_distributed.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from sae_harness.errors import ConfigurationError
+
+WAIT_HOURS = 12
+"""How long a rank waits at a barrier (e.g. for rank 0's evaluations) before giving up."""
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_WORLD = World()
+_COLLECTIVE_DEVICE = torch.device("cpu")
+"""Where small collectives' tensors live: the rank's GPU under NCCL, the CPU under gloo."""
+
+
+def world_from_environment(environ=os.environ) -> World:
+    """The World torchrun's variables describe (one process without them)."""
+    try:
+        return World(int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)),
+                     int(environ.get("LOCAL_RANK", 0)))
+    except ValueError as error:
+        raise ConfigurationError(f"RANK / WORLD_SIZE / LOCAL_RANK are not integers: {error}") from error
+
+
+def start(device: str, environ=os.environ) -> World:
+    """Join the process group torchrun set up (no-op for one process); CUDA ranks take
+    cuda:LOCAL_RANK as their device."""
+    global _WORLD, _COLLECTIVE_DEVICE
+    world = world_from_environment(environ)
+    if world.distributed and not torch.distributed.is_initialized():
+        cuda = device.startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(world.local_rank)
+            _COLLECTIVE_DEVICE = torch.device("cuda", world.local_rank)
+        torch.distributed.init_process_group("nccl" if cuda else "gloo",
+                                             timeout=timedelta(hours=WAIT_HOURS))
+    _WORLD = world
+    return world
+
+
+def stop() -> None:
+    global _WORLD
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _WORLD = World()
+
+
+def current() -> World:
+    return _WORLD
+
+
+def barrier() -> None:
+    if _WORLD.distributed:
+        torch.distributed.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place (the tensor itself for one process)."""
+    if _WORLD.distributed:
+        torch.distributed.all_reduce(tensor, torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if _WORLD.distributed:
+        torch.distributed.all_reduce(tensor, torch.distributed.ReduceOp.MAX)
+    return tensor
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on any."""
+    if not _WORLD.distributed:
+        return flag
+    return bool(all_reduce_max(torch.tensor([float(flag)], device=_COLLECTIVE_DEVICE)).item())
+
+
+def data_parallel(sae):
+    """The SAE's `forward_levels`, under DistributedDataParallel when the run has several
+    processes (gradients averaged over ranks during backward); the plain method otherwise."""
+    if not _WORLD.distributed:
+        return sae.forward_levels
+    from torch.nn.parallel import DistributedDataParallel
+
+    class Levels(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sae = sae
+
+        def forward(self, x):
+            return self.sae.forward_levels(x)
+
+    cuda = _COLLECTIVE_DEVICE.type == "cuda"
+    # a vanilla SAE has empty concept parameters that nothing uses; buffers (TopK's selection
+    # bias) are updated from all-reduced figures, identically on every rank
+    return DistributedDataParallel(Levels(), device_ids=[_WORLD.local_rank] if cuda else None,
+                                   find_unused_parameters=sae.n_concept == 0, broadcast_buffers=False)
+
+
+def from_main(obj):
+    """Rank 0's `obj` on every rank."""
+    if not _WORLD.distributed:
+        return obj
+    holder = [obj]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]

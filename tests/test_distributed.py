@@ -1,0 +1,125 @@
+"""torchrun: 2 gloo processes train the single-process SAE (up to float reduction order), rank 0
+alone writes and evaluates, and a SIGTERM'd distributed run resumes (sae_harness/distributed.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sae_harness.distributed import World, world_from_environment
+from sae_harness.run_directory import CHECKPOINT
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "tests" / "run_tiny_experiment.py"
+# fp32 matmuls: the comparison is then about the order of float additions only
+SHORT = dict(d_sae_base=128, batch_size=64, training_tokens=64 * 40, heldout_tokens=256,
+             log_every=2, checkpoint_every_steps=4, lr=4e-3, matmul_dtype="float32",
+             auxk_dead_tokens=64 * 4)
+TOLERANCE = 1e-4
+"""Largest |difference| allowed between any single-process and 2-process weight, relative to
+that tensor's largest |entry| (measured: see the closing assertions' messages)."""
+
+
+def command(out_dir, cache_dir, overrides, processes=None, step_seconds=0.0):
+    args = [str(RUNNER), str(out_dir), str(cache_dir), json.dumps(overrides), str(step_seconds)]
+    if processes is None:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={processes}", *args]
+
+
+def launch(cmd):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, (out[-2000:], err[-4000:])
+    return out, err
+
+
+def state(run_dir):
+    return load_file(Path(run_dir) / "sae" / "sae_state.safetensors")
+
+
+def largest_relative_difference(a, b):
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item()
+               for k in b if b[k].numel())
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_gemma2, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    cache = root / "cache"
+    single, double = root / "single", root / "double"
+    finish(launch(command(single, cache, SHORT)))
+    out, err = finish(launch(command(double, cache, SHORT, processes=2)))
+    return dict(root=root, cache=cache, single=single, double=double, out=out, err=err)
+
+
+def test_two_processes_reach_the_single_process_weights(runs):
+    a, b = state(runs["double"]), state(runs["single"])
+    assert set(a) == set(b)
+    worst = largest_relative_difference(a, b)
+    assert worst < TOLERANCE, f"largest relative weight difference {worst:.2e}"
+    assert worst > 0 or all(torch.equal(a[k], b[k]) for k in b)  # measured, not assumed
+    print(f"2 gloo processes vs 1: largest relative weight difference {worst:.2e}")
+
+
+def test_rank_zero_alone_writes_and_evaluates(runs):
+    double = runs["double"]
+    info = json.loads((double / "final_info.json").read_text())
+    single = json.loads((runs["single"] / "final_info.json").read_text())
+    # the same evaluations as one process (the tiny tokenizer cannot hold absorption's prompts)
+    assert set(info) == set(single) >= {"training", "core", "sparse_probing", "weights", "hierarchy"}
+    status = json.loads((double / "run_status.json").read_text())
+    assert status["state"] == "finished" and set(status["failures"]) == {"absorption"}
+    assert info["training"]["means"]["steps"] == single["training"]["means"]["steps"] == 40
+    # the logged figures are the whole batch's (all-reduced), so they match the single run
+    log = [json.loads(line) for line in (double / "training_log.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (runs["single"] / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [r["step"] for r in one]  # one writer, no duplicate lines
+    assert log[-1]["reconstruction"] == pytest.approx(one[-1]["reconstruction"], rel=1e-3)
+    assert log[-1]["dead_fraction_concept"] == one[-1]["dead_fraction_concept"]
+    assert runs["out"].count("[run] finished") == 1
+
+
+def test_a_sigtermed_distributed_run_resumes_to_the_same_weights(runs):
+    out = runs["root"] / "interrupted"
+    proc = launch(command(out, runs["cache"], SHORT, processes=2, step_seconds=0.3))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        path = out / CHECKPOINT
+        if path.exists():
+            try:
+                if torch.load(path, weights_only=False)["step"] >= 8:
+                    break
+            except Exception:
+                pass  # being replaced
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler stops the whole job
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    saved = torch.load(out / CHECKPOINT, weights_only=False)["step"]
+    assert 8 <= saved < 40
+    finish(launch(command(out, runs["cache"], SHORT, processes=2)))
+    info = json.loads((out / "final_info.json").read_text())
+    assert info["training"]["means"]["resumed_at_step"] == saved
+    worst = largest_relative_difference(state(out), state(runs["single"]))
+    assert worst < TOLERANCE, f"largest relative weight difference {worst:.2e}"
+
+
+def test_torchrun_variables_describe_the_world():
+    assert world_from_environment({}) == World(0, 1, 0)
+    world = world_from_environment({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
+    assert (world.rank, world.world_size, world.local_rank, world.distributed, world.is_main) == (3, 8, 1, True, False)
