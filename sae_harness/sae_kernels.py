@@ -115,7 +115,9 @@ def latent_matmul(z: torch.Tensor, W: torch.Tensor, active: ActiveLatents | None
         return z @ W if bias is None else torch.addmm(bias, z, W)
     if not W.is_contiguous():  # embedding_bag on strided rows is ~70x slower (measured: 190 ms vs 3)
         W = W.contiguous()
-    values = z[active.rows, active.cols].float()
+    # in W's dtype: fp32 in training (autocast leaves embedding_bag alone), the model's dtype
+    # when an eval casts the SAE to it (absorption)
+    values = z[active.rows, active.cols].to(W.dtype)
     out = F.embedding_bag(active.cols, W, active.offsets, per_sample_weights=values, mode="sum")
     return out if bias is None else out + bias
 

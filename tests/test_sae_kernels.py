@@ -54,3 +54,21 @@ def test_the_support_is_the_nonzero_entries_and_dense_batches_have_none():
     assert active.rows.tolist() == [3, 3, 250] and active.cols.tolist() == [7, 9, 0]
     assert active.offsets[:5].tolist() == [0, 0, 0, 0, 2] and active.offsets[-1].item() == 3
     assert ActiveLatents.of(torch.ones(300, 100)) is None
+
+
+def test_an_sae_cast_to_bf16_encodes_through_the_sparse_products():
+    """Absorption evaluates a copy cast to the model's dtype: the gathered products must take
+    bf16 weights (they once raised 'weight ... per_sample_weights' type errors there)."""
+    import experiment as E
+
+    sae = E.HierarchicalSAE(32, 256, 64, 4, model_name="m", hook_layer=1, context_size=8,
+                            init_scale_concept=1.0)
+    with torch.no_grad():
+        sae.b_enc1.fill_(-1.0)  # sparse z1 (~2% of latents): the gathered path
+    x = torch.randn(16, 32)
+    z1 = torch.relu(sae.forward_levels(x).z1)
+    assert ActiveLatents.of(z1) is not None
+    reference = sae.encode(x)
+    low = sae.to(dtype=torch.bfloat16).encode(x.to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16
+    assert torch.allclose(low.float(), reference, atol=0.1, rtol=0.05)
