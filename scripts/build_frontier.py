@@ -39,7 +39,7 @@ from sae_harness.heldout import heldout_statistics
 from sae_harness.presets import read_run_environment
 from sae_harness.run_directory import EVALUATIONS, RunDirectory, atomic_write_json, read_json
 
-RELU_L1 = (0.02, 0.04, 0.08, 0.16, 0.32)
+RELU_L1 = (0.04, 0.08, 0.16, 0.32)
 TOPK_K = (20, 40, 80)
 MATRYOSHKA_K = (40, 80)
 MATRYOSHKA_WIDTHS = (128, 512)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The concept-level ablation: which aids keep the hierarchical SAE's concept level alive.
 
-    python scripts/concept_ablation.py                 # every arm, then the table and figure
+    python scripts/concept_ablation.py                 # the committed arms, the table and figure
     python scripts/concept_ablation.py as_written no_l1 # some arms (the table covers all done)
 
 Each arm is the idea as written (`tuned_cosine_as_written`) with some aids switched on
@@ -34,8 +34,10 @@ sys.path.insert(0, str(REPO))
 
 import experiment as E  # noqa: E402
 from sae_harness.presets import read_run_environment  # noqa: E402
-from sae_harness.run_directory import EVALUATIONS, read_json  # noqa: E402
+from sae_harness.run_directory import read_json  # noqa: E402
 
+REQUIRED = ("training", "core", "sparse_probing", "absorption")
+"""An arm counts as done with these groups (the hierarchy of a dead concept level has none)."""
 AS_WRITTEN = "tuned_cosine_as_written"
 NO_L1 = {"l1_on_topk": False}
 WARM_UP = {"concept_penalty_warmup_steps": 1000, "min_lr_warmup_steps": 100}
@@ -64,6 +66,10 @@ ARMS: dict[str, tuple[str, dict]] = {
     "tuned_cosine": ("tuned_cosine", {}),
     "tuned_cosine+recon+warm_up": ("tuned_cosine", {**RECON, **WARM_UP}),
 }
+COMMITTED_ARMS = ("as_written", "warm_up", "auxk", "concept_recon", "balance", "lr_1e-3", "no_l1",
+                  "no_l1+init_sigma_0.1", "no_l1+auxk", "no_l1+balance", "no_l1+balance+auxk",
+                  "tuned_cosine")
+"""The arms the committed table holds (all of ARMS is ~35 minutes more on a 2-core CPU)."""
 """Arm name -> (variant, changes to it). The as-written variant has every aid off and lr 3e-4;
 tuned_cosine is Config's defaults (experiment.py)."""
 
@@ -73,11 +79,30 @@ def arm_config_changes(arm: str) -> tuple[str, dict]:
     return variant, dict(changes)
 
 
+def study_run_of(cfg) -> Path | None:
+    """A finished run_i of the study trained with exactly `cfg` (the as-written and default
+    variants are run_4 and run_2): reused rather than trained again."""
+    from dataclasses import asdict
+
+    from sae_harness.experiment_run import json_round_trip
+
+    for run in sorted(REPO.glob("run_[0-9]*")):
+        info, config = run / "final_info.json", run / "config.json"
+        if (info.exists() and config.exists() and all(g in read_json(info) for g in REQUIRED)
+                and read_json(config)["config"] == json_round_trip(asdict(cfg))):
+            return run
+    return None
+
+
 def run_arm(arm: str, env, root: Path) -> Path:
     variant, changes = arm_config_changes(arm)
+    study_run = study_run_of(E.make_config(variant, env.preset.name, env.training_tokens, changes))
+    if study_run is not None:
+        print(f"[ablation] {arm}: the study's {study_run.name}")
+        return study_run
     out_dir = root / arm
     info = out_dir / "final_info.json"
-    if info.exists() and all(group in read_json(info) for group in EVALUATIONS):
+    if info.exists() and all(group in read_json(info) for group in REQUIRED):
         print(f"[ablation] {arm}: finished before, reused ({out_dir})")
         return out_dir
     print(f"[ablation] {arm}: {variant} + {changes}")
@@ -174,12 +199,13 @@ def main(arms: list[str]) -> None:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
     env = read_run_environment({"EXPERIMENT_PRESET": "embedded", **os.environ})
     root = env.cache_dir / "concept_ablation" / env.preset.name
-    for arm in arms or list(ARMS):
-        run_arm(arm, env, root)
-    rows = [arm_row(arm, root / arm) for arm in ARMS
-            if (root / arm / "final_info.json").exists()
-            and all(g in read_json(root / arm / "final_info.json") for g in EVALUATIONS)]
-    config = read_json(root / rows[0]["arm"] / "config.json")
+    folders = {arm: run_arm(arm, env, root) for arm in arms or COMMITTED_ARMS}
+    for arm in ARMS:  # arms finished by earlier calls join the table
+        if arm not in folders and (root / arm / "final_info.json").exists() and all(
+                g in read_json(root / arm / "final_info.json") for g in REQUIRED):
+            folders[arm] = root / arm
+    rows = [arm_row(arm, folders[arm]) for arm in ARMS if arm in folders]
+    config = read_json(folders[rows[0]["arm"]] / "config.json")
     machine = config["provenance"]["device"]
     caption = (f"{env.preset.name} preset, {config['config']['training_tokens']:,} tokens, seed "
                f"{config['config']['seed']}, SAE matmuls {config['precision']['sae_matmul_dtype']}; "
