@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, get_args, get_origin, get_type_hints
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,7 @@ from sae_harness import distributed
 from sae_harness.activations import ActivationData
 from sae_harness.command_line import run_command
 from sae_harness.concept_diagnostics import concept_diagnostics
+from sae_harness.config_checks import check_config
 from sae_harness.errors import ConfigurationError
 from sae_harness.experiment_run import ExperimentRun
 from sae_harness.language_model import torch_dtype
@@ -86,10 +87,8 @@ class Config:
 
     # --- initialisation ----------------------------------------------------------------------------
     base_init: Literal["xavier_normal", "dictionary_learning"] = "xavier_normal"
-    """'xavier_normal': W_enc1 ~ N(0, init_scale_base^2 * 2/(d+n1)).
-    'dictionary_learning': W_enc1 ~ N(0, (init_scale_base * 0.1)^2 / d), i.e. encoder columns of
-    norm ~0.1, as dictionary_learning's AutoEncoder (the template initialises to zeros, which
-    cannot train: every gradient vanishes). Both tie W_dec1 to W_enc1's directions."""
+    """'xavier_normal': W_enc1 ~ N(0, init_scale_base^2 2/(d+n1)); 'dictionary_learning': encoder
+    columns of norm ~0.1 (the template's zero init cannot train). W_dec1 tied to W_enc1."""
     init_scale_base: float = 1.0
     """Gain on the base level's sigma."""
     init_scale_concept: float = 0.001
@@ -97,27 +96,22 @@ class Config:
 
     # --- optimiser ---------------------------------------------------------------------------------
     matmul_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """dtype of the forward/backward matmuls (autocast); weights, Adam and the loss stay fp32.
-    'auto': bf16 on CUDA, and on a CPU only where a probe at run start measures bf16 faster than
-    fp32 (sae_harness/precision.py; ~2.4x with native bf16, ~200x slower without). 'float32' or
-    'bfloat16' pins it; EXPERIMENT_PRECISION overrides both."""
+    """Matmul dtype (autocast; weights, optimiser and loss stay fp32). 'auto': bf16 on CUDA, and
+    on a CPU where a run-start probe measures it faster (precision.py); EXPERIMENT_PRECISION wins."""
     optimizer: Literal["adamw", "adam"] = "adamw"
-    """'adamw' (torch's AdamW, as the idea trains) or 'adam' (Adam; with the decoder constraint
-    below it is dictionary_learning's ConstrainedAdam, as the baseline's template trains)."""
+    """'adamw' as the idea; 'adam' + the decoder constraint = the template's ConstrainedAdam."""
     weight_decay: float = 0.01
-    """AdamW's decoupled weight decay (torch's default, as the idea uses it); 'adam' ignores it."""
+    """AdamW's decoupled weight decay (torch's default)."""
     lr: float = 1e-3
-    """[optimisation] 1e-3, the harness's earlier rate; the idea and the template train at 3e-4
-    (the *_as_written variants and the baseline do). In the embedded run's 976 steps 1e-3 reaches
-    EV 0.870 at base L0 49 against 0.825 at L0 77 for 3e-4, the concept level alive either way
-    (results/concept_ablation.md)."""
+    """[optimisation] The idea and the template use 3e-4 (the *_as_written variants and the
+    baseline do); in the embedded run's 976 steps 1e-3 gives EV 0.870 at base L0 49 against 0.825
+    at L0 77 (results/concept_ablation.md)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     lr_warmup_steps: int = 1000
     """Linear warm-up from lr/warmup to lr."""
     min_lr_warmup_steps: int = 1
-    """[aid: optimisation, off] The scaled warm-up lasts at least this many steps: 1000 of 12,000
-    steps is 81 steps in the embedded run, shorter than SAE-Lens' (5% of steps) or
-    dictionary_learning's and H-SAE's (1000-2000) warm-ups. 1: as the idea scales it."""
+    """[aid: optimisation, off] The scaled warm-up lasts at least this many steps (81 in the
+    embedded run; SAE-Lens warms up 5% of steps, dictionary_learning and H-SAE 1000-2000)."""
     lr_schedule: Literal["constant", "cosine", "cosine_restarts"] = "cosine_restarts"
     """After warm-up: 'constant', 'cosine' (one decay to lr_min_ratio*lr over the run) or
     'cosine_restarts' (cosine annealing with warm restarts, SGDR)."""
@@ -138,48 +132,33 @@ class Config:
     seed: int = 0
 
     # --- aids for the concept level ----------------------------------------------------------------
-    # As written, the concept level dies within the first steps (README: "The hierarchy lives").
-    # Each aid below is one Config field, off in the *_as_written variants. [objective]: it
-    # changes what is optimised; [optimisation]: only how (the objective is the idea's). The
-    # defaults are the smallest set that keeps the level alive and spread (the ablation,
-    # scripts/concept_ablation.py): no L1 on TopK, AuxK and load-balanced selection; the others
-    # are there, off, for the loop to try.
+    # As written the concept level dies in the first steps (README, "The hierarchy lives"). Each
+    # aid is off in the *_as_written variants; [objective] changes what is optimised,
+    # [optimisation] only how. The defaults are the smallest set that keeps the level alive and
+    # spread (scripts/concept_ablation.py); the others are here, off, to try.
     l1_on_topk: bool = False
-    """[objective] Apply l1_concept to the TopK activations. The idea does; no trusted TopK trainer
-    does (OpenAI's, dictionary_learning, sparsify, SAE-Lens: k sets the sparsity), and with unit
-    decoder rows it makes a concept cost 3.5x what a base latent providing the same
-    reconstruction costs. l1_concept stays recorded (and logged) either way."""
+    """[objective] l1_concept on the TopK activations, as the idea; no trusted TopK trainer has it
+    (OpenAI, dictionary_learning, sparsify, SAE-Lens: k sets the sparsity). It kills the level."""
     concept_penalty_warmup_steps: int = 0
-    """[optimisation, off] l1_concept and lw2(t) rise linearly from 0 over this many steps
-    (scaled like every step count), as SAE-Lens' l1_warm_up_steps and dictionary_learning's
-    sparsity_warmup_steps do (1000 is theirs). 0: off (not needed once the L1 on TopK is off)."""
+    """[optimisation, off] l1_concept and lw2(t) rise from 0 over this many (scaled) steps, as
+    SAE-Lens' l1_warm_up_steps and dictionary_learning's sparsity warm-up (1000)."""
     concept_recon_coef: float = 0.0
     """[objective, off] + coef * ||x - (z2 W_dec2 + b_dec)||^2 / (d s^2): the concept level's own
-    reconstruction target, as H-SAE (Muchane et al. 2025) adds 0.1 x a parent-only
-    reconstruction loss. 0: off (the ablation finds it changes nothing the others do not)."""
+    reconstruction target, as H-SAE's 0.1 x parent-only reconstruction loss."""
     auxk_alpha: float = 1 / 32
-    """[objective, dead latents only] AuxK (Gao et al. 2024; dictionary_learning's TopK trainer:
-    alpha 1/32): the auxk_k dead concept latents with the largest pre-activations reconstruct
-    the residual error x - x_hat; alpha times that loss (relative to the error's variance) gives
-    dead latents a gradient. 0: off."""
+    """[objective, dead latents only] AuxK (Gao et al. 2024; dictionary_learning: 1/32): the
+    auxk_k dead concepts with the largest pre-activations reconstruct the error x - x_hat."""
     auxk_k: int = 64
-    """Latents in the AuxK reconstruction (at most the dead ones)."""
     auxk_dead_tokens: int = 200_000
-    """A concept latent counts as dead for AuxK after this many training tokens without firing."""
+    """A concept latent is dead for AuxK after this many training tokens without firing."""
     concept_init: Literal["random", "base_subsets"] = "random"
-    """[optimisation] 'random': W_enc2 ~ N(0, init_scale_concept^2), W_dec2 random unit rows, as
-    the idea. 'base_subsets': concept c starts reading concept_init_base random base latents
-    (weight init_scale_concept each, 0 elsewhere) with its decoder the normalised sum of theirs."""
+    """[optimisation] 'random' as the idea; 'base_subsets': concept c starts reading
+    concept_init_base random base latents, its decoder the normalised sum of theirs."""
     concept_init_base: int = 4
-    """Base latents per concept for concept_init='base_subsets'."""
     concept_balance_rate: float = 0.03
-    """[architecture: TopK's selection] Load balancing without an auxiliary loss (DeepSeek-V3's
-    routing bias; Wang et al. 2024): among a token's positive concept pre-activations TopK
-    chooses by pre-activation + beta, the values stay ReLU(z1 W_enc2 + b_enc2); after each step
-    beta_c moves by rate x std(pre-activations), up when concept c fired on fewer than k/n2 of the
-    batch's tokens, down when on more. Without it TopK is filled by the same ~20 of 512 concepts
-    on every token (measured). beta is a buffer of the SAE, saved with it and used at
-    evaluation. 0: off (TopK as written)."""
+    """[TopK's selection] Load balancing without an auxiliary loss (DeepSeek-V3's routing bias):
+    TopK chooses among positive pre-activations by pre + beta (values unchanged); beta_c moves by
+    rate x std(pre) per step towards a firing rate of k/n2. 0: off (TopK as written)."""
 
     # --- bookkeeping -------------------------------------------------------------------------------
     log_every: int = 25
@@ -201,38 +180,7 @@ class Config:
         return self.training_tokens // self.batch_size
 
     def __post_init__(self):
-        """Refuse impossible settings before any expensive work, with a one-line reason."""
-        problems = []
-        for name, hint in get_type_hints(type(self)).items():
-            if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
-                problems.append(f"{name}={getattr(self, name)!r} is not one of {', '.join(get_args(hint))}")
-        for name in ("l1_base", "l1_concept", "lw_base", "lw2_min", "lw2_max", "init_scale_concept",
-                     "lr_min_ratio", "weight_decay", "concept_recon_coef", "auxk_alpha",
-                     "concept_penalty_warmup_steps", "auxk_k", "min_lr_warmup_steps"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)} must not be negative")
-        for name in ("d_sae_base", "concept_ratio", "batch_size", "lr_warmup_steps",
-                     "lr_restart_period_steps", "lw2_ramp_steps", "log_every", "heldout_tokens",
-                     "concept_init_base", "auxk_dead_tokens"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name}={getattr(self, name)} must be positive")
-        if self.lr <= 0 or self.init_scale_base <= 0:
-            problems.append("lr and init_scale_base must be positive")
-        if self.lw2_max < self.lw2_min:
-            problems.append(f"lw2_max={self.lw2_max} is below lw2_min={self.lw2_min}")
-        if self.concept_k < 0:
-            problems.append(f"concept_k={self.concept_k} must not be negative")
-        if self.concept_k and self.d_sae_base % self.concept_ratio:
-            problems.append(f"d_sae_base={self.d_sae_base} is not divisible by concept_ratio={self.concept_ratio}")
-        if self.concept_k and self.concept_k > self.n_concept:
-            problems.append(f"concept_k={self.concept_k} exceeds the {self.n_concept} concept latents")
-        if self.batch_size > self.training_tokens:
-            problems.append(f"batch_size={self.batch_size} exceeds training_tokens={self.training_tokens}")
-        if self.lr_restart_mult < 1:
-            problems.append(f"lr_restart_mult={self.lr_restart_mult} must be at least 1")
-        if problems:
-            raise ConfigurationError("invalid configuration: " + "; ".join(problems)
-                                     + " (edit Config/VARIANTS in experiment.py)")
+        check_config(self)  # impossible settings refused before any work (config_checks.py)
 
 
 REFERENCE_STEPS = 12_000
@@ -368,21 +316,13 @@ class StepSchedule:
 # The SAE
 # =============================================================================================
 class SAEOutput(NamedTuple):
-    x_hat: torch.Tensor
-    """(B, d) reconstruction."""
-    z1: torch.Tensor
-    """(B, n1) base-level latents."""
-    z2_values: torch.Tensor
-    """(B, k) values of the selected concept latents (empty when there is no concept level)."""
-    z2_indices: torch.Tensor
-    """(B, k) indices of the selected concept latents."""
-    base_active: ActiveLatents | None = None
-    """The nonzero entries of z1 when the sparse products were used (sae_kernels)."""
-    z2_pre: torch.Tensor | None = None
-    """(B, n2) concept pre-activations z1 W_enc2 + b_enc2, without gradient (AuxK picks from them;
-    selected_preactivations makes chosen entries differentiable)."""
-    x_hat_concept: torch.Tensor | None = None
-    """(B, d) the concept level's part of x_hat, z2 W_dec2 (without b_dec)."""
+    x_hat: torch.Tensor  # (B, d) reconstruction
+    z1: torch.Tensor  # (B, n1) base latents
+    z2_values: torch.Tensor  # (B, k) selected concept latents' values (empty: no concept level)
+    z2_indices: torch.Tensor  # (B, k) and their indices
+    base_active: ActiveLatents | None = None  # z1's nonzero entries when the sparse path ran
+    z2_pre: torch.Tensor | None = None  # (B, n2) concept pre-activations, no gradient
+    x_hat_concept: torch.Tensor | None = None  # (B, d) z2 W_dec2, the concept level's part
 
 
 class HierarchicalSAE(TwoLevelSAE):
@@ -397,14 +337,10 @@ class HierarchicalSAE(TwoLevelSAE):
                  base_init: str = "xavier_normal", init_scale_base: float = 1.0,
                  init_scale_concept: float = 0.001, concept_init: str = "random",
                  concept_init_base: int = 4, balancing: bool = False, seed: int = 0):
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
-        self._set_identity(
-            dict(d_in=d_in, n_base=n_base, n_concept=n_concept, concept_k=concept_k,
-                 model_name=model_name, hook_layer=hook_layer, context_size=context_size,
-                 base_init=base_init, init_scale_base=init_scale_base,
-                 init_scale_concept=init_scale_concept, concept_init=concept_init,
-                 concept_init_base=concept_init_base, balancing=balancing, seed=seed),
-            d_in, n_base, n_concept, model_name, hook_layer, context_size, "hierarchical_relu_topk")
+        self._set_identity(arguments, d_in, n_base, n_concept, model_name, hook_layer,
+                           context_size, "hierarchical_relu_topk")
         self.concept_k = concept_k
         g = torch.Generator().manual_seed(seed)
         if base_init == "xavier_normal":
@@ -593,7 +529,7 @@ class HierarchicalTrainer:
                                                 indices)).float() * dead[indices]
         error = (x - out.x_hat.float()).detach()
         error_hat = F.embedding_bag(indices, sae.W_dec2, mode="sum", per_sample_weights=values)
-        loss = (error - error_hat).pow(2).sum(-1).mean() / batch_error_variance(error)
+        loss = (error - error_hat).pow(2).sum(-1).mean() / distributed.whole_batch_variance(error)
         return loss * dead.any()
 
     def update(self, step: int, x: torch.Tensor) -> LossTerms:
@@ -620,7 +556,7 @@ class HierarchicalTrainer:
                 self.tokens_since_fired_concept.add_(tokens).masked_fill_(counts > 0, 0)
                 if self.cfg.concept_balance_rate:
                     target = self.sae.concept_k / self.sae.n_concept
-                    step_size = self.cfg.concept_balance_rate * batch_std(out.z2_pre.float())
+                    step_size = self.cfg.concept_balance_rate * distributed.whole_batch_std(out.z2_pre.float())
                     self.sae.concept_selection_bias.add_(step_size * torch.sign(target - counts / tokens))
         return terms
 
@@ -655,26 +591,6 @@ class HierarchicalTrainer:
         return {"input_scale": self.input_scale, "input_std": self.input_std}
 
 
-def batch_error_variance(error: torch.Tensor) -> torch.Tensor:
-    """sum_i ||e_i - mean(e)||^2 / B over the whole batch (every rank's share under torchrun)."""
-    if not distributed.current().distributed:
-        return (error - error.mean(0)).pow(2).sum(-1).mean()
-    n = distributed.all_reduce_sum(error.new_tensor(float(len(error))))
-    total = distributed.all_reduce_sum(error.pow(2).sum())
-    centre = distributed.all_reduce_sum(error.sum(0))
-    return (total - centre.pow(2).sum() / n) / n
-
-
-def batch_std(values: torch.Tensor) -> torch.Tensor:
-    """torch.std of all entries over the whole batch (every rank's share under torchrun)."""
-    if not distributed.current().distributed:
-        return values.std()
-    stats = distributed.all_reduce_sum(torch.stack([values.new_tensor(float(values.numel())),
-                                                    values.sum(), values.pow(2).sum()]))
-    n, total, squares = stats
-    return ((squares - total * total / n) / (n - 1)).clamp_min(0).sqrt()
-
-
 # =============================================================================================
 # Training
 # =============================================================================================
@@ -693,10 +609,11 @@ def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirecto
     world = distributed.current()  # one process, or a rank of torchrun's (its share of each batch)
     session = TrainingSession(run, cfg, trainer, trainer.schedule.total_steps, is_writer=world.is_main)
     schedule = trainer.schedule
-    print(f"[train] {schedule.total_steps} steps x {cfg.batch_size} tokens; n1={sae.n_base} "
-          f"n2={sae.n_concept} k={sae.concept_k}; input scale {trainer.input_scale:.4g}, std "
-          f"{trainer.input_std:.3g}; warm-up {schedule.warmup}, lw2 ramp {schedule.lw2_ramp}, "
-          f"restarts at {schedule.restart_steps()}; matmuls {trainer.matmul_dtype}")
+    if world.is_main:
+        print(f"[train] {schedule.total_steps} steps x {cfg.batch_size} tokens; n1={sae.n_base} "
+              f"n2={sae.n_concept} k={sae.concept_k}; input scale {trainer.input_scale:.4g}, std "
+              f"{trainer.input_std:.3g}; warm-up {schedule.warmup}, lw2 ramp {schedule.lw2_ramp}, "
+              f"restarts at {schedule.restart_steps()}; matmuls {trainer.matmul_dtype}")
     batches = data.train.shard(world.rank, world.world_size) if world.distributed else data.train
     for step, x in session.batches(batches):
         terms = trainer.update(step, x.to(device, non_blocking=True))

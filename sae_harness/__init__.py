@@ -15,10 +15,13 @@ package holds what it stands on, one step of the data's path per module:
     sae_bench_view.py   the SAE as SAE-Bench sees it, and its files
     sae_files.py        the SAE on disk: strict state + SAE-Lens view of the base level
     training_session.py resume, checkpoints, the training log, progress, divergence, stops
+    concept_diagnostics.py what decides the concept level's fate, per logged step
+    distributed.py      torchrun: ranks, DDP, all-reduced whole-batch figures, rank 0 writes
     checkpoint.py       checkpoint files and graceful stops on SIGINT/SIGTERM
     heldout.py          the trained SAE on held-out tokens (explained variance, L0, dead)
     evaluations.py      every evaluation of a trained SAE (evals/: one module per eval)
     degeneracy.py       DESIGN 7's checks: is a run's SAE degenerate?
+    frontier.py         the baseline frontier (ReLU, SAE-Lens TopK, Matryoshka) and vs_baseline
     notes.py            the lab notebook notes.txt
     experiment_run.py   one run from its checks to its last stderr line
     command_line.py     --out_dir, exit codes and the last stderr line

@@ -144,6 +144,25 @@ def data_parallel(sae):
                                    find_unused_parameters=sae.n_concept == 0, broadcast_buffers=False)
 
 
+def whole_batch_variance(error: torch.Tensor) -> torch.Tensor:
+    """sum_i ||e_i - mean(e)||^2 / B over the whole batch (every rank's share)."""
+    if not _WORLD.distributed:
+        return (error - error.mean(0)).pow(2).sum(-1).mean()
+    n = all_reduce_sum(error.new_tensor(float(len(error))))
+    total = all_reduce_sum(error.pow(2).sum())
+    centre = all_reduce_sum(error.sum(0))
+    return (total - centre.pow(2).sum() / n) / n
+
+
+def whole_batch_std(values: torch.Tensor) -> torch.Tensor:
+    """torch.std of every entry over the whole batch (every rank's share)."""
+    if not _WORLD.distributed:
+        return values.std()
+    n, total, squares = all_reduce_sum(torch.stack([values.new_tensor(float(values.numel())),
+                                                    values.sum(), values.pow(2).sum()]))
+    return ((squares - total * total / n) / (n - 1)).clamp_min(0).sqrt()
+
+
 def from_main(obj):
     """Rank 0's `obj` on every rank."""
     if not _WORLD.distributed:

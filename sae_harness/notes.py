@@ -73,6 +73,11 @@ DEFAULT_HEADER = (
     "probing, feature absorption and core metrics, on weight distributions, and on a new "
     "hierarchy-consistency analysis: the mutual information between each concept's firing and its "
     "strongest base latents' firing, against random base latents as a null.\n"
+    "# Departures (README, 'The hierarchy lives'): as written, the concept level dies in the first "
+    "steps; the tuned_cosine and cosine_sparsity variants add the smallest set of aids that keeps "
+    "it alive and spread (no L1 on the TopK activations, AuxK for dead concepts, load-balanced "
+    "TopK selection) and train at lr 1e-3; the *_as_written variants are the idea exactly (AdamW, "
+    "lr 3e-4), and every run is read against a baseline frontier at equal L0 (vs_baseline).\n"
     "\n"
 )
 
