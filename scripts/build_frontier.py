@@ -2,6 +2,7 @@
 """Build the baseline frontier and the seed spread into run_0/ (sae_harness/frontier.py).
 
     python scripts/build_frontier.py            # the embedded default; EXPERIMENT_* as for a run
+    python scripts/build_frontier.py relu --no-seeds   # some families only, no seed runs
 
 Trains, on the study's activations, tokens and eval sizes:
   relu        experiment.py's `baseline` variant at l1_base in RELU_L1 (run_0's setting among them)
@@ -114,26 +115,28 @@ def point_record(family: str, name: str, parameter: dict, seed: int, folder: Pat
             if folder.is_relative_to(REPO) else str(folder)}
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    seeds_wanted = "--no-seeds" not in argv
+    wanted = [a for a in argv if not a.startswith("--")] or ["relu", "topk", "matryoshka"]
     env = read_run_environment({"EXPERIMENT_PRESET": "embedded", **os.environ})
     root = REPO / "run_0"
     points_dir = root / "frontier"
     started = time.time()
     points, lm_holder = [], {}
     base_l1 = E.make_config("baseline", env.preset.name).l1_base
-    for l1 in RELU_L1:
+    for l1 in RELU_L1 if "relu" in wanted else ():
         folder = our_point(points_dir / f"relu_l1_{l1:g}", env, "baseline", {"l1_base": l1},
                            reuse=root if l1 == base_l1 else None)
         points.append(point_record("relu", f"relu_l1_{l1:g}", {"l1_base": l1}, 0, folder))
     for family, ks in (("topk", TOPK_K), ("matryoshka", MATRYOSHKA_K)):
-        for k in ks:
+        for k in ks if family in wanted else ():
             folder = sae_lens_point(points_dir / f"{family}_k{k}", env, family, k, lm_holder)
             points.append(point_record(family, f"{family}_k{k}", {"k": k}, 0, folder))
     frontier_seconds = time.time() - started
 
     seeds: dict[str, list[dict]] = {}
     for variant, reuse in (("baseline", root), (E.DEFAULT_VARIANT, REPO / "run_2")):
-        for seed in SEEDS:
+        for seed in SEEDS if seeds_wanted else ():
             folder = our_point(points_dir / "seeds" / f"{variant}_seed{seed}", env, variant,
                                {"seed": seed}, reuse=reuse if seed == 0 else None)
             info = read_json(folder / "final_info.json")
@@ -149,6 +152,7 @@ def main() -> None:
                        "topk": E.make_config("baseline", env.preset.name).lr,
                        "matryoshka": E.make_config("baseline", env.preset.name).lr},
                 "width": E.make_config("baseline", env.preset.name).d_sae_base,
+                "families_built": wanted, "seeds_built": seeds_wanted,
                 "points": points, "seed_spread": spread,
                 "seconds": {"frontier": frontier_seconds, "with_seeds": time.time() - started}}
     atomic_write_json(root / FRONTIER_FILE, frontier)
@@ -163,4 +167,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
