@@ -47,7 +47,7 @@ def preflight(preset: Preset, cache_dir: Path) -> None:
         )
     try:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        probe = Path(cache_dir) / ".write_test"
+        probe = Path(cache_dir) / f".write_test-{os.getpid()}"  # one per process (torchrun ranks)
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
