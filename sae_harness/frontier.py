@@ -112,6 +112,8 @@ def compare_with_frontier(final_info: dict, frontier: dict) -> tuple[dict[str, f
         l0s = [p["l0_total"] for p in points]
         for metric, value in run_values.items():
             curve = [(p["l0_total"], p["metrics"][metric]) for p in points if metric in p["metrics"]]
+            if not curve:
+                continue  # the family has no value for this metric (e.g. its eval failed)
             at = interpolate_at_l0(curve, l0)
             if at is None:
                 out_of_range[family] = (f"L0 {l0:.1f} is outside {family}'s L0 range "
