@@ -135,9 +135,10 @@ def precision(args) -> None:
     import torch
 
     from sae_harness.precision import ProbeShapes, choose_precision, cpu_bf16_flags
+    from sae_harness.provenance import cpu_name
 
     header("precision: the run-start probe at the embedded run's shapes")
-    print(f"CPU: {cpu_model()}; native bf16 flags: {cpu_bf16_flags() or 'none'}; "
+    print(f"CPU: {cpu_name()}; native bf16 flags: {cpu_bf16_flags() or 'none'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads"
           + ("; EMULATING a CPU without native bf16" if os.environ.get("ONEDNN_MAX_CPU_ISA") else ""))
     started = time.perf_counter()
@@ -146,18 +147,6 @@ def precision(args) -> None:
     print(f"probe took {time.perf_counter() - started:.2f} s")
     print(f"chosen: model {choice.model_dtype}, SAE matmuls {choice.sae_matmul_dtype}")
     print(f"why: {choice.reason}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def kernels(args) -> None:
