@@ -24,7 +24,6 @@ with the time of each phase, and ends with one stderr line naming any problem.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,14 +46,9 @@ from sae_harness.precision import Precision, precision_for_run
 from sae_harness.preflight import preflight
 from sae_harness.presets import RunEnvironment
 from sae_harness.provenance import provenance
-from sae_harness.run_directory import CHECKPOINT, CONFIG, RunDirectory, read_json
+from sae_harness.run_directory import CHECKPOINT, CONFIG, RunDirectory, json_round_trip, read_json
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def json_round_trip(obj):
-    """`obj` as it reads back from JSON (tuples become lists), for comparing configurations."""
-    return json.loads(json.dumps(obj))
 
 
 def peak_memory_gb() -> float:

@@ -107,6 +107,23 @@ def read_json(path: Path) -> Any:
         return json.load(handle)
 
 
+def json_round_trip(obj):
+    """`obj` as it reads back from JSON (tuples become lists), for comparing configurations."""
+    return json.loads(json.dumps(obj))
+
+
+def holds_finished_run(folder: Path, groups: tuple[str, ...], cfg=None) -> bool:
+    """Whether `folder`'s final_info.json has every result group in `groups` and, when `cfg`
+    (a Config) is given, its config.json records exactly that configuration: a run that
+    scripts can reuse instead of training it again."""
+    info, config = Path(folder) / FINAL_INFO, Path(folder) / CONFIG
+    if not info.exists() or not all(group in read_json(info) for group in groups):
+        return False
+    from dataclasses import asdict
+
+    return cfg is None or (config.exists() and read_json(config)["config"] == json_round_trip(asdict(cfg)))
+
+
 def finite_means(values: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """Metrics as floats, with non-finite or non-numeric ones removed (their names returned)."""
     kept, dropped = {}, []

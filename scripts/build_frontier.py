@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,13 +32,14 @@ sys.path.insert(0, str(REPO))
 
 import experiment as E
 from sae_harness.evaluations import evaluate_sae
-from sae_harness.experiment_run import ExperimentRun, json_round_trip
+from sae_harness.experiment_run import ExperimentRun
 from sae_harness.frontier import (FRONTIER_FILE, FRONTIER_FORMAT, SAELensView, frontier_key,
                                   headline_values, record_vs_baseline, seed_spread, total_l0,
                                   train_sae_lens)
 from sae_harness.heldout import heldout_statistics
 from sae_harness.presets import read_run_environment
-from sae_harness.run_directory import EVALUATIONS, RunDirectory, atomic_write_json, read_json
+from sae_harness.run_directory import (EVALUATIONS, RunDirectory, atomic_write_json,
+                                       holds_finished_run, read_json)
 
 RELU_L1 = (0.04, 0.08, 0.16, 0.32)
 TOPK_K = (20, 40, 80)
@@ -49,15 +50,13 @@ SEEDS = (0, 1, 2)
 SAE_LENS_EVALS = ("core", "sparse_probing", "absorption")
 
 
-def finished(folder: Path, evals=EVALUATIONS) -> bool:
-    info = folder / "final_info.json"
-    return info.exists() and all(g in read_json(info) for g in ("training", *evals))
+OUR_GROUPS = ("training", *(e for e in EVALUATIONS if e != "hierarchy"))
+"""What a finished point of ours holds (a vanilla SAE has no hierarchy group)."""
 
 
 def matching_run(folder: Path, cfg) -> bool:
     """A finished run folder trained with exactly `cfg` (seed 0 of the seeds can reuse run_0/2)."""
-    return (finished(folder, tuple(e for e in EVALUATIONS if e != "hierarchy"))
-            and read_json(folder / "config.json")["config"] == json_round_trip(asdict(cfg)))
+    return holds_finished_run(folder, OUR_GROUPS, cfg)
 
 
 def our_point(folder: Path, env, variant: str, overrides: dict, reuse: Path | None = None) -> Path:
@@ -75,7 +74,7 @@ def our_point(folder: Path, env, variant: str, overrides: dict, reuse: Path | No
 
 def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict) -> Path:
     """Train one SAE-Lens SAE on the study's activations and score it like a run."""
-    if finished(folder, SAE_LENS_EVALS):
+    if holds_finished_run(folder, ("training", *SAE_LENS_EVALS)):
         print(f"[frontier] {folder.name}: finished before")
         return folder
     cfg = E.make_config("baseline", env.preset.name, env.training_tokens)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import experiment as E  # noqa: E402
 from sae_harness.presets import read_run_environment  # noqa: E402
-from sae_harness.run_directory import read_json  # noqa: E402
+from sae_harness.run_directory import holds_finished_run, read_json  # noqa: E402
 
 REQUIRED = ("training", "core", "sparse_probing", "absorption")
 """An arm counts as done with these groups (the hierarchy of a dead concept level has none)."""
@@ -82,16 +82,8 @@ def arm_config_changes(arm: str) -> tuple[str, dict]:
 def study_run_of(cfg) -> Path | None:
     """A finished run_i of the study trained with exactly `cfg` (the as-written and default
     variants are run_4 and run_2): reused rather than trained again."""
-    from dataclasses import asdict
-
-    from sae_harness.experiment_run import json_round_trip
-
-    for run in sorted(REPO.glob("run_[0-9]*")):
-        info, config = run / "final_info.json", run / "config.json"
-        if (info.exists() and config.exists() and all(g in read_json(info) for g in REQUIRED)
-                and read_json(config)["config"] == json_round_trip(asdict(cfg))):
-            return run
-    return None
+    return next((run for run in sorted(REPO.glob("run_[0-9]*"))
+                 if holds_finished_run(run, REQUIRED, cfg)), None)
 
 
 def run_arm(arm: str, env, root: Path) -> Path:
@@ -101,8 +93,7 @@ def run_arm(arm: str, env, root: Path) -> Path:
         print(f"[ablation] {arm}: the study's {study_run.name}")
         return study_run
     out_dir = root / arm
-    info = out_dir / "final_info.json"
-    if info.exists() and all(group in read_json(info) for group in REQUIRED):
+    if holds_finished_run(out_dir, REQUIRED):
         print(f"[ablation] {arm}: finished before, reused ({out_dir})")
         return out_dir
     print(f"[ablation] {arm}: {variant} + {changes}")
@@ -201,8 +192,7 @@ def main(arms: list[str]) -> None:
     root = env.cache_dir / "concept_ablation" / env.preset.name
     folders = {arm: run_arm(arm, env, root) for arm in arms or COMMITTED_ARMS}
     for arm in ARMS:  # arms finished by earlier calls join the table
-        if arm not in folders and (root / arm / "final_info.json").exists() and all(
-                g in read_json(root / arm / "final_info.json") for g in REQUIRED):
+        if arm not in folders and holds_finished_run(root / arm, REQUIRED):
             folders[arm] = root / arm
     rows = [arm_row(arm, folders[arm]) for arm in ARMS if arm in folders]
     config = read_json(folders[rows[0]["arm"]] / "config.json")
