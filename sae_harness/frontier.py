@@ -253,7 +253,9 @@ class SAELensView(nn.Module):
         return self.sae.b_dec
 
     def to(self, *args, **kwargs):
-        super().to(*args, **kwargs)
+        # SAE-Lens' own `to` (not nn.Module's, which casts the weights but leaves SAE-Lens'
+        # dtype attribute behind, so its encode would cast inputs back to float32)
+        self.sae.to(*args, **kwargs)
         self.device, self.dtype = self.sae.W_dec.device, self.sae.W_dec.dtype
         self.cfg.device, self.cfg.dtype = str(self.device), str(self.dtype).split(".")[1]
         return self

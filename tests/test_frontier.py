@@ -117,3 +117,8 @@ def test_sae_lens_trains_on_our_batches_and_is_seen_as_our_evals_see_an_sae(fami
     assert view.cfg.d_sae == 64 and view.W_dec.shape == (64, 16)
     if family == "topk":
         assert stats["l0_total"] == 4.0
+    # the evals cast the SAE to the model's dtype (absorption does): SAE-Lens' own encode must
+    # then take inputs of that dtype (nn.Module.to alone left its dtype attribute at float32)
+    cast = view.to(device="cpu", dtype=torch.bfloat16)
+    assert cast.encode(heldout[:10].bfloat16()).dtype == torch.bfloat16
+    assert cast.W_dec.dtype == torch.bfloat16 and cast.cfg.dtype == "bfloat16"
