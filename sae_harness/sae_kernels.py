@@ -29,9 +29,8 @@ DENSITY_SAMPLE_ROWS = 256
 """The density that picks the path is counted on this many rows (counting all of a dense batch
 would cost as much as a tenth of the step)."""
 SPARSE_DENSITY_MAX = 0.1
-"""z1 at most this dense takes the gathered path. Measured (bench/run_benchmarks.py --only
-kernels; B 1024, n1 2048, d 640, fp32, 1 thread, forward and backward): gathered 0.010 s vs
-dense 0.087 at 1% density, 0.023 vs 0.090 at 3%, 0.062 vs 0.104 at 10%, 0.135 vs 0.087 at 20%."""
+"""z1 at most this dense takes the gathered path: where the gathered products stop being faster
+than the dense ones (`bench/run_benchmarks.py --only kernels`; figures in README, "Benchmarks")."""
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:

@@ -23,11 +23,9 @@ Sizes (`preset.eval_sizes`): prompts of context_length tokens per batch x batche
   'sae_bench'   SAE-Bench's command-line defaults: 16 prompts x (10 reconstruction + 1
                 sparsity/variance) batches of 128 tokens (22,528 tokens).
   'cpu'         4 prompts x (10 + 8) batches of 128 tokens (9,216 tokens, within the embedded
-                run's 16,384 held-out tokens). Measured on Gemma-3-270M (bf16), 2-core CPU
-                shared with other jobs: 68-73 s with torch on 1 thread (load ~3), 180 s on 2
-                threads (load ~2.4; OpenMP threads waiting on each other). Nearly all of it is
-                the reconstruction batches: three full forward passes each (262k-token
-                unembedding, ~400 tokens/s on 1 thread) and the softmaxes for the KL.
+                run's 16,384 held-out tokens). Nearly all of its time is the reconstruction
+                batches: three full forward passes each (with the 262k-token unembedding) and
+                the softmaxes for the KL (times: README, "Benchmarks").
   'tiny'        2 prompts x (2 + 2) batches, for tests on the tiny Gemma-2 fixture.
 
 The JSON is SAE-Bench's `CoreEvalOutput` written by its `save_single_eval_result` (with NaN

@@ -23,15 +23,9 @@ Sizes (`preset.eval_sizes`), per binary task (half positives, half negatives):
   'cpu'         300 train / 150 test texts (150 / 75 per class), LLM batch from the preset.
   'tiny'        8 train / 4 test, for tests on the tiny Gemma-2 fixture.
 The context is `preset.context_length` (128 in both settings); SAE-Bench pads every text to it.
-Measured for 'cpu' (Gemma-3-270M in bf16, 13 tasks, 2-core CPU shared with other jobs):
-  torch on 1 thread (load ~3):  first run 137 s (2,925 texts x 128 tokens = 374k tokens through
-                                blocks 0-6 at ~3.6k tokens/s: ~105 s; probes ~30 s); with the
-                                artifacts cached 34 s (SAE encode and SAE probes).
-  torch on 2 threads (load ~2): first run 166 s; cached 15 s.
-400/200 texts would take ~1.3x as long. On a shared CPU torch's 2 OpenMP threads wait on each
-other (the forward pass alone ran ~9x slower than on 1 thread at load ~2); the caller chooses
-torch's threads. scikit-learn's probes are held to one BLAS thread here: with OpenBLAS's two
-threads on the shared CPU they took ~50x longer (same accuracies).
+On a shared CPU torch's 2 OpenMP threads wait on each other; the caller chooses torch's
+threads. scikit-learn's probes are held to one BLAS thread here (with two on a shared CPU they
+took ~50x longer, same accuracies). Measured times: README, "Benchmarks".
 
 Artifacts: SAE-Bench keeps, per dataset, the model's activations and the LLM probes' results
 (`<dataset>_activations.pt`) and reuses them for every later SAE. They live in
