@@ -38,6 +38,7 @@ from sae_harness.concept_diagnostics import concept_diagnostics
 from sae_harness.config_checks import check_config
 from sae_harness.errors import ConfigurationError
 from sae_harness.experiment_run import ExperimentRun
+from sae_harness.firing_clock import FiringClock
 from sae_harness.language_model import torch_dtype
 from sae_harness.precision import resolve_matmul_dtype
 from sae_harness.presets import Preset, RunEnvironment
@@ -48,23 +49,18 @@ from sae_harness.sae_kernels import (ActiveLatents, centred_encoder, latent_matm
 from sae_harness.training_session import TrainingSession
 
 
-# =============================================================================================
-# Configuration
-# =============================================================================================
+# === Configuration =========================================================================
 @dataclass
 class Config:
     """Hyperparameters of one run; the defaults are the default variant (DEFAULT_VARIANT) in the
     real setting. Step counts are given for the reference run (REFERENCE_STEPS steps) and scale
     with the run's own step count, so ramps and restarts keep their place."""
 
-    variant: str = "tuned_cosine"
-    """Name of the variant (VARIANTS) this configuration came from; recorded, not acted on."""
+    variant: str = "tuned_cosine"  # the VARIANTS entry this came from; recorded, not acted on
 
     # --- shape ---------------------------------------------------------------------------------
-    d_sae_base: int = 16384
-    """n1, the base-level width (latents)."""
-    concept_ratio: int = 4
-    """n2 = n1 / concept_ratio concept latents."""
+    d_sae_base: int = 16384  # n1, the base-level width (latents)
+    concept_ratio: int = 4  # n2 = n1 / concept_ratio concept latents
     concept_k: int = 10
     """Active concept latents per token (TopK). 0: no concept level, a vanilla ReLU SAE."""
 
@@ -89,10 +85,8 @@ class Config:
     base_init: Literal["xavier_normal", "dictionary_learning"] = "xavier_normal"
     """'xavier_normal': W_enc1 ~ N(0, init_scale_base^2 2/(d+n1)); 'dictionary_learning': encoder
     columns of norm ~0.1 (the template's zero init cannot train). W_dec1 tied to W_enc1."""
-    init_scale_base: float = 1.0
-    """Gain on the base level's sigma."""
-    init_scale_concept: float = 0.001
-    """Sigma of W_enc2's entries (W_dec2 starts as random unit directions)."""
+    init_scale_base: float = 1.0  # gain on the base level's sigma
+    init_scale_concept: float = 0.001  # sigma of W_enc2's entries (W_dec2: random unit rows)
 
     # --- optimiser ---------------------------------------------------------------------------------
     matmul_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -100,35 +94,28 @@ class Config:
     on a CPU where a run-start probe measures it faster (precision.py); EXPERIMENT_PRECISION wins."""
     optimizer: Literal["adamw", "adam"] = "adamw"
     """'adamw' as the idea; 'adam' + the decoder constraint = the template's ConstrainedAdam."""
-    weight_decay: float = 0.01
-    """AdamW's decoupled weight decay (torch's default)."""
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay (torch's default)
     lr: float = 1e-3
     """[optimisation] The idea and the template use 3e-4 (the *_as_written variants and the
     baseline do); in the embedded run's 976 steps 1e-3 gives EV 0.870 at base L0 49 against 0.825
     at L0 77 (results/concept_ablation.md)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    lr_warmup_steps: int = 1000
-    """Linear warm-up from lr/warmup to lr."""
+    lr_warmup_steps: int = 1000  # linear warm-up from lr/warmup to lr
     min_lr_warmup_steps: int = 1
     """[aid: optimisation, off] The scaled warm-up lasts at least this many steps (81 in the
     embedded run; SAE-Lens warms up 5% of steps, dictionary_learning and H-SAE 1000-2000)."""
     lr_schedule: Literal["constant", "cosine", "cosine_restarts"] = "cosine_restarts"
     """After warm-up: 'constant', 'cosine' (one decay to lr_min_ratio*lr over the run) or
     'cosine_restarts' (cosine annealing with warm restarts, SGDR)."""
-    lr_restart_period_steps: int = 2000
-    """First cosine period after warm-up ('cosine_restarts')."""
-    lr_restart_mult: float = 2.0
-    """Each period is this many times the previous one."""
-    lr_min_ratio: float = 0.1
-    """eta_min as a fraction of lr."""
+    lr_restart_period_steps: int = 2000  # first cosine period after warm-up ('cosine_restarts')
+    lr_restart_mult: float = 2.0  # each period is this many times the previous one
+    lr_min_ratio: float = 0.1  # eta_min as a fraction of lr
 
     # --- data --------------------------------------------------------------------------------------
     training_tokens: int = 50_000_000
     """Training budget in content tokens (BOS/EOS/PAD excluded); one pass, no repeats."""
-    heldout_tokens: int = 65_536
-    """Tokens held out (first documents) for explained variance and the analyses."""
-    batch_size: int = 2048
-    """Tokens per optimisation step (the idea's and the template's 2048)."""
+    heldout_tokens: int = 65_536  # held out (first documents) for explained variance, analyses
+    batch_size: int = 2048  # tokens per optimisation step (the idea's and the template's 2048)
     seed: int = 0
 
     # --- aids for the concept level ----------------------------------------------------------------
@@ -149,8 +136,7 @@ class Config:
     """[objective, dead latents only] AuxK (Gao et al. 2024; dictionary_learning: 1/32): the
     auxk_k dead concepts with the largest pre-activations reconstruct the error x - x_hat."""
     auxk_k: int = 64
-    auxk_dead_tokens: int = 200_000
-    """A concept latent is dead for AuxK after this many training tokens without firing."""
+    auxk_dead_tokens: int = 200_000  # a concept is dead for AuxK after this many silent tokens
     concept_init: Literal["random", "base_subsets"] = "random"
     """[optimisation] 'random' as the idea; 'base_subsets': concept c starts reading
     concept_init_base random base latents, its decoder the normalised sum of theirs."""
@@ -161,15 +147,11 @@ class Config:
     rate x std(pre) per step towards a firing rate of k/n2. 0: off (TopK as written)."""
 
     # --- bookkeeping -------------------------------------------------------------------------------
-    log_every: int = 25
-    """Steps between training-log lines (the only steps that synchronise with the device)."""
-    dead_window_tokens: int = 1_000_000
-    """A latent that has not fired for this many training tokens counts as dead."""
-    dead_warning_fraction: float = 0.5
-    """Warn during training when more than this fraction of a level is dead."""
-    checkpoint_every_steps: int = 2000
-    checkpoint_every_minutes: float = 10.0
-    """A checkpoint is saved when either many steps or minutes have passed since the last one."""
+    log_every: int = 25  # steps between log lines (the only steps that sync with the device)
+    dead_window_tokens: int = 1_000_000  # a latent silent this many tokens counts as dead
+    dead_warning_fraction: float = 0.5  # warn when more than this fraction of a level is dead
+    checkpoint_every_steps: int = 2000  # a checkpoint when either many steps
+    checkpoint_every_minutes: float = 10.0  # or minutes have passed since the last one
 
     @property
     def n_concept(self) -> int:
@@ -244,9 +226,7 @@ def make_config(variant: str, setting: str, training_tokens: int | None = None,
     return Config(**{**changes, **(overrides or {})})
 
 
-# =============================================================================================
-# Schedules
-# =============================================================================================
+# === Schedules =============================================================================
 def lw2_at(step: int, lw2_min: float, lw2_max: float, ramp_steps: int) -> float:
     """lw2(t) = min + (max - min) * (1 - cos(pi * min(t, T) / T)) / 2."""
     t = min(step, ramp_steps) / ramp_steps
@@ -301,20 +281,12 @@ class StepSchedule:
         return floor + (1 - floor) * (1 + math.cos(math.pi * t / period)) / 2
 
     def restart_steps(self) -> list[int]:
-        """Steps at which a warm restart sets the learning rate back to its peak."""
-        if self.cfg.lr_schedule != "cosine_restarts":
-            return []
-        steps, start, period = [], self.warmup, self.restart_period
-        while start + period < self.total_steps:
-            start += period
-            steps.append(start)
-            period = max(1, round(period * self.cfg.lr_restart_mult))
-        return steps
+        """Steps at which a warm restart sets the learning rate back up (read off lr_factor)."""
+        rises = range(self.warmup + 1, self.total_steps)
+        return [t for t in rises if self.lr_factor(t) > self.lr_factor(t - 1)]
 
 
-# =============================================================================================
-# The SAE
-# =============================================================================================
+# === The SAE ===============================================================================
 class SAEOutput(NamedTuple):
     x_hat: torch.Tensor  # (B, d) reconstruction
     z1: torch.Tensor  # (B, n1) base latents
@@ -415,19 +387,14 @@ class HierarchicalSAE(TwoLevelSAE):
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float) -> None:
-        """Make the SAE read raw activations x = scale * x_normalised.
-
-        Multiplying every bias (and TopK's selection bias) by `scale` multiplies both levels'
-        latents by `scale` (ReLU and TopK commute with a positive factor), so W matrices, TopK
-        choices and unit decoder rows stay as they are and x_hat scales with x.
-        """
+        """Make the SAE read raw activations x = scale * x_normalised: every bias (and TopK's
+        selection bias) times `scale` scales both levels' latents (ReLU and TopK commute with a
+        positive factor), so weights, TopK's choices and unit decoder rows stay as they are."""
         for b in (self.b_enc1, self.b_enc2, self.b_dec, self.concept_selection_bias):
             b.mul_(scale)
 
 
-# =============================================================================================
-# The trainer
-# =============================================================================================
+# === The trainer ===========================================================================
 class LossTerms(NamedTuple):
     """Each term before its coefficient (Config's comment block), the total, and L0 per level."""
 
@@ -461,17 +428,14 @@ class HierarchicalTrainer:
         self.matmul_dtype = resolve_matmul_dtype(matmul_dtype or cfg.matmul_dtype, sae.W_enc1.device,
                                                  cfg.batch_size, sae.d_in, sae.n_base)
         """cfg.matmul_dtype resolved: a run passes its choice (precision.py); 'auto' measures."""
-        if cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-                                               weight_decay=cfg.weight_decay, foreach=True)
-        else:
-            self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-                                              foreach=True)
+        adamw = cfg.optimizer == "adamw"
+        self.optimizer = (torch.optim.AdamW if adamw else torch.optim.Adam)(
+            sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, foreach=True,
+            **({"weight_decay": cfg.weight_decay} if adamw else {}))
         self.forward_levels = distributed.data_parallel(sae)
         """sae.forward_levels; under torchrun wrapped in DistributedDataParallel (distributed.py)."""
-        # tokens since each latent last fired, for dead-latent counts (kept on the device)
-        self.tokens_since_fired_base = torch.zeros(sae.n_base, device=sae.W_enc1.device)
-        self.tokens_since_fired_concept = torch.zeros(sae.n_concept, device=sae.W_enc1.device)
+        self.firing_base = FiringClock(sae.n_base, sae.W_enc1.device)  # dead latents, AuxK
+        self.firing_concept = FiringClock(sae.n_concept, sae.W_enc1.device)
         self.diagnostics: dict[str, float] = {}
 
     def loss_terms(self, x: torch.Tensor, step: int) -> tuple[LossTerms, dict, SAEOutput, torch.Tensor]:
@@ -521,7 +485,7 @@ class HierarchicalTrainer:
         x - x_hat, relative to the error's variance (dictionary_learning's normalisation). The
         gradient reaches only those latents' encoder columns, biases and decoder rows."""
         sae = self.sae
-        dead = self.tokens_since_fired_concept >= self.cfg.auxk_dead_tokens
+        dead = self.firing_concept.dead(self.cfg.auxk_dead_tokens)
         k = min(self.cfg.auxk_k, sae.n_concept)
         pre = out.z2_pre.float().masked_fill(~dead, float("-inf"))
         indices = pre.topk(k, dim=-1, sorted=False).indices
@@ -548,12 +512,11 @@ class HierarchicalTrainer:
         with torch.no_grad():
             # under torchrun, what fired is counted over every rank's share (distributed.py)
             tokens = len(x) * distributed.current().world_size
-            fired_base = distributed.all_reduce_max(active.float()) > 0
-            self.tokens_since_fired_base.add_(tokens).masked_fill_(fired_base, 0)
+            self.firing_base.tick(distributed.all_reduce_max(active.float()) > 0, tokens)
             if self.sae.n_concept:
                 fired = out.z2_indices[out.z2_values > 0]
                 counts = distributed.all_reduce_sum(torch.bincount(fired, minlength=self.sae.n_concept))
-                self.tokens_since_fired_concept.add_(tokens).masked_fill_(counts > 0, 0)
+                self.firing_concept.tick(counts > 0, tokens)
                 if self.cfg.concept_balance_rate:
                     target = self.sae.concept_k / self.sae.n_concept
                     step_size = self.cfg.concept_balance_rate * distributed.whole_batch_std(out.z2_pre.float())
@@ -563,37 +526,32 @@ class HierarchicalTrainer:
     def log_values(self, step: int, terms: LossTerms) -> dict[str, float]:
         """One line of training_log.jsonl (the session adds step, tokens and seconds)."""
         window = self.cfg.dead_window_tokens
-        dead_base = (self.tokens_since_fired_base >= window).float().mean().item()
-        dead_concept = ((self.tokens_since_fired_concept >= window).float().mean().item()
-                        if self.sae.n_concept else 0.0)
         return {"lr": self.optimizer.param_groups[0]["lr"], "lw2": self.schedule.lw2(step),
                 "concept_penalty_factor": self.schedule.concept_penalty_factor(step),
                 **dict(zip(terms._fields, distributed.all_reduce_sum(
                     torch.stack([t.detach().float() for t in terms])).div(
                     distributed.current().world_size).tolist())),
-                "dead_fraction_base": dead_base, "dead_fraction_concept": dead_concept,
+                "dead_fraction_base": self.firing_base.dead_fraction(window),
+                "dead_fraction_concept": self.firing_concept.dead_fraction(window),
                 **self.diagnostics}
 
+    STATE = ("sae", "optimizer", "firing_base", "firing_concept")
+    """What the next step depends on besides the input statistics (the session checkpoints it)."""
+
     def state_dict(self) -> dict:
-        return {"sae": self.sae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "input_scale": self.input_scale, "input_std": self.input_std,
-                "tokens_since_fired_base": self.tokens_since_fired_base,
-                "tokens_since_fired_concept": self.tokens_since_fired_concept}
+        return {**{name: getattr(self, name).state_dict() for name in self.STATE},
+                "input_scale": self.input_scale, "input_std": self.input_std}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sae.load_state_dict(state["sae"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        for name in self.STATE:
+            getattr(self, name).load_state_dict(state[name])
         self.input_scale, self.input_std = state["input_scale"], state["input_std"]
-        self.tokens_since_fired_base.copy_(state["tokens_since_fired_base"])
-        self.tokens_since_fired_concept.copy_(state["tokens_since_fired_concept"])
 
     def summary(self) -> dict[str, float]:
         return {"input_scale": self.input_scale, "input_std": self.input_std}
 
 
-# =============================================================================================
-# Training
-# =============================================================================================
+# === Training ==============================================================================
 def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirectory,
               matmul_dtype: str | None = None) -> tuple[HierarchicalSAE, dict]:
     """Train on the activations, resuming from the run's checkpoint if there is one.
@@ -622,9 +580,7 @@ def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirecto
     return sae, {**session.summary(), **trainer.summary()}
 
 
-# =============================================================================================
-# Main
-# =============================================================================================
+# === Main ==================================================================================
 def run_experiment(out_dir: Path, env: RunEnvironment, overrides: dict | None = None) -> RunDirectory:
     """The whole experiment into `out_dir`; `overrides` replaces Config fields (tests use it).
 

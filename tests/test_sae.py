@@ -207,7 +207,7 @@ def test_loss_terms_equal_their_documented_formulas():
     trainer = E.HierarchicalTrainer(sae, aided, x)
     dead = torch.zeros(16, dtype=torch.bool)
     dead[[0, 5, 9]] = True  # three dead concept latents: AuxK may use them all (auxk_k 4)
-    trainer.tokens_since_fired_concept.copy_(dead.float() * 1000)
+    trainer.firing_concept.load_state_dict(dead.float() * 1000)
     terms, weighted, _, _ = trainer.loss_terms(xs, step=7)
     warm = 7 / trainer.schedule.penalty_warmup
     concept_only = (xs - z2 @ sae.W_dec2 - sae.b_dec).pow(2).sum(-1).mean() / (16 * s * s)
