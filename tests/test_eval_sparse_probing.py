@@ -236,3 +236,40 @@ def test_standardising_lets_a_massive_channel_stop_stalling_the_top_1_probe():
     standardised = SP.standardised_top_k_accuracies(train, test, k_values=(1,))[1]
     assert max(plain.values()) < 0.7  # SAE-Bench's ranking picks channel 0
     assert min(standardised.values()) > 0.9
+
+
+def test_standardised_probes_are_the_same_from_caches_as_computed_fresh(tmp_path):
+    """The standardised probes reuse what SAE-Bench encoded and the LLM's cached results; the
+    numbers must not move: the LLM's negative sampling is replayed on torch's generator before the
+    SAE's probes (SAE-Bench's prepare_probe_data draws from it)."""
+    from sae_bench.sae_bench_utils import activation_collection as AC
+
+    g = torch.Generator().manual_seed(0)
+    names = ["first", "second"]
+    for name in names:
+        acts = {split: {c: torch.randn(n + i, 4, 6, generator=g) + i for i, c in enumerate("abc")}
+                for split, n in (("train", 30), ("test", 12))}
+        torch.save(acts, SP.artifact_files(tmp_path, [name])[name])
+
+    class Encoder(torch.nn.Module):  # a ReLU "SAE" of 10 latents, as get_sae_meaned_activations needs
+        dtype = torch.float32
+
+        def __init__(self):
+            super().__init__()
+            self.W = torch.randn(6, 10, generator=g)
+
+        def encode(self, x):
+            return torch.relu(x @ self.W)
+
+    sae = Encoder()
+    fresh = SP.standardised_probes(sae, tmp_path, names, 8, seed=3)
+    assert (tmp_path / SP.STANDARDISED_LLM_FILE).is_file()  # the LLM's results are kept
+    encoded = []
+    for name, path in SP.artifact_files(tmp_path, names).items():
+        acts = torch.load(path, weights_only=False)
+        encoded += [AC.get_sae_meaned_activations(acts[s], sae, 8) for s in ("train", "test")]
+    torch.manual_seed(123)  # whatever state the generator is in before
+    cached = SP.standardised_probes(sae, tmp_path, names, 8, seed=3, sae_encoded=encoded)
+    assert cached == fresh and len(fresh) == 2 * len(SP.STANDARDISED_K)
+    (tmp_path / SP.STANDARDISED_LLM_FILE).unlink()
+    assert SP.standardised_probes(sae, tmp_path, names, 8, seed=3, sae_encoded=encoded[:1]) == fresh

@@ -28,7 +28,8 @@ threads. scikit-learn's probes are held to one BLAS thread here (with two on a s
 took ~50x longer, same accuracies). Measured times: README, "Benchmarks".
 
 Artifacts: SAE-Bench keeps, per dataset, the model's activations and the LLM probes' results
-(`<dataset>_activations.pt`) and reuses them for every later SAE. They live in
+(`<dataset>_activations.pt`) and reuses them for every later SAE; our standardised LLM
+probes' results sit beside them (STANDARDISED_LLM_FILE). They live in
 `artifacts_root / <digest>`, the digest covering everything that determines them (model,
 weights, hook, datasets and their source, sizes, context, seed, dtype, k values, device,
 sae-bench version; `key.json` in the folder lists them), so another setting never reads them.
@@ -79,7 +80,7 @@ from sae_harness.evals.sae_bench_results import (
 )
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
-from sae_harness.run_directory import atomic_write_json
+from sae_harness.run_directory import atomic_write_json, read_json
 from sae_harness.sae_probes_data import EMBEDDED_PROBING_SUITE, read_dataset
 
 K_VALUES = [1, 2, 5, 10, 20, 50]
@@ -270,11 +271,13 @@ def embedded_probing_datasets(suite: dict = EMBEDDED_PROBING_SUITE):
 # Reproducible SAE probes
 # --------------------------------------------------------------------------------------------
 @contextmanager
-def sae_probes_seeded(seed: int):
+def sae_probes_seeded(seed: int, encoded_log: list | None = None):
     """Within the block, SAE-Bench's SAE probes start from the same random state on every run.
 
     torch's global generator is reseeded right after the SAE activations are encoded, the step
-    that follows both the fresh and the cached LLM part (see the module docstring).
+    that follows both the fresh and the cached LLM part (see the module docstring). What SAE-Bench
+    encoded is appended to `encoded_log` (train, then test, dataset after dataset) for the
+    standardised probes, which then need not encode the texts again.
     """
     import sae_bench.sae_bench_utils.activation_collection as activation_collection
 
@@ -283,6 +286,8 @@ def sae_probes_seeded(seed: int):
     def get_sae_meaned_activations(*args, **kwargs):
         encoded = original(*args, **kwargs)
         torch.manual_seed(seed)
+        if encoded_log is not None:
+            encoded_log.append(encoded)
         return encoded
 
     with patched(activation_collection, "get_sae_meaned_activations", get_sae_meaned_activations):
@@ -387,25 +392,62 @@ def standardised_top_k_accuracies(train: dict[str, torch.Tensor], test: dict[str
     return accuracies
 
 
+def replay_negative_draws(train: dict[str, torch.Tensor], test: dict[str, torch.Tensor]) -> None:
+    """Draw from torch's generator what standardised_top_k_accuracies' LLM probes would have
+    drawn, by running SAE-Bench's prepare_probe_data (its negative sampling and shuffle: draws
+    that depend only on the class sizes, which the SAE's meaned activations share with the
+    LLM's) in the same order, so that with the LLM's results cached the SAE's probes sample the
+    same negatives as in an uncached run."""
+    from sae_bench.evals.sparse_probing import probe_training as P
+
+    for name in train:
+        P.prepare_probe_data(train, name)
+        P.prepare_probe_data(test, name)
+
+
+STANDARDISED_LLM_FILE = "harness_standardised_llm.json"
+"""The LLM's standardised probe results per dataset, kept beside SAE-Bench's artifacts (they
+depend on nothing the SAE does, so a later run reads them instead of refitting)."""
+
+
 def standardised_probes(sae, folder: Path, dataset_names: list[str], sae_batch_size: int,
-                        seed: int) -> dict[str, float]:
+                        seed: int, sae_encoded: list | None = None) -> dict[str, float]:
     """The standardised top-k probes for the LLM (residual channels) and the SAE (latents), on
     the activations SAE-Bench cached in `folder`: means over datasets of the per-task means, as
-    SAE-Bench averages its own, named like SAE-Bench's keys with a `_standardised` suffix."""
+    SAE-Bench averages its own, named like SAE-Bench's keys with a `_standardised` suffix.
+
+    `sae_encoded`: the SAE's meaned activations SAE-Bench made (sae_probes_seeded's log, train
+    and test per dataset in order); without them, or if they do not fit, the texts are encoded
+    again. The LLM's results are read from STANDARDISED_LLM_FILE when it holds every dataset."""
     import sae_bench.sae_bench_utils.activation_collection as activation_collection
 
+    llm_path = folder / STANDARDISED_LLM_FILE
+    llm_cached = read_json(llm_path) if llm_path.is_file() else {}
+    fits = sae_encoded is not None and len(sae_encoded) == 2 * len(dataset_names)
     per_dataset: dict[str, list[float]] = {}
-    for name, path in artifact_files(folder, dataset_names).items():
-        acts = torch.load(path, weights_only=False)
-        llm_train = activation_collection.create_meaned_model_activations(acts["train"])
-        llm_test = activation_collection.create_meaned_model_activations(acts["test"])
-        sae_train = activation_collection.get_sae_meaned_activations(acts["train"], sae, sae_batch_size)
-        sae_test = activation_collection.get_sae_meaned_activations(acts["test"], sae, sae_batch_size)
-        torch.manual_seed(seed)
-        for source, (train, test) in (("llm", (llm_train, llm_test)), ("sae", (sae_train, sae_test))):
-            for k, by_class in standardised_top_k_accuracies(train, test).items():
-                key = f"{source}_top_{k}_test_accuracy_standardised"
-                per_dataset.setdefault(key, []).append(sum(by_class.values()) / len(by_class))
+    for i, (name, path) in enumerate(artifact_files(folder, dataset_names).items()):
+        acts = None
+        if name not in llm_cached or not fits:
+            acts = torch.load(path, weights_only=False)
+        if fits:
+            sae_train, sae_test = sae_encoded[2 * i], sae_encoded[2 * i + 1]
+        else:
+            sae_train = activation_collection.get_sae_meaned_activations(acts["train"], sae, sae_batch_size)
+            sae_test = activation_collection.get_sae_meaned_activations(acts["test"], sae, sae_batch_size)
+        torch.manual_seed(seed)  # the LLM's probes, then the SAE's, draw their negatives from here
+        if name in llm_cached:
+            replay_negative_draws(sae_train, sae_test)
+        else:
+            llm_train = activation_collection.create_meaned_model_activations(acts["train"])
+            llm_test = activation_collection.create_meaned_model_activations(acts["test"])
+            llm_cached[name] = {str(k): sum(by_class.values()) / len(by_class) for k, by_class in
+                                standardised_top_k_accuracies(llm_train, llm_test).items()}
+            atomic_write_json(llm_path, llm_cached)
+        for k, value in llm_cached[name].items():
+            per_dataset.setdefault(f"llm_top_{k}_test_accuracy_standardised", []).append(value)
+        for k, by_class in standardised_top_k_accuracies(sae_train, sae_test).items():
+            per_dataset.setdefault(f"sae_top_{k}_test_accuracy_standardised", []).append(
+                sum(by_class.values()) / len(by_class))
     return {key: sum(values) / len(values) for key, values in per_dataset.items()}
 
 
@@ -444,8 +486,10 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
           f"{config.probe_test_set_size} texts per task; artifacts {folder} "
           f"({len(cached)} of {len(config.dataset_names)} datasets cached)")
     # one BLAS thread for scikit-learn's probes (see the module docstring); torch's are untouched
+    sae_encoded: list = []  # what SAE-Bench encodes, for the standardised probes
     with embedded_probing_datasets(), atomic_torch_saves_into(folder), \
-            sae_probes_seeded(config.random_seed), threadpool_limits(limits=1, user_api="blas"):
+            sae_probes_seeded(config.random_seed, sae_encoded), \
+            threadpool_limits(limits=1, user_api="blas"):
         results, per_class = run_eval_single_sae(config, sae, lm.model, device, str(folder),
                                                  save_activations=True)
 
@@ -470,7 +514,7 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
     # ours, beside SAE-Bench's numbers (which stay as they are): the standardised top-k probes
     with threadpool_limits(limits=1, user_api="blas"):
         standardised = standardised_probes(sae, folder, config.dataset_names, config.sae_batch_size,
-                                           config.random_seed)
+                                           config.random_seed, sae_encoded)
     written = json.loads(out_path.read_text())
     written[STANDARDISED_KEY] = {"definition": STANDARDISED_DEFINITION, "means": standardised}
     atomic_write_json(out_path, written)
