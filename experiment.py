@@ -457,7 +457,9 @@ class HierarchicalTrainer:
         concept_reconstruction = auxk = zero
         if sae.n_concept and cfg.concept_recon_coef:
             concept_reconstruction = (x - out.x_hat_concept.float() - sae.b_dec).pow(2).sum(-1).mean() / (d * s * s)
-        if sae.n_concept and cfg.auxk_alpha:
+        # AuxK has work only while a concept is dead; asking costs a device sync, so a CPU asks
+        if sae.n_concept and cfg.auxk_alpha and (
+                x.device.type != "cpu" or self.firing_concept.dead(cfg.auxk_dead_tokens).any()):
             auxk = self.auxk_loss(x, out)
         warm = schedule.concept_penalty_factor(step)
         weighted = {
