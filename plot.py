@@ -602,23 +602,29 @@ FAMILY_STYLE = {"relu": ("ReLU+L1 baseline (ours)", "o-"), "topk": ("TopK (SAE-L
                 "matryoshka": ("Matryoshka BatchTopK (SAE-Lens)", "^-")}
 
 
-def read_frontier_file(runs: list[Run]) -> dict | None:
-    path = runs[0].record.path.parent / "run_0" / "frontier.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def plot_frontier(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
-    from sae_harness.frontier import families, headline_values
+    from pydantic import ValidationError
 
-    frontier = read_frontier_file(runs)
-    if frontier is None:
+    from sae_harness.evals.schemas import FrontierOutput, read_validated
+    from sae_harness.frontier import headline_values
+
+    path = runs[0].record.path.parent / "run_0" / "frontier.json"
+    if not path.exists():
         skipped.append("every run: no run_0/frontier.json (python scripts/build_frontier.py)")
         return None
-    spread = frontier.get("seed_spread", {}).get("families", {})
+    try:
+        frontier = read_validated(FrontierOutput, path)
+    except ValidationError as error:
+        skipped.append(f"every run: {path} does not fit its schema ({error.error_count()} errors)")
+        return None
+    families: dict[str, list] = {}
+    for point in frontier.points:
+        families.setdefault(point.family, []).append(point)
+    spread = frontier.seed_spread.families
     fig, axes = plt.subplots(1, len(FRONTIER_PANELS), figsize=(4.3 * len(FRONTIER_PANELS), 4.4))
     for ax, (metric, title) in zip(axes, FRONTIER_PANELS):
-        for family, points in sorted(families(frontier).items()):
-            curve = sorted((p["l0_total"], p["metrics"][metric]) for p in points if metric in p["metrics"])
+        for family, points in sorted(families.items()):
+            curve = sorted((p.l0_total, p.metrics[metric]) for p in points if metric in p.metrics)
             if curve:
                 label, style = FAMILY_STYLE.get(family, (family, "x-"))
                 ax.plot(*zip(*curve), style, color="0.45" if family == "relu" else None, ms=4,
@@ -628,7 +634,8 @@ def plot_frontier(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | 
             value, l0 = headline_values(info).get(metric), run.metric("training", "l0_total")
             if value is None or l0 is None:
                 continue
-            err = spread.get(run.record.variant, {}).get(metric, {}).get("std")
+            stats = spread.get(run.record.variant, {}).get(metric)
+            err = None if stats is None else stats.std
             ax.errorbar([l0], [value], yerr=None if err is None else [2 * err], fmt="D",
                         color=run.color, mfc="none" if run.record.degenerate else run.color,
                         ms=7, capsize=3, label=run.legend)
@@ -638,7 +645,7 @@ def plot_frontier(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | 
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8.5, bbox_to_anchor=(0.5, -0.02))
     _title(fig, "Each run against the baseline frontier at equal L0 (error bars: 2 x seed std; "
-                f"{frontier.get('machine', '')})", runs)
+                f"{frontier.machine})", runs)
     fig.tight_layout(rect=(0, 0.12, 1, 0.94))
     return _save(fig, out_dir, "frontier.png")
 

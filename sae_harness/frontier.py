@@ -32,6 +32,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from pydantic import ValidationError
+
+from sae_harness.evals.schemas import FrontierOutput, VsBaselineExtra, validated
 from sae_harness.run_directory import read_json
 
 FRONTIER_FILE = "frontier.json"
@@ -142,7 +145,7 @@ def record_vs_baseline(directory) -> list[str]:
         directory.remove_group("vs_baseline")
         directory.record_outcome("skipped", "vs_baseline", why)
         return [f"[vs_baseline] skipped: {why}"]
-    directory.set_group("vs_baseline", means, **extra)
+    directory.set_group("vs_baseline", means, **validated(VsBaselineExtra, extra))
     directory.clear_outcome("vs_baseline")
     lines = []
     for family in sorted({name.split(".")[0] for name in means if "." in name}):
@@ -170,6 +173,10 @@ def read_frontier(run_dir: Path, config: dict) -> tuple[dict | None, str]:
     frontier = read_json(path)
     if frontier.get("format") != FRONTIER_FORMAT:
         return None, f"{path} has format {frontier.get('format')}, not {FRONTIER_FORMAT}; {how}"
+    try:
+        validated(FrontierOutput, frontier)
+    except ValidationError as error:
+        return None, f"{path} does not fit its schema ({error.error_count()} errors: {error.errors()[0]['loc']}); {how}"
     key = frontier_key(config)
     if frontier.get("key") != key:
         differ = sorted(k for k in key if frontier.get("key", {}).get(k) != key[k])

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import experiment as E
+from sae_harness.evals.schemas import FrontierOutput, validated
 from sae_harness.evaluations import evaluate_sae
 from sae_harness.experiment_run import ExperimentRun
 from sae_harness.frontier import (FRONTIER_FILE, FRONTIER_FORMAT, SAELensView, frontier_key,
@@ -154,7 +155,7 @@ def main(argv: list[str]) -> None:
                 "families_built": wanted, "seeds_built": seeds_wanted,
                 "points": points, "seed_spread": spread,
                 "seconds": {"frontier": frontier_seconds, "with_seeds": time.time() - started}}
-    atomic_write_json(root / FRONTIER_FILE, frontier)
+    atomic_write_json(root / FRONTIER_FILE, validated(FrontierOutput, frontier))
     print(f"[frontier] {len(points)} points and {sum(map(len, seeds.values()))} seed runs -> "
           f"{root / FRONTIER_FILE} in {time.time() - started:.0f} s")
     for run in sorted(REPO.glob("run_[0-9]*")):  # the runs made before the frontier read it now

@@ -17,6 +17,8 @@ import json
 import math
 from pathlib import Path
 
+from sae_harness.frontier import FRONTIER_FORMAT, frontier_key
+
 
 K_VALUES = (1, 2, 5, 10, 20, 50)
 N_BASE = 2048
@@ -291,3 +293,21 @@ def write_legacy_run(run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     _write(run_dir / "final_info.json", LEGACY_FINAL_INFO)
     return run_dir
+
+
+def frontier_for(config: dict, spread: dict | None = None, points: list[tuple] | None = None) -> dict:
+    """A frontier.json as build_frontier.py writes it (its schema: FrontierOutput)."""
+    def point(family, name, l0, metrics):
+        return {"family": family, "name": name, "parameter": {"l1_base": 0.1}, "seed": 0,
+                "l0_total": l0, "metrics": metrics, "seconds": 1.0, "folder": f"run_0/frontier/{name}"}
+
+    if points is None:  # (family, L0, metrics)
+        points = [("relu", l0, {"explained_variance": ev, "sae_top_1": 0.6})
+                  for l0, ev in ((20.0, 0.80), (80.0, 0.90), (200.0, 0.95))]
+        points.append(("topk", 5.0, {"explained_variance": 0.7}))
+    points = [point(family, f"{family}_{l0:g}", l0, metrics) for family, l0, metrics in points]
+    return {"format": FRONTIER_FORMAT, "key": frontier_key(config), "machine": "test CPU",
+            "lr": {"relu": 3e-4}, "width": 64, "families_built": ["relu", "topk"],
+            "seeds_built": True, "points": points, "seconds": {"frontier": 1.0},
+            "seed_spread": {"families": {}, **(spread or {"max_std": {
+                "explained_variance": 0.01, "sae_top_1": 0.001}})}}

@@ -10,8 +10,8 @@ import torch
 
 import fixtures_runs as F
 from sae_harness.experiment_run import ExperimentRun
-from sae_harness.frontier import (FRONTIER_FORMAT, SAELensView, compare_with_frontier,
-                                  frontier_key, interpolate_at_l0, read_frontier, seed_spread,
+from sae_harness.frontier import (SAELensView, compare_with_frontier,
+                                  interpolate_at_l0, read_frontier, seed_spread,
                                   train_sae_lens)
 from sae_harness.heldout import heldout_statistics
 from sae_harness.run_directory import RunDirectory
@@ -26,16 +26,6 @@ def test_interpolation_is_linear_in_log_l0_and_never_extrapolates():
     assert interpolate_at_l0([], 5.0) is None
 
 
-def frontier_for(config: dict, spread: dict | None = None) -> dict:
-    points = [{"family": "relu", "name": f"relu_{l0}", "l0_total": l0,
-               "metrics": {"explained_variance": ev, "sae_top_1": 0.6}}
-              for l0, ev in ((20.0, 0.80), (80.0, 0.90), (200.0, 0.95))]
-    points.append({"family": "topk", "name": "topk_k5", "l0_total": 5.0,
-                   "metrics": {"explained_variance": 0.7}})
-    return {"format": FRONTIER_FORMAT, "key": frontier_key(config), "points": points,
-            "seed_spread": spread or {"max_std": {"explained_variance": 0.01, "sae_top_1": 0.001}}}
-
-
 def test_a_run_reads_its_numbers_against_the_frontier_at_its_own_l0(tmp_path):
     run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
     info = json.loads((run / "final_info.json").read_text())
@@ -43,7 +33,7 @@ def test_a_run_reads_its_numbers_against_the_frontier_at_its_own_l0(tmp_path):
     l0 = info["training"]["means"]["l0_total"]
     ev = info["training"]["means"]["explained_variance"]
     top1 = info["sparse_probing"]["means"]["sae_top_1_test_accuracy"]
-    means, extra = compare_with_frontier(info, frontier_for(config))
+    means, extra = compare_with_frontier(info, F.frontier_for(config))
     expected = interpolate_at_l0([(20.0, 0.80), (80.0, 0.90), (200.0, 0.95)], l0)
     assert means["l0_total"] == l0
     assert means["relu.explained_variance.frontier"] == pytest.approx(expected)
@@ -53,7 +43,7 @@ def test_a_run_reads_its_numbers_against_the_frontier_at_its_own_l0(tmp_path):
     assert not any(name.startswith("topk.") for name in means)
     assert "outside topk's L0 range [5.0, 5.0]" in extra["out_of_range"]["topk"]
     # noise marks: |difference| < 2 x the larger seed std
-    noisy = compare_with_frontier(info, frontier_for(config, {"max_std": {
+    noisy = compare_with_frontier(info, F.frontier_for(config, {"max_std": {
         "explained_variance": abs(ev - expected), "sae_top_1": 0.001}}))[1]
     assert noisy["within_seed_noise"] == ["relu.explained_variance"]
 
@@ -64,13 +54,27 @@ def test_the_frontier_is_read_only_for_its_own_setting(tmp_path):
     frontier, why = read_frontier(run, config)
     assert frontier is None and "no baseline frontier" in why and "build_frontier.py" in why
     (tmp_path / "run_0").mkdir()
-    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(frontier_for(config)))
+    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(F.frontier_for(config)))
     frontier, why = read_frontier(run, config)
     assert frontier is not None and why == ""
     other = json.loads(json.dumps(config))
     other["config"]["training_tokens"] = 1_000_000
     frontier, why = read_frontier(run, other)
     assert frontier is None and "differs in training_tokens" in why
+    broken = F.frontier_for(config)
+    del broken["points"][0]["l0_total"]  # a file that does not fit its schema is not read
+    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(broken))
+    frontier, why = read_frontier(run, config)
+    assert frontier is None and "does not fit its schema" in why and "l0_total" in why
+
+
+def test_the_committed_frontier_and_vs_baseline_fit_their_schemas():
+    from sae_harness.evals.schemas import FrontierOutput, VsBaselineExtra
+    repo = Path(__file__).resolve().parent.parent
+    frontier = FrontierOutput.model_validate(json.loads((repo / "run_0" / "frontier.json").read_text()))
+    assert {p.family for p in frontier.points} >= {"relu", "topk"}
+    group = json.loads((repo / "run_2" / "final_info.json").read_text())["vs_baseline"]
+    VsBaselineExtra.model_validate({k: v for k, v in group.items() if k != "means"})
 
 
 def test_the_run_records_vs_baseline_or_says_how_to_make_the_frontier(tmp_path, capsys):
@@ -83,7 +87,7 @@ def test_the_run_records_vs_baseline_or_says_how_to_make_the_frontier(tmp_path, 
     assert "build_frontier.py" in status["skipped"]["vs_baseline"]
     assert "[vs_baseline] skipped" in capsys.readouterr().out
     (tmp_path / "run_0").mkdir()
-    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(frontier_for(config)))
+    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(F.frontier_for(config)))
     experiment_run._compare_with_frontier()
     info = json.loads((run / "final_info.json").read_text())
     assert "relu.explained_variance.difference" in info["vs_baseline"]["means"]

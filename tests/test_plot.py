@@ -187,19 +187,18 @@ def test_the_table_names_the_precision_when_runs_differ_in_it(tmp_path, monkeypa
 def test_the_frontier_figure_and_the_equal_l0_columns(tmp_path, monkeypatch):
     """With run_0/frontier.json and a run's vs_baseline group: frontier.png and the difference
     columns, '~' within seed noise and 'out' outside a family's L0 range."""
-    from sae_harness.frontier import compare_with_frontier, frontier_key
+    from sae_harness.frontier import compare_with_frontier
 
     F.write_complete_run(tmp_path / "run_0", "baseline")
     run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
     config = json.loads((run / "config.json").read_text())
-    points = [{"family": "relu", "name": f"relu_{l0:g}", "l0_total": l0,
-               "metrics": {"explained_variance": ev, "absorption_fraction": 0.2, "sae_top_1": 0.7}}
+    points = [("relu", l0, {"explained_variance": ev, "absorption_fraction": 0.2, "sae_top_1": 0.7})
               for l0, ev in ((20.0, 0.85), (200.0, 0.95))]
-    points.append({"family": "topk", "name": "topk_k300", "l0_total": 300.0,
-                   "metrics": {"explained_variance": 0.97}})
-    frontier = {"format": 1, "key": frontier_key(config), "points": points, "machine": "test CPU",
-                "seed_spread": {"max_std": {"absorption_fraction": 0.05},
-                                "families": {"tuned_cosine": {"explained_variance": {"std": 0.01}}}}}
+    points.append(("topk", 300.0, {"explained_variance": 0.97}))
+    frontier = F.frontier_for(config, points=points, spread={
+        "max_std": {"absorption_fraction": 0.05},
+        "families": {"tuned_cosine": {"explained_variance": {"mean": 0.9, "std": 0.01, "seeds": 3,
+                                                             "values": [0.89, 0.9, 0.91]}}}})
     (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(frontier))
     info = json.loads((run / "final_info.json").read_text())
     means, extra = compare_with_frontier(info, frontier)

@@ -1,4 +1,5 @@
-"""The schemas of the JSON files our own analyses write (weights.json, hierarchy.json), in the
+"""The schemas of the JSON files our own analyses write (weights.json, hierarchy.json, the
+baseline frontier's run_0/frontier.json and final_info.json's vs_baseline group), in the
 style of SAE-Bench's eval_output.py: a typed model per file, validated when written and when read.
 
 Writers build the dict and pass it through `validated(Schema, data)`; readers (plot.py) call
@@ -134,6 +135,57 @@ class HierarchyOutput(Schema):
     null_draws: list[PairMeans]
     concepts: list[ConceptHierarchy]
     seconds: float
+
+
+# --- run_0/frontier.json and the vs_baseline group (frontier.py) ------------------------------
+class FrontierPoint(Schema):
+    family: str
+    name: str
+    parameter: dict[str, float]
+    seed: int
+    l0_total: float
+    metrics: dict[str, float]
+    """Headline metric -> value (frontier.HEADLINE_METRICS; a failed eval's metric is absent)."""
+    seconds: float | None
+    folder: str
+
+
+class SeedStats(Schema):
+    mean: float
+    std: float
+    seeds: int
+    values: list[float]
+
+
+class SeedSpread(Schema):
+    families: dict[str, dict[str, SeedStats]]
+    max_std: dict[str, float]
+    runs: dict[str, list[dict[str, float]]] = Field(default_factory=dict)
+
+
+class FrontierOutput(Schema):
+    """run_0/frontier.json: the baseline families across L0 and the seed spread."""
+
+    format: int
+    key: dict[str, Any]
+    machine: str
+    lr: dict[str, float]
+    width: int
+    families_built: list[str]
+    seeds_built: bool
+    points: list[FrontierPoint]
+    seed_spread: SeedSpread
+    seconds: dict[str, float]
+
+
+class VsBaselineExtra(Schema):
+    """final_info.json's vs_baseline group besides its means (`<family>.<metric>.frontier` /
+    `.difference`, `l0_total`)."""
+
+    out_of_range: dict[str, str]
+    within_seed_noise: list[str]
+    seed_spread: dict[str, float]
+    noise_rule: str
 
 
 S = TypeVar("S", bound=Schema)
