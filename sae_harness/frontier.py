@@ -156,6 +156,24 @@ def record_vs_baseline(directory) -> list[str]:
     return lines
 
 
+def vs_baseline_summary(final_info: dict) -> str | None:
+    """One line of the vs_baseline group for notes.txt: per family, each metric's difference
+    at the run's L0, '~' where within seed noise; the families out of range named."""
+    group = final_info.get("vs_baseline")
+    if not group:
+        return None
+    means, noisy = group["means"], set(group.get("within_seed_noise", []))
+    parts = []
+    for family in sorted({name.split(".")[0] for name in means if "." in name}):
+        values = [f"{metric} {means[f'{family}.{metric}.difference']:+.3f}"
+                  + ("~" if f"{family}.{metric}" in noisy else "")
+                  for metric in HEADLINE_METRICS if f"{family}.{metric}.difference" in means]
+        parts.append(f"{family}: " + ", ".join(values))
+    parts += [f"{family} out of range" for family in sorted(group.get("out_of_range", {}))]
+    return (f"run minus the baseline frontier at L0 {means['l0_total']:.1f} ('~' within seed "
+            f"noise): " + "; ".join(parts))
+
+
 def families(frontier: dict) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for point in frontier["points"]:

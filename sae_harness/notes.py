@@ -6,6 +6,7 @@
     ## Run 1: Previous cosine variant [cosine_sparsity]
     Results: {"variant": "cosine_sparsity", "steps": 488, "explained_variance": 0.912, ...}
     Description: Variant cosine_sparsity ... Changes from run 0: concept_k 0 -> 12; ...
+    Against the baseline: run minus the baseline frontier at L0 60.1 ('~' within seed noise): ...
     WARNING: degenerate SAE: ...            (only when degeneracy_reasons finds something)
     Failed evaluations: absorption: ...     (only when run_status.json records failures)
     Warnings: ...                           (only when run_status.json records warnings)
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_harness.degeneracy import LEGACY_TEMPLATE_KEYS
+from sae_harness.frontier import vs_baseline_summary
 from sae_harness.run_directory import RunRecord, atomic_write_text, load_run, run_number
 
 HEADLINE_METRICS: list[tuple[str, str, str]] = [
@@ -196,6 +198,9 @@ def notes_section(run_dir: Path) -> str:
     lines = [f"## Run {key}: {run_title(record)}",
              f"Results: {json.dumps(results)}",
              f"Description: {_description(record, previous)}"]
+    vs_baseline = vs_baseline_summary(record.final_info)
+    if vs_baseline:
+        lines.append(f"Against the baseline: {vs_baseline}")
     if record.degenerate:
         lines.append("WARNING: degenerate SAE: " + "; ".join(record.degeneracy.reasons))
     if record.failures:

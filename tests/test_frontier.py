@@ -126,3 +126,21 @@ def test_sae_lens_trains_on_our_batches_and_is_seen_as_our_evals_see_an_sae(fami
     cast = view.to(device="cpu", dtype=torch.bfloat16)
     assert cast.encode(heldout[:10].bfloat16()).dtype == torch.bfloat16
     assert cast.W_dec.dtype == torch.bfloat16 and cast.cfg.dtype == "bfloat16"
+
+
+def test_the_notebook_reads_each_run_against_the_frontier_with_its_noise_marks(tmp_path):
+    from sae_harness.notes import notes_section
+
+    run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
+    assert "Against the baseline" not in notes_section(run)  # no frontier yet: no line
+    config = json.loads((run / "config.json").read_text())
+    info = json.loads((run / "final_info.json").read_text())
+    means, extra = compare_with_frontier(info, F.frontier_for(config, {"max_std": {"explained_variance": 1.0}}))
+    info["vs_baseline"] = {"means": means, **extra}
+    (run / "final_info.json").write_text(json.dumps(info))
+    line = next(l for l in notes_section(run).splitlines() if l.startswith("Against the baseline"))
+    ev = means["relu.explained_variance.difference"]
+    assert f"relu: explained_variance {ev:+.3f}~" in line  # within 2 x a seed std of 1.0
+    top1 = f"sae_top_1 {means['relu.sae_top_1.difference']:+.3f}"
+    assert top1 in line and top1 + "~" not in line  # its spread is unknown: no mark
+    assert "topk out of range" in line
