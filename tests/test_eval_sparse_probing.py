@@ -174,7 +174,9 @@ def test_artifacts_are_keyed_by_everything_that_determines_them(probing):
               folder(tiny_real_preset(preset.text_dataset, context_length=16, eval_sizes="tiny",
                                       model_dtype="bfloat16"))]
     assert len({folder(preset), *others}) == 1 + len(others)
-    assert set(os.listdir(probing["folder"])) == {"key.json"} | {p.name for p in probing["files"].values()}
+    # SAE-Bench's artifacts, their key and our standardised LLM probes' results, nothing else
+    assert set(os.listdir(probing["folder"])) == ({"key.json", SP.STANDARDISED_LLM_FILE}
+                                                  | {p.name for p in probing["files"].values()})
 
 
 def test_unknown_sizes_are_a_configuration_error(probing):
