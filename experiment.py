@@ -545,6 +545,9 @@ class HierarchicalTrainer:
                 "input_scale": self.input_scale, "input_std": self.input_std}
 
     def load_state_dict(self, state: dict) -> None:
+        if missing := [name for name in (*self.STATE, "input_scale") if name not in state]:
+            raise ConfigurationError(f"the checkpoint lacks {missing} (another version of the "
+                                     "trainer wrote it); set EXPERIMENT_OVERWRITE=1 to start over")
         for name in self.STATE:
             getattr(self, name).load_state_dict(state[name])
         self.input_scale, self.input_std = state["input_scale"], state["input_std"]

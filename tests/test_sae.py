@@ -224,3 +224,33 @@ def test_loss_terms_equal_their_documented_formulas():
              + 0.1 * concept_only + auxk / 32)
     assert terms.total.item() == pytest.approx(total.item(), rel=1e-5)
     assert weighted["l1_concept"] == 0  # the L1 on TopK is off (l1_on_topk=False)
+
+
+def test_trainer_state_round_trips_and_a_foreign_checkpoint_is_refused_clearly():
+    cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=128, training_tokens=128 * 20,
+                   lr=1e-2, lr_warmup_steps=1, matmul_dtype="float32")
+
+    def trainer():
+        torch.manual_seed(0)
+        sae = E.HierarchicalSAE(32, 64, 16, 3, model_name="m", hook_layer=0, context_size=8)
+        return E.HierarchicalTrainer(sae, cfg, batches[0])
+
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(128, 32, generator=g) * 2 + 1 for _ in range(6)]
+    straight, resumed = trainer(), trainer()
+    for step, x in enumerate(batches):
+        straight.update(step, x)
+    for step, x in enumerate(batches[:3]):
+        resumed.update(step, x)
+    state = resumed.state_dict()
+    resumed = trainer()
+    resumed.load_state_dict(state)
+    for step, x in enumerate(batches[3:], start=3):
+        resumed.update(step, x)
+    assert torch.isfinite(straight.sae.W_enc1).all()
+    assert all(torch.equal(a, b) for a, b in zip(straight.sae.state_dict().values(),
+                                                 resumed.sae.state_dict().values()))
+    assert torch.equal(straight.firing_base.state_dict(), resumed.firing_base.state_dict())
+    old_format = {k: v for k, v in state.items() if not k.startswith("firing_")}
+    with pytest.raises(E.ConfigurationError, match="firing_base.*EXPERIMENT_OVERWRITE=1"):
+        trainer().load_state_dict(old_format)
