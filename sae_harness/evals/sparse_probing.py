@@ -418,11 +418,14 @@ def standardised_probes(sae, folder: Path, dataset_names: list[str], sae_batch_s
 
     `sae_encoded`: the SAE's meaned activations SAE-Bench made (sae_probes_seeded's log, train
     and test per dataset in order); without them, or if they do not fit, the texts are encoded
-    again. The LLM's results are read from STANDARDISED_LLM_FILE when it holds every dataset."""
+    again. The LLM's results are read from STANDARDISED_LLM_FILE for each dataset it holds at
+    the current STANDARDISED_K, and computed (and added to it) for the others."""
     import sae_bench.sae_bench_utils.activation_collection as activation_collection
 
     llm_path = folder / STANDARDISED_LLM_FILE
-    llm_cached = read_json(llm_path) if llm_path.is_file() else {}
+    ks = {str(k) for k in STANDARDISED_K}
+    stored = read_json(llm_path) if llm_path.is_file() else {}
+    llm_cached = {name: values for name, values in stored.items() if set(values) == ks}
     fits = sae_encoded is not None and len(sae_encoded) == 2 * len(dataset_names)
     per_dataset: dict[str, list[float]] = {}
     for i, (name, path) in enumerate(artifact_files(folder, dataset_names).items()):
