@@ -5,6 +5,7 @@ package holds what it stands on, one step of the data's path per module:
 
     presets.py          the real and the embedded setting; EXPERIMENT_* environment variables
     preflight.py        checks that a run can load its model and text, before any work
+    config_checks.py    impossible Config settings refused with a reason
     text_sources.py     OpenWebText, or text shipped in installed packages
     sae_probes_data.py  the labelled sae-probes datasets: probing suite vs. training text
     language_model.py   the model as a TransformerLens HookedTransformer (GGUF conversion)
@@ -16,6 +17,7 @@ package holds what it stands on, one step of the data's path per module:
     sae_files.py        the SAE on disk: strict state + SAE-Lens view of the base level
     training_session.py resume, checkpoints, the training log, progress, divergence, stops
     concept_diagnostics.py what decides the concept level's fate, per logged step
+    firing_clock.py     training tokens since each latent fired: dead latents, AuxK
     distributed.py      torchrun: ranks, DDP, all-reduced whole-batch figures, rank 0 writes
     checkpoint.py       checkpoint files and graceful stops on SIGINT/SIGTERM
     heldout.py          the trained SAE on held-out tokens (explained variance, L0, dead)
