@@ -457,10 +457,10 @@ class HierarchicalTrainer:
         concept_reconstruction = auxk = zero
         if sae.n_concept and cfg.concept_recon_coef:
             concept_reconstruction = (x - out.x_hat_concept.float() - sae.b_dec).pow(2).sum(-1).mean() / (d * s * s)
-        # AuxK has work only while a concept is dead; asking costs a device sync, so a CPU asks
-        if sae.n_concept and cfg.auxk_alpha and (
-                x.device.type != "cpu" or self.firing_concept.dead(cfg.auxk_dead_tokens).any()):
-            auxk = self.auxk_loss(x, out)
+        if sae.n_concept and cfg.auxk_alpha:
+            dead = self.firing_concept.dead(cfg.auxk_dead_tokens)
+            if x.device.type != "cpu" or dead.any():  # asking costs a device sync: a CPU asks
+                auxk = self.auxk_loss(x, out, dead)
         warm = schedule.concept_penalty_factor(step)
         weighted = {
             "reconstruction": reconstruction,
@@ -482,12 +482,11 @@ class HierarchicalTrainer:
                           weight_l1_concept, concept_reconstruction, auxk, l0_base, l0_concept)
         return terms, weighted, out, active
 
-    def auxk_loss(self, x: torch.Tensor, out: SAEOutput) -> torch.Tensor:
-        """AuxK: the top-auxk_k dead concept latents (by pre-activation) reconstruct the error
+    def auxk_loss(self, x: torch.Tensor, out: SAEOutput, dead: torch.Tensor) -> torch.Tensor:
+        """AuxK: the top-auxk_k `dead` concept latents (by pre-activation) reconstruct the error
         x - x_hat, relative to the error's variance (dictionary_learning's normalisation). The
         gradient reaches only those latents' encoder columns, biases and decoder rows."""
         sae = self.sae
-        dead = self.firing_concept.dead(self.cfg.auxk_dead_tokens)
         k = min(self.cfg.auxk_k, sae.n_concept)
         pre = out.z2_pre.float().masked_fill(~dead, float("-inf"))
         indices = pre.topk(k, dim=-1, sorted=False).indices

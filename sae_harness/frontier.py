@@ -194,7 +194,8 @@ def read_frontier(run_dir: Path, config: dict) -> tuple[dict | None, str]:
     try:
         validated(FrontierOutput, frontier)
     except ValidationError as error:
-        return None, f"{path} does not fit its schema ({error.error_count()} errors: {error.errors()[0]['loc']}); {how}"
+        first = error.errors()[0]["loc"]
+        return None, f"{path} does not fit its schema ({error.error_count()} errors: {first}); {how}"
     key = frontier_key(config)
     if frontier.get("key") != key:
         differ = sorted(k for k in key if frontier.get("key", {}).get(k) != key[k])

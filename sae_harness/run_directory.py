@@ -117,7 +117,10 @@ def holds_finished_run(folder: Path, groups: tuple[str, ...], cfg=None) -> bool:
     (a Config) is given, its config.json records exactly that configuration: a run that
     scripts can reuse instead of training it again."""
     info, config = Path(folder) / FINAL_INFO, Path(folder) / CONFIG
-    if not info.exists() or not all(group in read_json(info) for group in groups):
+    if not info.exists():
+        return False
+    groups_held = read_json(info)
+    if not all(group in groups_held for group in groups):
         return False
     from dataclasses import asdict
 
