@@ -19,7 +19,11 @@ def check_config(cfg) -> None:
     """Raise ConfigurationError naming every problem: a Literal field outside its choices, a
     sign that cannot be, sizes that do not fit together."""
     problems = []
-    for name, hint in get_type_hints(type(cfg)).items():
+    # the names in the annotations are resolved in the module that defines the config (its
+    # __post_init__'s globals), which is right also where sys.modules does not name that module
+    # as the class does (experiment.py run under `python -m cProfile` or runpy)
+    defining_module = getattr(getattr(type(cfg), "__post_init__", None), "__globals__", None)
+    for name, hint in get_type_hints(type(cfg), globalns=defining_module).items():
         if get_origin(hint) is Literal and getattr(cfg, name) not in get_args(hint):
             problems.append(f"{name}={getattr(cfg, name)!r} is not one of {', '.join(get_args(hint))}")
     problems += [f"{name}={getattr(cfg, name)} must not be negative"

@@ -159,6 +159,19 @@ def test_impossible_configurations_are_refused_with_a_reason(changes, fragment):
         replace(E.make_config("tuned_cosine", "embedded"), **changes)
 
 
+def test_config_checks_hold_when_experiment_py_runs_under_another_module_name(tmp_path):
+    """`python -m cProfile experiment.py` (or runpy) defines Config in a module that sys.modules
+    does not name as Config.__module__ says; its Literal annotations still resolve."""
+    import runpy
+
+    from sae_harness.errors import ConfigurationError
+
+    module = runpy.run_path(str(E.__file__), run_name="not_in_sys_modules")
+    assert module["make_config"]("tuned_cosine", "embedded").lr_schedule == "cosine_restarts"
+    with pytest.raises(ConfigurationError, match="lr_schedule"):
+        module["make_config"]("tuned_cosine", "embedded", overrides=dict(lr_schedule="linear"))
+
+
 def test_unknown_variant_is_refused():
     from sae_harness.errors import ConfigurationError
 
