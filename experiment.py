@@ -46,7 +46,7 @@ from sae_harness.run_directory import RunDirectory
 from sae_harness.sae_bench_view import TwoLevelSAE
 from sae_harness.sae_kernels import (ActiveLatents, centred_encoder, latent_matmul,
                                      selected_preactivations)
-from sae_harness.training_session import TrainingSession
+from sae_harness.training_session import TrainerState, TrainingSession
 
 
 # === Configuration =========================================================================
@@ -61,8 +61,7 @@ class Config:
     # --- shape ---------------------------------------------------------------------------------
     d_sae_base: int = 16384  # n1, the base-level width (latents)
     concept_ratio: int = 4  # n2 = n1 / concept_ratio concept latents
-    concept_k: int = 10
-    """Active concept latents per token (TopK). 0: no concept level, a vanilla ReLU SAE."""
+    concept_k: int = 10  # active concept latents per token (TopK); 0: none, a vanilla ReLU SAE
 
     # --- loss --------------------------------------------------------------------------------
     # Every term is scale-free, so a lambda means the same at any width and for any model.
@@ -96,9 +95,8 @@ class Config:
     """'adamw' as the idea; 'adam' + the decoder constraint = the template's ConstrainedAdam."""
     weight_decay: float = 0.01  # AdamW's decoupled weight decay (torch's default)
     lr: float = 1e-3
-    """[optimisation] The idea and the template use 3e-4 (the *_as_written variants and the
-    baseline do); in the embedded run's 976 steps 1e-3 gives EV 0.870 at base L0 49 against 0.825
-    at L0 77 (results/concept_ablation.md)."""
+    """[optimisation] The idea's and template's 3e-4 (*_as_written, baseline) gives EV 0.825 at
+    base L0 77 in the embedded run, 1e-3 EV 0.870 at L0 49 (results/concept_ablation.md)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     lr_warmup_steps: int = 1000  # linear warm-up from lr/warmup to lr
     min_lr_warmup_steps: int = 1
@@ -136,7 +134,7 @@ class Config:
     """[objective, dead latents only] AuxK (Gao et al. 2024; dictionary_learning: 1/32): the
     auxk_k dead concepts with the largest pre-activations reconstruct the error x - x_hat."""
     auxk_k: int = 64
-    auxk_dead_tokens: int = 200_000  # a concept is dead for AuxK after this many silent tokens
+    auxk_dead_tokens: int = 200_000  # dead for AuxK after this many silent tokens
     concept_init: Literal["random", "base_subsets"] = "random"
     """[optimisation] 'random' as the idea; 'base_subsets': concept c starts reading
     concept_init_base random base latents, its decoder the normalised sum of theirs."""
@@ -165,12 +163,8 @@ class Config:
         check_config(self)  # impossible settings refused before any work (config_checks.py)
 
 
-REFERENCE_STEPS = 12_000
-"""Steps of the reference run (the real setting: ~50M tokens at batch 4096) for which the step
-counts in Config are given; a run of S steps multiplies them by S / REFERENCE_STEPS."""
-
-DEFAULT_VARIANT = "tuned_cosine"
-"""The variant a run trains unless EXPERIMENT_VARIANT names another."""
+REFERENCE_STEPS = 12_000  # Config's step counts are for a run of this many steps (scaled)
+DEFAULT_VARIANT = "tuned_cosine"  # what a run trains unless EXPERIMENT_VARIANT names another
 
 AS_WRITTEN = dict(l1_on_topk=True, concept_penalty_warmup_steps=0, concept_recon_coef=0.0,
                   auxk_alpha=0.0, concept_init="random", concept_balance_rate=0.0,
@@ -197,16 +191,14 @@ VARIANTS: dict[str, dict] = {
 }
 """Each variant as a change from Config's defaults."""
 
-VARIANT_TITLES = {"tuned_cosine": "Tuned cosine (this idea)",
+VARIANT_TITLES = {"tuned_cosine": "Tuned cosine (this idea)",  # names in notes.txt and plot.py
                   "cosine_sparsity": "Previous cosine variant",
                   "tuned_cosine_as_written": "Tuned cosine as written",
                   "cosine_sparsity_as_written": "Previous cosine variant as written",
                   "baseline": "Baseline (vanilla ReLU SAE)"}
-"""How notes.txt and plot.py name each variant."""
 
 SETTING_SIZES: dict[str, dict] = {
-    # the embedded setting (Gemma-3-270M on a CPU) shrinks sizes and budgets; nothing else differs
-    # (batch: the real setting's / 4, as before: 2048 -> 512)
+    # the embedded setting (Gemma-3-270M on a CPU) shrinks sizes and budgets (batch 2048 -> 512)
     "embedded": dict(d_sae_base=2048, batch_size=512, training_tokens=500_000, heldout_tokens=16_384,
                      log_every=10, dead_window_tokens=100_000, auxk_dead_tokens=20_000),
 }
@@ -233,27 +225,19 @@ def lw2_at(step: int, lw2_min: float, lw2_max: float, ramp_steps: int) -> float:
     return lw2_min + (lw2_max - lw2_min) * (1 - math.cos(math.pi * t)) / 2
 
 
-@dataclass(frozen=True)
 class StepSchedule:
     """Learning-rate factor and lw2 per step, with step counts scaled to this run's length."""
 
-    total_steps: int
-    warmup: int
-    lw2_ramp: int
-    restart_period: int
-    penalty_warmup: int
-    """Steps over which l1_concept and lw2 rise from 0 (0: none)."""
-    cfg: Config
-
-    @classmethod
-    def for_run(cls, cfg: Config) -> StepSchedule:
+    def __init__(self, cfg: Config):
         def scaled(steps: int) -> int:
             return max(1, round(steps * cfg.total_steps / REFERENCE_STEPS))
 
-        warmup = min(max(scaled(cfg.lr_warmup_steps), cfg.min_lr_warmup_steps), cfg.total_steps)
-        penalty = scaled(cfg.concept_penalty_warmup_steps) if cfg.concept_penalty_warmup_steps else 0
-        return cls(cfg.total_steps, warmup, scaled(cfg.lw2_ramp_steps),
-                   scaled(cfg.lr_restart_period_steps), penalty, cfg)
+        self.cfg, self.total_steps = cfg, cfg.total_steps
+        self.warmup = min(max(scaled(cfg.lr_warmup_steps), cfg.min_lr_warmup_steps), cfg.total_steps)
+        self.lw2_ramp = scaled(cfg.lw2_ramp_steps)
+        self.restart_period = scaled(cfg.lr_restart_period_steps)
+        # steps over which l1_concept and lw2 rise from 0 (0: none)
+        self.penalty_warmup = scaled(cfg.concept_penalty_warmup_steps) if cfg.concept_penalty_warmup_steps else 0
 
     def lw2(self, step: int) -> float:
         return lw2_at(step, self.cfg.lw2_min, self.cfg.lw2_max, self.lw2_ramp)
@@ -329,8 +313,7 @@ class HierarchicalSAE(TwoLevelSAE):
             # concept c reads m random base latents and decodes to the normalised sum of theirs
             subsets = torch.stack([torch.randperm(n_base, generator=g)[:concept_init_base]
                                    for _ in range(n_concept)])  # (n2, m)
-            W_enc2 = torch.zeros(n_base, n_concept).scatter_(
-                0, subsets.T.contiguous(), init_scale_concept)
+            W_enc2 = torch.zeros(n_base, n_concept).scatter_(0, subsets.T.contiguous(), init_scale_concept)
             W_dec2 = F.normalize(self.W_dec1.detach()[subsets].sum(1), dim=-1)
         self.W_enc2 = nn.Parameter(W_enc2)
         self.b_enc2 = nn.Parameter(torch.zeros(n_concept))
@@ -344,11 +327,10 @@ class HierarchicalSAE(TwoLevelSAE):
     def from_config(cls, cfg: Config, d_in: int, preset: Preset) -> HierarchicalSAE:
         """The SAE a run of `cfg` trains on `preset`'s d_in-wide activations."""
         return cls(d_in, cfg.d_sae_base, cfg.n_concept, cfg.concept_k, model_name=preset.model_name,
-                   hook_layer=preset.hook_layer, context_size=preset.context_length,
+                   hook_layer=preset.hook_layer, context_size=preset.context_length, seed=cfg.seed,
                    base_init=cfg.base_init, init_scale_base=cfg.init_scale_base,
                    init_scale_concept=cfg.init_scale_concept, concept_init=cfg.concept_init,
-                   concept_init_base=cfg.concept_init_base, balancing=cfg.concept_balance_rate > 0,
-                   seed=cfg.seed)
+                   concept_init_base=cfg.concept_init_base, balancing=cfg.concept_balance_rate > 0)
 
     def forward_levels(self, x: torch.Tensor) -> SAEOutput:
         """Both levels on (B, d) inputs. The products are sae_kernels' exact forms: on a CPU, the
@@ -410,7 +392,7 @@ class LossTerms(NamedTuple):
     l0_concept: torch.Tensor
 
 
-class HierarchicalTrainer:
+class HierarchicalTrainer(TrainerState):
     """One optimiser step per `update(step, x)` on raw activations x.
 
     The first batch sets the input scale c (E||x/c||^2 = d), the input's std s (the loss units)
@@ -419,7 +401,7 @@ class HierarchicalTrainer:
 
     def __init__(self, sae: HierarchicalSAE, cfg: Config, first_batch: torch.Tensor,
                  matmul_dtype: str | None = None):
-        self.sae, self.cfg, self.schedule = sae, cfg, StepSchedule.for_run(cfg)
+        self.sae, self.cfg, self.schedule = sae, cfg, StepSchedule(cfg)
         self.input_scale = math.sqrt(first_batch.pow(2).sum(-1).mean().item() / first_batch.shape[1])
         scaled = first_batch / self.input_scale
         self.input_std = math.sqrt((scaled - scaled.mean(0)).pow(2).sum(-1).mean().item() / scaled.shape[1])
@@ -529,30 +511,14 @@ class HierarchicalTrainer:
         window = self.cfg.dead_window_tokens
         return {"lr": self.optimizer.param_groups[0]["lr"], "lw2": self.schedule.lw2(step),
                 "concept_penalty_factor": self.schedule.concept_penalty_factor(step),
-                **dict(zip(terms._fields, distributed.all_reduce_sum(
-                    torch.stack([t.detach().float() for t in terms])).div(
-                    distributed.current().world_size).tolist())),
+                **distributed.mean_over_ranks(terms._asdict()),
                 "dead_fraction_base": self.firing_base.dead_fraction(window),
                 "dead_fraction_concept": self.firing_concept.dead_fraction(window),
                 **self.diagnostics}
 
     STATE = ("sae", "optimizer", "firing_base", "firing_concept")
-    """What the next step depends on besides the input statistics (the session checkpoints it)."""
-
-    def state_dict(self) -> dict:
-        return {**{name: getattr(self, name).state_dict() for name in self.STATE},
-                "input_scale": self.input_scale, "input_std": self.input_std}
-
-    def load_state_dict(self, state: dict) -> None:
-        if missing := [name for name in (*self.STATE, "input_scale") if name not in state]:
-            raise ConfigurationError(f"the checkpoint lacks {missing} (another version of the "
-                                     "trainer wrote it); set EXPERIMENT_OVERWRITE=1 to start over")
-        for name in self.STATE:
-            getattr(self, name).load_state_dict(state[name])
-        self.input_scale, self.input_std = state["input_scale"], state["input_std"]
-
-    def summary(self) -> dict[str, float]:
-        return {"input_scale": self.input_scale, "input_std": self.input_std}
+    VALUES = ("input_scale", "input_std")
+    """What the next step depends on (TrainerState saves and loads it for the session)."""
 
 
 # === Training ==============================================================================
@@ -581,7 +547,7 @@ def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirecto
         terms = trainer.update(step, x.to(device, non_blocking=True))
         session.step_done(step, terms)
     sae.fold_input_scale_(trainer.input_scale)
-    return sae, {**session.summary(), **trainer.summary()}
+    return sae, {**session.summary(), **trainer.values()}
 
 
 # === Main ==================================================================================

@@ -109,6 +109,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each scalar tensor's mean over ranks (its value for one process), as floats, with one
+    collective (and one device sync) for all of them."""
+    stacked = all_reduce_sum(torch.stack([v.detach().float() for v in values.values()]))
+    return dict(zip(values, stacked.div(_WORLD.world_size).tolist()))
+
+
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if _WORLD.distributed:
         torch.distributed.all_reduce(tensor, torch.distributed.ReduceOp.MAX)

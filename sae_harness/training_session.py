@@ -7,7 +7,8 @@
     summary = session.summary()
 
 The trainer owns every piece of state the next step depends on (`state_dict` /
-`load_state_dict`: SAE, optimiser, counters, input scale) and says what a log line holds
+`load_state_dict`, from its STATE and VALUES names via TrainerState: SAE, optimiser, counters,
+input scale) and says what a log line holds
 (`log_values(step, terms)`); the session saves that state in a checkpoint every
 `cfg.checkpoint_every_steps` steps or `cfg.checkpoint_every_minutes`, and when SIGINT or SIGTERM
 asks it to stop, then raises TrainingInterrupted. A run started again with the same configuration
@@ -35,6 +36,32 @@ from sae_harness import distributed
 from sae_harness.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
 from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.run_directory import CHECKPOINT, TRAINING_LOG, RunDirectory, TrainingLog
+
+
+class TrainerState:
+    """A trainer's checkpointed state, by name: STATE names attributes with their own
+    `state_dict` / `load_state_dict` (the SAE, the optimiser, counters), VALUES plain ones (floats).
+    A checkpoint that lacks any of them (another version of the trainer wrote it) is refused."""
+
+    STATE: tuple[str, ...] = ()
+    VALUES: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        return {**{name: getattr(self, name).state_dict() for name in self.STATE},
+                **{name: getattr(self, name) for name in self.VALUES}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if missing := [name for name in (*self.STATE, *self.VALUES) if name not in state]:
+            raise ConfigurationError(f"the checkpoint lacks {missing} (another version of the "
+                                     "trainer wrote it); set EXPERIMENT_OVERWRITE=1 to start over")
+        for name in self.STATE:
+            getattr(self, name).load_state_dict(state[name])
+        for name in self.VALUES:
+            setattr(self, name, state[name])
+
+    def values(self) -> dict:
+        """The VALUES (for the run's training summary)."""
+        return {name: getattr(self, name) for name in self.VALUES}
 
 
 class TrainingSession:

@@ -59,7 +59,7 @@ def test_lw2_schedule_equals_closed_form(step, fraction):
 
 def schedule(**changes):
     cfg = E.Config(training_tokens=E.REFERENCE_STEPS * 4096, batch_size=4096, **changes)
-    return E.StepSchedule.for_run(cfg)
+    return E.StepSchedule(cfg)
 
 
 def test_warm_restarts_happen_at_the_configured_steps():
@@ -77,7 +77,7 @@ def test_warm_restarts_happen_at_the_configured_steps():
 
 def test_schedule_steps_scale_with_the_token_budget():
     cfg = E.Config(training_tokens=E.REFERENCE_STEPS * 4096 // 10, batch_size=4096)
-    s = E.StepSchedule.for_run(cfg)
+    s = E.StepSchedule(cfg)
     assert s.lw2_ramp == round(5000 * s.total_steps / E.REFERENCE_STEPS)
     assert s.lw2(s.lw2_ramp) == pytest.approx(cfg.lw2_max)  # the ramp completes inside the run
     assert s.lw2_ramp < s.total_steps
