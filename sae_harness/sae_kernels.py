@@ -129,32 +129,55 @@ class _SelectedPreactivations(torch.autograd.Function):
     (B, k) gradient to z, W and b through the selected entries only."""
 
     @staticmethod
-    def forward(ctx, z, W, b, pre, indices):
+    def forward(ctx, z, W, b, pre, indices, active):
         ctx.save_for_backward(z, W, indices)
-        ctx.n = W.shape[1]
+        ctx.n, ctx.active = W.shape[1], active
         return pre.gather(1, indices)
 
     @staticmethod
     def backward(ctx, grad):
         z, W, indices = ctx.saved_tensors
         grad = grad.float()
-        flat = indices.reshape(-1)
-        grad_b = torch.zeros(ctx.n, dtype=torch.float32, device=grad.device).index_add_(
-            0, flat, grad.reshape(-1))
-        grad_z = F.embedding_bag(indices, W.T.contiguous(), per_sample_weights=grad, mode="sum")
+        flat, weights = indices.reshape(-1), grad.reshape(-1)
+        grad_b = torch.zeros(ctx.n, dtype=torch.float32, device=grad.device).index_add_(0, flat, weights)
+        grad_z = None
+        if ctx.needs_input_grad[0]:  # AuxK reads z detached: no gradient to z
+            grad_z = F.embedding_bag(indices, W.T.contiguous(), per_sample_weights=grad,
+                                     mode="sum").to(z.dtype)
+        tokens = torch.arange(len(z), device=z.device).repeat_interleave(indices.shape[1])
+        if z.device.type == "cpu":
+            # entries with a zero gradient (a non-positive value after the ReLU, a live latent's
+            # AuxK entry) add nothing: on a CPU they are left out (asking is free there)
+            keep = weights != 0
+            flat, weights, tokens = flat[keep], weights[keep], tokens[keep]
+        active = ctx.active
+        if active is not None and len(active.rows) * ctx.n < len(flat) * z.shape[1]:
+            # grad_W = z^T G for the (B, n) gradient G: by z's nonzero entries (each reads a row
+            # of G) when that reads less than the selected entries' z rows (AuxK's k of 64)
+            G = torch.zeros(len(z), ctx.n, dtype=torch.float32, device=z.device)
+            G[tokens, flat] = weights  # a row's indices are distinct (TopK)
+            order = torch.argsort(active.cols, stable=True)
+            grad_W = F.embedding_bag(active.rows[order], G, _offsets(active.cols, z.shape[1]),
+                                     per_sample_weights=z[active.rows, active.cols][order].float(),
+                                     mode="sum")
+            return grad_z, grad_W, grad_b, None, None, None
         # grad_W[:, c] = sum over (r, j) with indices[r, j] = c of grad[r, j] * z[r]
         order = torch.argsort(flat, stable=True)
-        per_column = torch.bincount(flat, minlength=ctx.n)
-        offsets = torch.zeros(ctx.n, dtype=torch.long, device=grad.device)
-        offsets[1:] = per_column.cumsum(0)[:-1]
-        tokens = torch.arange(len(z), device=z.device).repeat_interleave(indices.shape[1])[order]
-        grad_W = F.embedding_bag(tokens, z.float(), offsets, per_sample_weights=grad.reshape(-1)[order],
-                                 mode="sum").T
-        return grad_z.to(z.dtype), grad_W, grad_b, None, None
+        grad_W = F.embedding_bag(tokens[order], z.float(), _offsets(flat, ctx.n),
+                                 per_sample_weights=weights[order], mode="sum").T
+        return grad_z, grad_W, grad_b, None, None, None
+
+
+def _offsets(bags: torch.Tensor, n: int) -> torch.Tensor:
+    """embedding_bag's offsets for entries sorted by `bags` (each in [0, n)): n bags, some empty."""
+    offsets = torch.zeros(n, dtype=torch.long, device=bags.device)
+    offsets[1:] = torch.bincount(bags, minlength=n).cumsum(0)[:-1]
+    return offsets
 
 
 def selected_preactivations(z: torch.Tensor, W: torch.Tensor, b: torch.Tensor, pre: torch.Tensor,
-                            indices: torch.Tensor) -> torch.Tensor:
+                            indices: torch.Tensor, active: ActiveLatents | None = None) -> torch.Tensor:
     """The entries `indices` (B, k) of pre = z @ W + b, differentiable in z, W and b at the cost
-    of k entries per row. `pre` must be z @ W + b computed without autograd (no_grad)."""
-    return _SelectedPreactivations.apply(z, W, b, pre.detach(), indices)
+    of k entries per row. `pre` must be z @ W + b computed without autograd (no_grad); `active`,
+    z's support where it is sparse, lets W's gradient read z's nonzero entries instead."""
+    return _SelectedPreactivations.apply(z, W, b, pre.detach(), indices, active)

@@ -72,3 +72,36 @@ def test_an_sae_cast_to_bf16_encodes_through_the_sparse_products():
     low = sae.to(dtype=torch.bfloat16).encode(x.to(torch.bfloat16))
     assert low.dtype == torch.bfloat16
     assert torch.allclose(low.float(), reference, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("k, with_support", [(4, False), (4, True), (48, True)])
+@pytest.mark.parametrize("z_needs_grad", [True, False])  # False: AuxK reads z detached
+def test_selected_preactivations_give_autograds_gradients(k, with_support, z_needs_grad):
+    """W's gradient by the selected entries' z rows, or by z's support (its nonzero entries
+    reading rows of the (B, n) gradient: what AuxK's 64 entries a token take); zero gradient
+    entries are left out on a CPU."""
+    from sae_harness.sae_kernels import selected_preactivations
+
+    torch.manual_seed(0)
+    z = F.relu(torch.randn(128, 256) - 2.0)  # ~2% nonzero
+    active = ActiveLatents.of(z) if with_support else None
+    assert (active is not None) == with_support
+    W0, b0 = torch.randn(256, 64), torch.randn(64)
+    with torch.no_grad():
+        pre = torch.addmm(b0, z, W0)
+    indices = pre.topk(k, dim=-1, sorted=False).indices
+    g = torch.randn(128, k)
+    g[g < -0.5] = 0.0  # entries the ReLU after the selection would zero
+
+    def grads(select):
+        zz, W, b = z.clone().requires_grad_(z_needs_grad), W0.clone().requires_grad_(), b0.clone().requires_grad_()
+        (select(zz, W, b) * g).sum().backward()
+        return zz.grad, W.grad, b.grad
+
+    fast = grads(lambda zz, W, b: selected_preactivations(zz, W, b, pre, indices, active))
+    plain = grads(lambda zz, W, b: torch.addmm(b, zz, W).gather(1, indices))
+    for name, f, p in zip(("z", "W", "b"), fast, plain):
+        if p is None:
+            assert f is None, name
+        else:
+            torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-5, msg=name)
