@@ -349,7 +349,7 @@ class HierarchicalSAE(TwoLevelSAE):
             beta = self.concept_selection_bias
             score = torch.where(pre2 > 0, pre2 + (beta - beta.min()), pre2) if self.balancing else pre2
             indices = score.topk(self.concept_k, dim=-1, sorted=False).indices
-        values = F.relu(selected_preactivations(z1, self.W_enc2, self.b_enc2, pre2, indices))
+        values = F.relu(selected_preactivations(z1, self.W_enc2, self.b_enc2, pre2, indices, active))
         x_hat_concept = F.embedding_bag(indices, self.W_dec2, mode="sum",
                                         per_sample_weights=values.to(self.W_dec2.dtype))
         return SAEOutput(x_hat + x_hat_concept, z1, values, indices, active, pre2, x_hat_concept)
@@ -455,10 +455,11 @@ class HierarchicalTrainer(TrainerState):
         }
         total = sum(weighted.values())
         with torch.no_grad():
-            # which base latents fired in the batch, and L0, without a (B, n1) temporary
+            # which base latents fired in the batch, and L0 (z1 >= 0; count_nonzero would copy z1
+            # to int64 first)
             active = out.z1.amax(0) > 0
             l0_base = (x.new_tensor(len(out.base_active.rows) / len(x)) if out.base_active
-                       else torch.count_nonzero(out.z1, dim=-1).float().mean())
+                       else (out.z1 > 0).sum(-1, dtype=torch.float32).mean())
             l0_concept = (out.z2_values > 0).sum(-1, dtype=torch.float32).mean()
         terms = LossTerms(total, reconstruction, l1_base, l1_concept, weight_l1_base,
                           weight_l1_concept, concept_reconstruction, auxk, l0_base, l0_concept)
@@ -473,7 +474,7 @@ class HierarchicalTrainer(TrainerState):
         pre = out.z2_pre.float().masked_fill(~dead, float("-inf"))
         indices = pre.topk(k, dim=-1, sorted=False).indices
         values = F.relu(selected_preactivations(out.z1.detach(), sae.W_enc2, sae.b_enc2, out.z2_pre,
-                                                indices)).float() * dead[indices]
+                                                indices, out.base_active)).float() * dead[indices]
         error = (x - out.x_hat.float()).detach()
         error_hat = F.embedding_bag(indices, sae.W_dec2, mode="sum", per_sample_weights=values)
         loss = (error - error_hat).pow(2).sum(-1).mean() / distributed.whole_batch_variance(error)
