@@ -94,9 +94,14 @@ def ensure_bench_deps() -> None:
 def trainers(args, yardstick: dict[str, float]) -> None:
     header("trainers: CPU-seconds per step, 1 thread (bench/perf_ref.py, one process)")
     ensure_bench_deps()
+    ours = ["hierarchical", "hierarchical_trained", "hierarchical_matched_l0"]  # + "_fp32" forms
+    with_bf16 = yardstick["bfloat16"] > yardstick["float32"]
+    if not with_bf16:  # at ~1 GFLOP/s a bf16 step takes ~30 s: a run would choose fp32 here
+        print(f"bf16 matmuls run at {yardstick['bfloat16'] / 1e9:.1f} GFLOP/s here against fp32 "
+              f"{yardstick['float32'] / 1e9:.0f}: our bf16 trainers are left out (a run chooses fp32)")
     names = ["dl_standard", "dl_top_k", "saelens_factory:topk", "plain_topk_sparse",
-             "trainer_factory:hierarchical", "trainer_factory:hierarchical_fp32",
-             "trainer_factory:hierarchical_trained", "trainer_factory:hierarchical_fp32_trained"]
+             *[f"trainer_factory:{name.replace('hierarchical', 'hierarchical_fp32')}" for name in ours],
+             *([f"trainer_factory:{name}" for name in ours] if with_bf16 else [])]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "perf.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "bench"), str(BENCH_DEPS)])}
@@ -122,9 +127,12 @@ def trainers(args, yardstick: dict[str, float]) -> None:
     flops = step_flops(args.d_in, args.d_sae, args.d_sae // 4, args.batch)
     print("(*_trained: timed after training on the same synthetic pool; the L0 it reached is "
           "printed above; on these data a ReLU SAE settles at ~450 of 2048 latents, denser than "
-          "the ~60-170 of the embedded runs, so the dense products still run)")
+          "the ~60-170 of the embedded runs, so the dense products still run; *_matched_l0: "
+          "trained with l1_base steered to base L0 = the TopK trainers' k, 64)")
     for name, dtype in (("trainer_factory:hierarchical", "bfloat16"),
                         ("trainer_factory:hierarchical_fp32", "float32")):
+        if name not in cpu:
+            continue
         achieved = flops / cpu[name]
         print(f"{name}: {flops / 1e9:.1f} GFLOP/step -> {achieved / 1e9:.0f} GFLOP/s = "
               f"{achieved / yardstick[dtype]:.0%} of this machine's {dtype} matmul rate")

@@ -24,7 +24,7 @@ def test_our_trainer_plugs_into_the_reference_benchmark():
     args = SimpleNamespace(d_in=32, d_sae=128, batch=64, k=8, warmup=2, steps=2, autocast="none")
     pool = perf_ref.make_pool(2, args.batch, args.d_in, "cpu")
     for name in ("trainer_factory:hierarchical", "trainer_factory:hierarchical_fp32",
-                 "trainer_factory:hierarchical_fp32_trained"):
+                 "trainer_factory:hierarchical_fp32_trained", "trainer_factory:hierarchical_fp32_matched_l0"):
         steps_per_s, _, cpu_util = perf_ref.time_one(name, args, pool, "cpu")
         assert steps_per_s > 0 and cpu_util > 0
 
