@@ -126,9 +126,10 @@ def trainers(args, yardstick: dict[str, float]) -> None:
         print(f"{name:36s} {cpu[name]:10.3f} {cpu[name] / ref:10.2f} {args.batch / cpu[name]:10.0f}")
     flops = step_flops(args.d_in, args.d_sae, args.d_sae // 4, args.batch)
     print("(*_trained: timed after training on the same synthetic pool; the L0 it reached is "
-          "printed above; on these data a ReLU SAE settles at ~450 of 2048 latents, denser than "
-          "the ~60-170 of the embedded runs, so the dense products still run; *_matched_l0: "
-          "trained with l1_base steered to base L0 = the TopK trainers' k, 64)")
+          "printed above; on these data a ReLU SAE settles at ~450-600 of 2048 latents, denser "
+          "than the ~50-170 of the embedded runs, so the dense products still run; *_matched_l0: "
+          "that state with every base encoder bias moved so that the TopK trainers' k (64) "
+          "latents a token fire; it drifts up to ~120 over the timed steps)")
     for name, dtype in (("trainer_factory:hierarchical", "bfloat16"),
                         ("trainer_factory:hierarchical_fp32", "float32")):
         if name not in cpu:
