@@ -129,7 +129,7 @@ def trainers(args, yardstick: dict[str, float]) -> None:
           "printed above; on these data a ReLU SAE settles at ~450-600 of 2048 latents, denser "
           "than the ~50-170 of the embedded runs, so the dense products still run; *_matched_l0: "
           "that state with every base encoder bias moved so that the TopK trainers' k (64) "
-          "latents a token fire; it drifts up to ~120 over the timed steps)")
+          "latents a token fire; it rises as the timed steps train: ~120 after 15)")
     for name, dtype in (("trainer_factory:hierarchical", "bfloat16"),
                         ("trainer_factory:hierarchical_fp32", "float32")):
         if name not in cpu:
