@@ -79,6 +79,13 @@ def centred_encoder(x: torch.Tensor, b_dec: torch.Tensor, W: torch.Tensor, b: to
 # --------------------------------------------------------------------------------------------
 # Products with the ReLU latents
 # --------------------------------------------------------------------------------------------
+def _offsets(bags: torch.Tensor, n: int) -> torch.Tensor:
+    """embedding_bag's offsets for entries sorted by `bags` (each in [0, n)): n bags, some empty."""
+    offsets = torch.zeros(n, dtype=torch.long, device=bags.device)
+    offsets[1:] = torch.bincount(bags, minlength=n).cumsum(0)[:-1]
+    return offsets
+
+
 class ActiveLatents(NamedTuple):
     """The nonzero entries of a (B, n) latent matrix, as embedding_bag reads them."""
 
@@ -98,9 +105,7 @@ class ActiveLatents(NamedTuple):
             if torch.count_nonzero(sample).item() > density_max * sample.numel():
                 return None
             rows, cols = z.nonzero(as_tuple=True)
-            offsets = torch.zeros(len(z), dtype=torch.long, device=z.device)
-            offsets[1:] = torch.bincount(rows, minlength=len(z)).cumsum(0)[:-1]
-        return cls(rows, cols, offsets)
+        return cls(rows, cols, _offsets(rows, len(z)))
 
 
 def latent_matmul(z: torch.Tensor, W: torch.Tensor, active: ActiveLatents | None,
@@ -166,13 +171,6 @@ class _SelectedPreactivations(torch.autograd.Function):
         grad_W = F.embedding_bag(tokens[order], z.float(), _offsets(flat, ctx.n),
                                  per_sample_weights=weights[order], mode="sum").T
         return grad_z, grad_W, grad_b, None, None, None
-
-
-def _offsets(bags: torch.Tensor, n: int) -> torch.Tensor:
-    """embedding_bag's offsets for entries sorted by `bags` (each in [0, n)): n bags, some empty."""
-    offsets = torch.zeros(n, dtype=torch.long, device=bags.device)
-    offsets[1:] = torch.bincount(bags, minlength=n).cumsum(0)[:-1]
-    return offsets
 
 
 def selected_preactivations(z: torch.Tensor, W: torch.Tensor, b: torch.Tensor, pre: torch.Tensor,

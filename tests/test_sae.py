@@ -159,7 +159,7 @@ def test_impossible_configurations_are_refused_with_a_reason(changes, fragment):
         replace(E.make_config("tuned_cosine", "embedded"), **changes)
 
 
-def test_config_checks_hold_when_experiment_py_runs_under_another_module_name(tmp_path):
+def test_config_checks_hold_when_experiment_py_runs_under_another_module_name():
     """`python -m cProfile experiment.py` (or runpy) defines Config in a module that sys.modules
     does not name as Config.__module__ says; its Literal annotations still resolve."""
     import runpy
