@@ -5,7 +5,8 @@
 A fresh tuned_cosine SAE (seed 0) is scored twice on the embedded preset's 'cpu' core sizes:
 first with an empty reference cache (the SAE-independent passes computed), then warm (read
 back), as a first and a second run would. Prints the seconds of each, the process's peak memory
-and the metrics (equal in both). Converts the packaged model on first use (~1-2 min).
+and the metrics (equal in both). Converts the packaged model on first use (~1-2 min). The heap is
+set up as a run's (EXPERIMENT_CPU_HEAP, sae_harness/cpu_heap.py).
 """
 
 import argparse
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import experiment as E  # noqa: E402
+from sae_harness.cpu_heap import read_heap_choice, reuse_freed_memory  # noqa: E402
 from sae_harness.evals.core import core_config, run_core, tokens_needed  # noqa: E402
 from sae_harness.evaluations import heldout_documents  # noqa: E402
 from sae_harness.language_model import load_language_model  # noqa: E402
@@ -32,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
+    print(f"CPU heap: {reuse_freed_memory(read_heap_choice())}")
     preset = replace(PRESETS["embedded"], model_dtype=args.dtype)
     lm = load_language_model(preset, default_cache_dir())
     torch.manual_seed(0)

@@ -99,12 +99,19 @@ def trainers(args, yardstick: dict[str, float]) -> None:
     if not with_bf16:  # at ~1 GFLOP/s a bf16 step takes ~30 s: a run would choose fp32 here
         print(f"bf16 matmuls run at {yardstick['bfloat16'] / 1e9:.1f} GFLOP/s here against fp32 "
               f"{yardstick['float32'] / 1e9:.0f}: our bf16 trainers are left out (a run chooses fp32)")
+    from sae_harness.cpu_heap import GLIBC_TUNABLES_FOR_REUSE, read_heap_choice
+
+    heap = read_heap_choice()
+    print(f"CPU heap for every trainer timed: {heap} (EXPERIMENT_CPU_HEAP; a run's default is reuse: "
+          "sae_harness/cpu_heap.py)")
     names = ["dl_standard", "dl_top_k", "saelens_factory:topk", "plain_topk_sparse",
              *[f"trainer_factory:{name.replace('hierarchical', 'hierarchical_fp32')}" for name in ours],
              *([f"trainer_factory:{name}" for name in ours] if with_bf16 else [])]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "perf.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "bench"), str(BENCH_DEPS)])}
+        if heap == "reuse":
+            env["GLIBC_TUNABLES"] = GLIBC_TUNABLES_FOR_REUSE
         cmd = [sys.executable, str(REPO / "bench" / "perf_ref.py"), "--threads", "1",
                "--d-in", str(args.d_in), "--d-sae", str(args.d_sae), "--batch", str(args.batch),
                "--steps", str(args.steps), "--warmup", "3", "--reps", str(args.reps),

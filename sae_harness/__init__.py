@@ -11,6 +11,7 @@ package holds what it stands on, one step of the data's path per module:
     language_model.py   the model as a TransformerLens HookedTransformer (GGUF conversion)
     precision.py        bf16 or fp32, for the model and the SAE: measured per machine
     cpu_threads.py      how many threads a phase uses, from the other processes' load
+    cpu_heap.py         large CPU tensors reuse freed memory instead of fresh kernel pages
     activations.py      packing, residual-stream activations, the on-disk activation cache
     sae_kernels.py      exact, faster forms of the SAE's matmuls (sparse latents, TopK gradient)
     sae_bench_view.py   the SAE as SAE-Bench sees it, and its files

@@ -13,9 +13,9 @@
 What `start` does, in order: refuses a run that cannot work (preflight: model, text, cache;
 a token budget the text cannot supply) before creating anything; prepares and locks the folder
 (a finished run is refused unless EXPERIMENT_OVERWRITE=1, an unfinished one with another
-configuration always); prints and records the provenance (config.json, run_status.json
-'running'); converts the model if need be and chooses the precision (precision.py), which it
-prints and records in config.json.
+configuration always); on a CPU makes the heap reuse freed memory (cpu_heap.py); prints and
+records the provenance (config.json, run_status.json 'running'); converts the model if need be
+and chooses the precision (precision.py), which it prints and records in config.json.
 
 `evaluate` runs every evaluation (a failing one is recorded, the rest still run), flags a
 degenerate SAE (DESIGN 7) in final_info.json, on stdout and in notes.txt, marks the run finished
@@ -34,6 +34,7 @@ from pathlib import Path
 from sae_harness import distributed
 from sae_harness.activations import ActivationData, check_token_budget, prepare_activations
 from sae_harness.checkpoint import Checkpoint
+from sae_harness.cpu_heap import reuse_freed_memory
 from sae_harness.degeneracy import degeneracy_reasons
 from sae_harness.errors import ConfigurationError
 from sae_harness.evaluations import evaluate_sae
@@ -106,12 +107,14 @@ class ExperimentRun:
         resuming = directory.status().get("state") in ("running", "failed", "interrupted")
         earlier = (read_json(directory.file(CONFIG)).get("precision")
                    if resuming and directory.file(CONFIG).is_file() else None)
-        self.origin = provenance(REPO, self.preset.device)
+        self.origin = self._provenance()
         print(f"[run] {directory.path}: variant {cfg.variant}, preset {self.preset.name} "
               f"({env.preset_reason})" + (" - resuming an unfinished run" if resuming else ""))
         print(f"[run] code {self.origin['git']['commit']}"
               f"{' (modified)' if self.origin['git']['dirty'] else ''}; "
               + ", ".join(f"{k} {v}" for k, v in self.origin["packages"].items()))
+        if "cpu_heap" in self.origin:
+            print(f"[run] CPU heap: {self.origin['cpu_heap']}")
         self._write_config(None)
         directory.set_status("running", started=self.origin["started"])
 
@@ -131,10 +134,17 @@ class ExperimentRun:
 
     def _begin_other_rank(self) -> None:
         """A rank other than 0 (torchrun): rank 0's precision, the model it located."""
-        self.origin = provenance(REPO, self.preset.device)
+        self.origin = self._provenance()
         self.precision = Precision.from_record(distributed.from_main(None))
         self.location = locate_model(self.preset, self.env.cache_dir)
         self.preset = replace(self.preset, model_dtype=self.precision.model_dtype)
+
+    def _provenance(self) -> dict:
+        """Where the run comes from; on a CPU this process's heap is set up first (cpu_heap.py)."""
+        origin = provenance(REPO, self.preset.device)
+        if self.preset.device == "cpu":
+            origin["cpu_heap"] = reuse_freed_memory(self.env.cpu_heap)
+        return origin
 
     def _write_config(self, precision) -> None:
         self.directory.write_json(CONFIG, {

@@ -15,6 +15,8 @@ The command line is `--out_dir` only; these environment variables steer a run:
     EXPERIMENT_PRECISION  auto | float32 | bfloat16: dtype of the language model and of the
                           SAE's matmuls (default auto: bf16 on CUDA; on a CPU bf16 only where a
                           probe at run start measures it faster than fp32; see precision.py)
+    EXPERIMENT_CPU_HEAP   reuse | system: on a CPU, glibc reuses freed memory for large tensors
+                          instead of fresh pages from the kernel (default reuse; cpu_heap.py)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sae_harness.cpu_heap import read_heap_choice
 from sae_harness.errors import ConfigurationError
 
 OPENWEBTEXT = "Skylion007/openwebtext"
@@ -116,6 +119,8 @@ class RunEnvironment:
     overwrite: bool
     precision: str = "auto"
     """EXPERIMENT_PRECISION: auto, float32 or bfloat16."""
+    cpu_heap: str = "reuse"
+    """EXPERIMENT_CPU_HEAP: reuse or system (cpu_heap.py)."""
 
     def with_preset(self, preset: Preset, reason: str) -> RunEnvironment:
         return replace(self, preset=preset, preset_reason=reason)
@@ -206,6 +211,7 @@ def read_run_environment(
     preset, reason = choose_preset(env.get("EXPERIMENT_PRESET", "").strip() or None)
     return RunEnvironment(
         precision=read_precision(env),
+        cpu_heap=read_heap_choice(env),
         preset=preset,
         preset_reason=reason,
         variant=env.get("EXPERIMENT_VARIANT", "").strip() or default_variant,
