@@ -12,6 +12,9 @@ gradients. Three facts make most of that work unnecessary, without changing what
   as gathered sums (`latent_matmul`, torch's embedding_bag), and their gradients likewise.
 * TopK keeps k of the n2 concept pre-activations per token: the gradient reaches W_enc2, b_enc2
   and z1 only through those k entries (`selected_preactivations`), k/n2 of the dense work.
+  W_enc2's gradient takes the cheapest of three forms: the selected entries' z1 rows (TopK's
+  10 a token), z1's support (sparse z1), or one matmul over the columns that get any gradient
+  (AuxK's entries over the dead latents, which fill those columns).
 
 Sparse paths run in fp32 (they are bound by memory, not arithmetic); the dense ones run in the
 autocast dtype when autocast is on, as before. Which path a batch takes depends only on its
@@ -28,6 +31,10 @@ import torch.nn.functional as F
 DENSITY_SAMPLE_ROWS = 256
 """The density that picks the path is counted on this many rows (counting all of a dense batch
 would cost as much as a tenth of the step)."""
+DENSE_MATMUL_ADVANTAGE = 8
+"""How many times more multiply-adds a second a dense matmul does than embedding_bag's gathered
+rows (fp32, 1 thread, AMD EPYC Zen 4: ~25-30 GMAC/s against ~3): picks the form of W's gradient
+in the selected pre-activations' backward."""
 SPARSE_DENSITY_MAX = 0.1
 """z1 at most this dense takes the gathered path: where the gathered products stop being faster
 than the dense ones (`bench/run_benchmarks.py --only kernels`; figures in README, "Benchmarks")."""
@@ -155,21 +162,37 @@ class _SelectedPreactivations(torch.autograd.Function):
             # AuxK entry) add nothing: on a CPU they are left out (asking is free there)
             keep = weights != 0
             flat, weights, tokens = flat[keep], weights[keep], tokens[keep]
-        active = ctx.active
-        if active is not None and len(active.rows) * ctx.n < len(flat) * z.shape[1]:
-            # grad_W = z^T G for the (B, n) gradient G: by z's nonzero entries (each reads a row
-            # of G) when that reads less than the selected entries' z rows (AuxK's k of 64)
+        # grad_W = z^T G for the (B, n) gradient G that is zero outside the selected entries, by
+        # the cheapest of three exact forms (cost in scattered multiply-adds)
+        columns = torch.bincount(flat, minlength=ctx.n) > 0
+        n_columns = int(columns.sum())
+        costs = {"entries": len(flat) * z.shape[1],
+                 "columns": len(z) * z.shape[1] * n_columns / DENSE_MATMUL_ADVANTAGE}
+        if ctx.active is not None:
+            costs["support"] = len(ctx.active.rows) * ctx.n
+        form = min(costs, key=costs.get)
+        if form == "columns":
+            # one matmul over the columns that get any gradient (AuxK's dead latents: every
+            # token selects most of them, so the (B, columns) block is dense)
+            position = columns.cumsum(0) - 1
+            G = torch.zeros(len(z), n_columns, dtype=torch.float32, device=z.device)
+            G[tokens, position[flat]] = weights  # a row's indices are distinct (TopK)
+            grad_W = torch.zeros(z.shape[1], ctx.n, dtype=torch.float32, device=z.device)
+            grad_W[:, columns] = z.float().T @ G
+        elif form == "support":
+            # by z's nonzero entries, each reading a row of G (sparse z)
+            active = ctx.active
             G = torch.zeros(len(z), ctx.n, dtype=torch.float32, device=z.device)
-            G[tokens, flat] = weights  # a row's indices are distinct (TopK)
+            G[tokens, flat] = weights
             order = torch.argsort(active.cols, stable=True)
             grad_W = F.embedding_bag(active.rows[order], G, _offsets(active.cols, z.shape[1]),
                                      per_sample_weights=z[active.rows, active.cols][order].float(),
                                      mode="sum")
-            return grad_z, grad_W, grad_b, None, None, None
-        # grad_W[:, c] = sum over (r, j) with indices[r, j] = c of grad[r, j] * z[r]
-        order = torch.argsort(flat, stable=True)
-        grad_W = F.embedding_bag(tokens[order], z.float(), _offsets(flat, ctx.n),
-                                 per_sample_weights=weights[order], mode="sum").T
+        else:
+            # grad_W[:, c] = sum over (r, j) with indices[r, j] = c of grad[r, j] * z[r]
+            order = torch.argsort(flat, stable=True)
+            grad_W = F.embedding_bag(tokens[order], z.float(), _offsets(flat, ctx.n),
+                                     per_sample_weights=weights[order], mode="sum").T
         return grad_z, grad_W, grad_b, None, None, None
 
 

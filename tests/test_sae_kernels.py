@@ -74,12 +74,12 @@ def test_an_sae_cast_to_bf16_encodes_through_the_sparse_products():
     assert torch.allclose(low.float(), reference, atol=0.1, rtol=0.05)
 
 
-@pytest.mark.parametrize("k, with_support", [(4, False), (4, True), (48, True)])
+@pytest.mark.parametrize("k, with_support", [(4, False), (4, True), (48, True), (48, False)])
 @pytest.mark.parametrize("z_needs_grad", [True, False])  # False: AuxK reads z detached
 def test_selected_preactivations_give_autograds_gradients(k, with_support, z_needs_grad):
-    """W's gradient by the selected entries' z rows, or by z's support (its nonzero entries
-    reading rows of the (B, n) gradient: what AuxK's 64 entries a token take); zero gradient
-    entries are left out on a CPU."""
+    """W's gradient by the selected entries' z rows (k 4), by z's support (its nonzero entries
+    reading rows of the (B, n) gradient) or by one matmul over the selected columns (k 48 of 64:
+    what AuxK's entries over the dead latents take); zero gradient entries are left out on a CPU."""
     from sae_harness.sae_kernels import selected_preactivations
 
     torch.manual_seed(0)
