@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import experiment as E  # noqa: E402
-from sae_harness.cpu_heap import read_heap_choice, reuse_freed_memory  # noqa: E402
+from sae_harness.cpu_heap import reuse_freed_memory  # noqa: E402
 from sae_harness.evals.core import core_config, run_core, tokens_needed  # noqa: E402
 from sae_harness.evaluations import heldout_documents  # noqa: E402
 from sae_harness.language_model import load_language_model  # noqa: E402
-from sae_harness.presets import PRESETS, default_cache_dir  # noqa: E402
+from sae_harness.presets import PRESETS, default_cache_dir, read_heap_choice  # noqa: E402
 
 
 def main() -> None:

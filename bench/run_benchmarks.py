@@ -99,7 +99,8 @@ def trainers(args, yardstick: dict[str, float]) -> None:
     if not with_bf16:  # at ~1 GFLOP/s a bf16 step takes ~30 s: a run would choose fp32 here
         print(f"bf16 matmuls run at {yardstick['bfloat16'] / 1e9:.1f} GFLOP/s here against fp32 "
               f"{yardstick['float32'] / 1e9:.0f}: our bf16 trainers are left out (a run chooses fp32)")
-    from sae_harness.cpu_heap import GLIBC_TUNABLES_FOR_REUSE, read_heap_choice
+    from sae_harness.cpu_heap import GLIBC_TUNABLES_FOR_REUSE
+    from sae_harness.presets import read_heap_choice
 
     heap = read_heap_choice()
     print(f"CPU heap for every trainer timed: {heap} (EXPERIMENT_CPU_HEAP; a run's default is reuse: "

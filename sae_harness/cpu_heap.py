@@ -31,10 +31,8 @@ import ctypes.util
 import os
 import platform
 
-from sae_harness.errors import ConfigurationError
-
 HEAP_CHOICES = ("reuse", "system")
-"""Values of EXPERIMENT_CPU_HEAP."""
+"""Values of EXPERIMENT_CPU_HEAP (read by presets.read_heap_choice)."""
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 """mallopt's parameter numbers (glibc's malloc.h)."""
@@ -46,17 +44,6 @@ GLIBC_TUNABLES_FOR_REUSE = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold
 that times every trainer, ours and the reference ones alike."""
 
 _applied: str | None = None
-
-
-def read_heap_choice(environ: dict[str, str] | None = None) -> str:
-    """EXPERIMENT_CPU_HEAP, validated ('reuse' when unset)."""
-    env = os.environ if environ is None else environ
-    value = env.get("EXPERIMENT_CPU_HEAP", "").strip().lower() or "reuse"
-    if value not in HEAP_CHOICES:
-        raise ConfigurationError(
-            f"EXPERIMENT_CPU_HEAP={value!r} is not one of {', '.join(HEAP_CHOICES)}; "
-            "leave it unset to reuse freed memory")
-    return value
 
 
 def reuse_freed_memory(choice: str = "reuse", environ: dict[str, str] | None = None) -> str:

@@ -26,7 +26,7 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sae_harness.cpu_heap import read_heap_choice
+from sae_harness.cpu_heap import HEAP_CHOICES
 from sae_harness.errors import ConfigurationError
 
 OPENWEBTEXT = "Skylion007/openwebtext"
@@ -183,18 +183,28 @@ def parse_token_budget(text: str) -> int:
     return int(value)
 
 
+def read_choice(name: str, choices: tuple[str, ...], default: str, hint: str,
+                environ: dict[str, str] | None = None) -> str:
+    """The environment variable `name`, one of `choices` (`default` when unset), or an error."""
+    env = os.environ if environ is None else environ
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigurationError(f"{name}={value!r} is not one of {', '.join(choices)}; {hint}")
+    return value
+
+
 def read_precision(environ: dict[str, str] | None = None) -> str:
     """EXPERIMENT_PRECISION, validated ('auto' when unset)."""
     from sae_harness.precision import PRECISIONS
 
-    env = os.environ if environ is None else environ
-    value = env.get("EXPERIMENT_PRECISION", "").strip().lower() or "auto"
-    if value not in PRECISIONS:
-        raise ConfigurationError(
-            f"EXPERIMENT_PRECISION={value!r} is not one of {', '.join(PRECISIONS)}; "
-            "leave it unset to let the machine decide"
-        )
-    return value
+    return read_choice("EXPERIMENT_PRECISION", PRECISIONS, "auto",
+                       "leave it unset to let the machine decide", environ)
+
+
+def read_heap_choice(environ: dict[str, str] | None = None) -> str:
+    """EXPERIMENT_CPU_HEAP, validated ('reuse' when unset)."""
+    return read_choice("EXPERIMENT_CPU_HEAP", HEAP_CHOICES, "reuse",
+                       "leave it unset to reuse freed memory", environ)
 
 
 def read_run_environment(

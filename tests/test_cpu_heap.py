@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from sae_harness.cpu_heap import read_heap_choice
+from conftest import REPO
 from sae_harness.errors import ConfigurationError
+from sae_harness.presets import read_heap_choice
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -38,7 +39,7 @@ def test_a_reused_heap_serves_large_tensors_without_fresh_pages():
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     faults = {}
     for choice in ("system", "reuse"):
-        result = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, choice], env=env,
+        result = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, choice], env=env, cwd=REPO,
                                 capture_output=True, text=True, check=True)
         faults[choice] = int(result.stdout.split()[-1])
     pages = 10 * 32 * 2**20 // os.sysconf("SC_PAGE_SIZE")
