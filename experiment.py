@@ -6,7 +6,7 @@ trains the SAE of one variant on residual-stream activations, scores it (SAE-Ben
 probing, absorption and core metrics, plus weight and hierarchy analyses) and writes run_i/.
 The command line takes --out_dir only; environment variables steer a run (README):
 EXPERIMENT_PRESET, EXPERIMENT_VARIANT, EXPERIMENT_TOKENS, EXPERIMENT_CACHE, EXPERIMENT_OVERWRITE,
-EXPERIMENT_PRECISION.
+EXPERIMENT_PRECISION, EXPERIMENT_CPU_HEAP.
 
 This file is the experiment, top to bottom: its configuration (Config: the defaults ARE the
 default run; a variant is a change from them; the embedded setting shrinks a few sizes), the
