@@ -275,3 +275,21 @@ def test_standardised_probes_are_the_same_from_caches_as_computed_fresh(tmp_path
     assert cached == fresh and len(fresh) == 2 * len(SP.STANDARDISED_K)
     (tmp_path / SP.STANDARDISED_LLM_FILE).unlink()
     assert SP.standardised_probes(sae, tmp_path, names, 8, seed=3, sae_encoded=encoded[:1]) == fresh
+
+
+def test_probe_fitting_hides_sklearns_penalty_deprecation():
+    import warnings
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from sae_harness.evals.sparse_probing import probe_fitting
+
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    y = (X[:, 0] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any other warning would surface as an error
+        with probe_fitting():
+            LogisticRegression(penalty="l2", max_iter=100).fit(X, y)  # SAE-Bench's call
+    with pytest.warns(FutureWarning, match="'penalty' was deprecated"):
+        LogisticRegression(penalty="l2", max_iter=100).fit(X, y)

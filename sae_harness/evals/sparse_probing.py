@@ -61,6 +61,7 @@ import json
 import os
 import random
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -457,6 +458,16 @@ def standardised_probes(sae, folder: Path, dataset_names: list[str], sae_batch_s
 # --------------------------------------------------------------------------------------------
 # The eval
 # --------------------------------------------------------------------------------------------
+@contextmanager
+def probe_fitting():
+    """Where scikit-learn fits the probes: one BLAS thread (see the module docstring; torch's
+    threads are untouched), and without scikit-learn 1.8's FutureWarning about the `penalty`
+    argument SAE-Bench passes (~120 two-line warnings a run; the fits are unchanged)."""
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'penalty' was deprecated", category=FutureWarning)
+        yield
+
+
 def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, artifacts_root: Path,
                        *, dataset_names: list[str] | None = None) -> dict[str, float]:
     """Run SAE-Bench sparse probing, write its JSON to `out_path`, return the llm/sae means.
@@ -488,11 +499,9 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
     print(f"[sparse_probing] {len(config.dataset_names)} datasets, {config.probe_train_set_size}/"
           f"{config.probe_test_set_size} texts per task; artifacts {folder} "
           f"({len(cached)} of {len(config.dataset_names)} datasets cached)")
-    # one BLAS thread for scikit-learn's probes (see the module docstring); torch's are untouched
     sae_encoded: list = []  # what SAE-Bench encodes, for the standardised probes
     with embedded_probing_datasets(), atomic_torch_saves_into(folder), \
-            sae_probes_seeded(config.random_seed, sae_encoded), \
-            threadpool_limits(limits=1, user_api="blas"):
+            sae_probes_seeded(config.random_seed, sae_encoded), probe_fitting():
         results, per_class = run_eval_single_sae(config, sae, lm.model, device, str(folder),
                                                  save_activations=True)
 
@@ -515,7 +524,7 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
     write_eval_output(output, out_path)
     means = flat_means(output.eval_result_metrics)
     # ours, beside SAE-Bench's numbers (which stay as they are): the standardised top-k probes
-    with threadpool_limits(limits=1, user_api="blas"):
+    with probe_fitting():
         standardised = standardised_probes(sae, folder, config.dataset_names, config.sae_batch_size,
                                            config.random_seed, sae_encoded)
     written = json.loads(out_path.read_text())
