@@ -111,8 +111,10 @@ def trainers(args, yardstick: dict[str, float]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "perf.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "bench"), str(BENCH_DEPS)])}
-        if heap == "reuse":
-            env["GLIBC_TUNABLES"] = GLIBC_TUNABLES_FOR_REUSE
+        if heap == "reuse" and "glibc.malloc." not in env.get("GLIBC_TUNABLES", ""):
+            # as a run: the caller's own malloc tunables are left alone, others kept beside ours
+            env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"),
+                                                            GLIBC_TUNABLES_FOR_REUSE]))
         cmd = [sys.executable, str(REPO / "bench" / "perf_ref.py"), "--threads", "1",
                "--d-in", str(args.d_in), "--d-sae", str(args.d_sae), "--batch", str(args.batch),
                "--steps", str(args.steps), "--warmup", "3", "--reps", str(args.reps),

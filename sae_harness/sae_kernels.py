@@ -86,10 +86,11 @@ def centred_encoder(x: torch.Tensor, b_dec: torch.Tensor, W: torch.Tensor, b: to
 # --------------------------------------------------------------------------------------------
 # Products with the ReLU latents
 # --------------------------------------------------------------------------------------------
-def _offsets(bags: torch.Tensor, n: int) -> torch.Tensor:
-    """embedding_bag's offsets for entries sorted by `bags` (each in [0, n)): n bags, some empty."""
+def _offsets(bags: torch.Tensor, n: int, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """embedding_bag's offsets for entries sorted by `bags` (each in [0, n)): n bags, some empty
+    (`counts`: the bags' sizes, where the caller has them already)."""
     offsets = torch.zeros(n, dtype=torch.long, device=bags.device)
-    offsets[1:] = torch.bincount(bags, minlength=n).cumsum(0)[:-1]
+    offsets[1:] = (torch.bincount(bags, minlength=n) if counts is None else counts).cumsum(0)[:-1]
     return offsets
 
 
@@ -164,8 +165,12 @@ class _SelectedPreactivations(torch.autograd.Function):
             flat, weights, tokens = flat[keep], weights[keep], tokens[keep]
         # grad_W = z^T G for the (B, n) gradient G that is zero outside the selected entries, by
         # the cheapest of three exact forms (cost in scattered multiply-adds)
-        columns = torch.bincount(flat, minlength=ctx.n) > 0
-        n_columns = int(columns.sum())
+        counts = torch.bincount(flat, minlength=ctx.n)
+        if z.device.type == "cpu":  # the columns that get any gradient
+            columns = counts > 0
+            n_columns = int(columns.sum())
+        else:  # counting them would wait for the device: every column
+            columns, n_columns = torch.ones_like(counts, dtype=torch.bool), ctx.n
         costs = {"entries": len(flat) * z.shape[1],
                  "columns": len(z) * z.shape[1] * n_columns / DENSE_MATMUL_ADVANTAGE}
         if ctx.active is not None:
@@ -191,7 +196,7 @@ class _SelectedPreactivations(torch.autograd.Function):
         else:
             # grad_W[:, c] = sum over (r, j) with indices[r, j] = c of grad[r, j] * z[r]
             order = torch.argsort(flat, stable=True)
-            grad_W = F.embedding_bag(tokens[order], z.float(), _offsets(flat, ctx.n),
+            grad_W = F.embedding_bag(tokens[order], z.float(), _offsets(flat, ctx.n, counts),
                                      per_sample_weights=weights[order], mode="sum").T
         return grad_z, grad_W, grad_b, None, None, None
 
