@@ -33,6 +33,31 @@ def test_a_cpu_where_bf16_is_slower_gets_fp32_even_if_its_flags_say_native():
     assert "0.005x" in p.reason and p.warning is None
 
 
+def probes(*bf16_speedups: float):
+    """Successive probe readings: the first call reads the first speed-up, and so on."""
+    readings = iter(bf16_speedups)
+
+    def measure(m, k, n):
+        return probe(next(readings))(m, k, n)
+    return measure
+
+
+def test_a_reading_that_contradicts_the_flags_is_measured_again_and_the_second_decides():
+    # a native-bf16 CPU whose first model reading was an early, slow call (seen on a Xeon with
+    # AMX: 5.5 GFLOP/s, 0.018x fp32); the second reading is the machine's
+    p = choose_precision("cpu", "auto", "auto", "auto", SHAPES, probes(0.018, 5.2, 5.6),
+                         flags=("avx512_bf16", "amx_bf16"))
+    assert (p.model_dtype, p.sae_matmul_dtype) == ("bfloat16", "bfloat16")
+    assert p.speeds["model"].bf16_speedup == 5.2 and "0.018x" in p.reason
+    assert "measured again" in p.reason and p.reason.count("measured again") == 1
+    # without native bf16, a fast first reading is checked likewise
+    q = choose_precision("cpu", "auto", "auto", "auto", SHAPES, probes(3.0, 0.005, 0.005), flags=())
+    assert (q.model_dtype, q.sae_matmul_dtype) == ("float32", "float32")
+    # a reading that agrees with the flags is taken at once (a third call would fail: no reading)
+    r = choose_precision("cpu", "auto", "auto", "auto", SHAPES, probes(5.0, 5.0), flags=("amx_bf16",))
+    assert r.model_dtype == "bfloat16" and "measured again" not in r.reason
+
+
 def test_a_small_bf16_gain_is_not_worth_the_precision():
     p = choose_precision("cpu", "auto", "auto", "auto", SHAPES, probe(BF16_MIN_SPEEDUP * 0.9), flags=())
     assert p.model_dtype == "float32" and "no native bf16 flag" in p.reason
