@@ -255,3 +255,26 @@ def test_a_budget_beyond_the_text_is_refused_before_the_run_folder_exists(tiny_g
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "content tokens" in last and "EXPERIMENT_TOKENS to at most" in last
     assert not out.exists()
+
+
+def test_the_conversion_parses_each_gguf_once_and_restores_the_reader(tmp_path):
+    import gguf
+    import numpy as np
+
+    from sae_harness.language_model import _each_gguf_parsed_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
+    writer.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+        write()
+    writer.close()
+    original = gguf.GGUFReader
+    with _each_gguf_parsed_once():
+        first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is again  # transformers' second and third parse reuse the first
+        assert [bytes(p).decode() for p in (first.fields["tokenizer.ggml.tokens"].parts[i]
+                                            for i in first.fields["tokenizer.ggml.tokens"].data)] == ["a", "b", "c"]
+        assert np.array_equal(np.asarray(first.tensors[0].data).reshape(-1), np.arange(6))
+    assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first
