@@ -50,6 +50,29 @@ def test_training_activations_equal_transformer_lens_hook_resid_post(tiny_lm):
     assert ((ours0 - hidden).norm() / hidden.norm()).item() < 1e-4
 
 
+def test_the_weights_laid_out_for_the_forward_change_no_output_bit(tiny_lm):
+    """The loader stores each block's weights as TransformerLens' forward reads them (no copy in
+    every forward); the usual contiguous layout gives bitwise the same logits and residuals."""
+    import copy
+
+    from sae_harness.language_model import weights_laid_out_for_forward
+
+    preset, lm = tiny_lm
+    usual = copy.deepcopy(lm.model)
+    for param in usual.parameters():
+        param.data = param.data.contiguous()
+    n_blocks = len(lm.model.blocks)
+    assert weights_laid_out_for_forward(copy.deepcopy(usual)) == 7 * n_blocks  # 3 MLP + 4 attention
+    block = lm.model.blocks[0]
+    assert block.mlp.W_in.T.is_contiguous() and not block.mlp.W_in.is_contiguous()
+    rows = list(A.iter_contexts(iter(["The quick brown fox. " * 40]), lm.tokenizer, 32))[:4]
+    tokens = torch.tensor(rows)
+    with torch.inference_mode():
+        assert torch.equal(lm.model(tokens), usual(tokens))
+    assert torch.equal(residual_stream(lm.model, tokens, preset.hook_layer),
+                       residual_stream(usual, tokens, preset.hook_layer))
+
+
 def test_activations_drop_bos_eos_and_pad_positions(tiny_lm):
     preset, lm = tiny_lm
     rows = list(A.iter_contexts(iter(["one two three. " * 10, "four five. " * 10]), lm.tokenizer, 32))
