@@ -168,13 +168,16 @@ def precision(args) -> None:
     print(f"why: {choice.reason}")
 
 
-def kernels(args) -> None:
+def kernels(args, yardstick: dict[str, float]) -> None:
     import torch
     import torch.nn.functional as F
 
     from sae_harness.sae_kernels import ActiveLatents, latent_matmul
 
-    header("kernels: z1 @ W (B 1024, n1 2048, d 640), forward + backward, fp32, 1 thread, best of 5")
+    bf16 = yardstick["bfloat16"] > yardstick["float32"]  # else bf16 dense products are hopeless
+    header("kernels: z1 @ W (B 1024, n1 2048, d 640), forward + backward, 1 thread, best of 5: "
+           "dense in fp32" + (" and in bf16 (autocast, as a bf16 run's dense path)" if bf16 else "")
+           + " vs gathered (always fp32)")
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
     W = torch.randn(2048, 640, generator=generator, requires_grad=True)
@@ -189,19 +192,25 @@ def kernels(args) -> None:
             best = min(best, time.perf_counter() - start)
         return best
 
-    print(f"{'density':>8s} {'dense s':>9s} {'gathered s':>11s} {'gathered/dense':>15s}")
-    for density in (0.01, 0.03, 0.05, 0.1, 0.2, 0.5):
+    print(f"{'density':>8s} {'dense fp32 s':>13s} {'gathered s':>11s} {'gathered/fp32':>14s}"
+          + (f" {'dense bf16 s':>13s} {'gathered/bf16':>14s}" if bf16 else ""))
+    for density in (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5):
         pre = torch.randn(1024, 2048, generator=generator)
         z = F.relu(pre - torch.quantile(pre[0], 1 - density)).requires_grad_()
         active = ActiveLatents.of(z, density_max=1.0)
 
-        def run(which):
-            out = latent_matmul(z, W, which)
-            out.backward(grad)
+        def run(which, dtype=None):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                out = latent_matmul(z, W, which)
+            out.float().backward(grad)
             W.grad = z.grad = None
 
         dense, gathered = seconds(lambda: run(None)), seconds(lambda: run(active))
-        print(f"{density:8.2f} {dense:9.4f} {gathered:11.4f} {gathered / dense:15.2f}")
+        line = f"{density:8.2f} {dense:13.4f} {gathered:11.4f} {gathered / dense:14.2f}"
+        if bf16:
+            dense_bf16 = seconds(lambda: run(None, torch.bfloat16))
+            line += f" {dense_bf16:13.4f} {gathered / dense_bf16:14.2f}"
+        print(line)
     torch.set_num_threads(os.cpu_count() or 1)
 
 
@@ -349,7 +358,7 @@ def main() -> None:
     if "precision" in only:
         precision(args)
     if "kernels" in only:
-        kernels(args)
+        kernels(args, yardstick)
     if "trainers" in only:
         trainers(args, yardstick)
     if "activations" in only:
