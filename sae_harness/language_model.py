@@ -279,8 +279,8 @@ def weights_laid_out_for_forward(model) -> int:
     To match Hugging Face's nn.Linear bitwise, TransformerLens hands F.linear contiguous
     (out, in) weights: the gated MLP's `W.T.contiguous()`, attention's rearranged W_Q / W_K / W_V
     ("h d_model d_head -> (h d_head) d_model") and W_O (".. -> d_model (h d_head)"), each a fresh
-    copy of the weight in every forward (~13% of the embedded model's forward on a 2-core CPU in
-    bf16). Stored so that those views are contiguous already, the same values reach the same
+    copy of the weight in every forward (without them the embedded model's forward ran 1.14x
+    faster in bf16, 1.09x in fp32, on a 2-core Xeon). Stored so that those views are contiguous already, the same values reach the same
     kernel in the same layout: every output is bitwise what it was (tests/test_activations.py);
     only the copies are gone. Weights that are not TransformerLens' usual parameters are left."""
     moved = 0

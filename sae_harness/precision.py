@@ -12,10 +12,10 @@ measurement decides.
 
 The probe takes a fraction of a second: fp32 at the full shape, then bf16 on a slice of rows
 first, and at the full shape only if the slice is not already far slower than fp32. Each timing is
-the best of a few calls after WARMUP_CALLS untimed ones: a process's first bf16 matmuls on an
-AMX CPU ran 10-200 GFLOP/s against ~550 from the third on (oneDNN builds its kernels, each
-thread sets up its tiles), and one such early call, timed alone, once made a run on a Xeon with
-AMX choose an fp32 model (5.5 GFLOP/s measured, 0.018x fp32). Where the verdict contradicts the
+the best of a few calls after WARMUP_CALLS untimed ones: in fresh processes on a Xeon with AMX
+the slice's first three bf16 calls ran ~10, 140-260 and ~520 GFLOP/s (steady ~550), and one
+early call, timed alone, once made a run there choose an fp32 model (5.5 GFLOP/s measured,
+0.018x fp32). Where the verdict contradicts the
 CPU's flags (native bf16 measured slower, or no flag and bf16 measured faster) the probe measures
 once more and that second measurement decides; the reason line shows both.
 
@@ -222,8 +222,8 @@ def choose_precision(device: str, requested: str, model_dtype: str, matmul_dtype
     for name, pinned in (("model", model_dtype), ("sae", matmul_dtype)):
         speed = speeds[name]
         if name in contradicted:
-            speed_text = (f"{speed.describe()}; measured again: the first probe, {contradicted[name].describe()}, "
-                          f"contradicted the CPU's flags")
+            speed_text = (f"{speed.describe()}; measured again: the first probe, "
+                          f"{contradicted[name].describe()}, contradicted the CPU's flags")
         else:
             speed_text = speed.describe()
         if pinned != "auto":
@@ -272,10 +272,10 @@ def precision_for_run(preset, location, requested: str, matmul_dtype: str, batch
                          sae=(batch_size, d_model, d_sae))
     path = None
     if cache_dir is not None and torch.device(preset.device).type == "cpu":
-        key = {"probe": PROBE_VERSION, "cpu": cpu_name(), "flags": cpu_bf16_flags(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "shapes": asdict(shapes), "requested": requested,
-               "model_dtype": preset.model_dtype, "matmul_dtype": matmul_dtype,
-               "isa_limits": {name: os.environ.get(name) for name in ISA_VARIABLES}}
+        key = {"probe": PROBE_VERSION, "cpu": cpu_name(), "flags": cpu_bf16_flags(),
+               "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "shapes": asdict(shapes), "requested": requested, "model_dtype": preset.model_dtype,
+               "matmul_dtype": matmul_dtype, "isa_limits": {name: os.environ.get(name) for name in ISA_VARIABLES}}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         path = Path(cache_dir) / "precision" / f"{digest}.json"
         try:
