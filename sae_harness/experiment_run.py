@@ -110,8 +110,10 @@ class ExperimentRun:
         self.origin = self._provenance()
         print(f"[run] {directory.path}: variant {cfg.variant}, preset {self.preset.name} "
               f"({env.preset_reason})" + (" - resuming an unfinished run" if resuming else ""))
-        print(f"[run] code {self.origin['git']['commit']}"
-              f"{' (modified)' if self.origin['git']['dirty'] else ''}; "
+        changed = self.origin["git"].get("changed") or []
+        modified = (f" (modified: {', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
+                    if self.origin["git"]["dirty"] else "")
+        print(f"[run] code {self.origin['git']['commit']}{modified}; "
               + ", ".join(f"{k} {v}" for k, v in self.origin["packages"].items()))
         if "cpu_heap" in self.origin:
             print(f"[run] CPU heap: {self.origin['cpu_heap']}")

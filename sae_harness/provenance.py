@@ -24,8 +24,14 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
-def git_state(repo: Path) -> dict[str, str | bool | None]:
-    """Commit of the code that ran, and whether the working tree differed from it."""
+# What runs write into the checkout themselves (the notebook, the study's run folders): a change
+# there is not a change to the code, or every second run of a loop would say "modified".
+WRITTEN_BY_RUNS = (":(exclude)notes.txt", ":(exclude,glob)run_*/**")
+
+
+def git_state(repo: Path) -> dict[str, str | bool | list[str] | None]:
+    """Commit of the code that ran, whether the working tree's tracked files differed from it
+    (leaving out what runs write themselves), and which files those were."""
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
@@ -35,8 +41,11 @@ def git_state(repo: Path) -> dict[str, str | bool | None]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    names = git("diff", "--name-only", "HEAD", "--", ".", *WRITTEN_BY_RUNS)
+    if names is None:
+        return {"commit": commit, "dirty": None, "changed": None}
+    changed = names.splitlines()
+    return {"commit": commit, "dirty": bool(changed), "changed": changed}
 
 
 def cpu_name() -> str:
