@@ -47,7 +47,7 @@ from sae_harness.precision import Precision, precision_for_run
 from sae_harness.preflight import preflight
 from sae_harness.presets import RunEnvironment
 from sae_harness.provenance import provenance
-from sae_harness.run_directory import CHECKPOINT, CONFIG, RunDirectory, json_round_trip, read_json
+from sae_harness.run_directory import CHECKPOINT, CONFIG, NOTEBOOK, RunDirectory, json_round_trip, read_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,9 +110,9 @@ class ExperimentRun:
         self.origin = self._provenance()
         print(f"[run] {directory.path}: variant {cfg.variant}, preset {self.preset.name} "
               f"({env.preset_reason})" + (" - resuming an unfinished run" if resuming else ""))
-        changed = self.origin["git"].get("changed") or []
+        changed = self.origin["git"]["changed"] or []
         modified = (f" (modified: {', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
-                    if self.origin["git"]["dirty"] else "")
+                    if changed else "")
         print(f"[run] code {self.origin['git']['commit']}{modified}; "
               + ", ".join(f"{k} {v}" for k, v in self.origin["packages"].items()))
         if "cpu_heap" in self.origin:
@@ -254,7 +254,7 @@ class ExperimentRun:
         directory.set_status("finished", seconds=self.phases["total"], peak_rss_gb=peak_memory_gb(),
                              degenerate_reasons=reasons, warnings=warnings,
                              phase_seconds=self.phases)
-        update_notes(directory.path.resolve().parent / "notes.txt", directory.path)
+        update_notes(directory.path.resolve().parent / NOTEBOOK, directory.path)
         print(f"[run] finished {directory.path} in {self.phases['total']:.0f} s")
         if outcome.failed or reasons:  # the loop reads the tail of stderr: say it last, on one line
             problems = [f"eval {name} failed: {why}" for name, why in outcome.failed.items()]

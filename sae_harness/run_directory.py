@@ -36,6 +36,7 @@ CONFIG = "config.json"
 TRAINING_LOG = "training_log.jsonl"
 SAE_DIR = "sae"
 CHECKPOINT = "checkpoints/train_state.pt"
+NOTEBOOK = "notes.txt"  # beside the run folders: one section per run (notes.py)
 EVALUATIONS = ("weights", "hierarchy", "core", "sparse_probing", "absorption")
 """Every evaluation, in the order a run makes them; each writes `<name>.json` and a group."""
 RESULT_GROUPS = ("training", *EVALUATIONS)
