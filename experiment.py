@@ -8,10 +8,12 @@ The command line takes --out_dir only; environment variables steer a run (README
 EXPERIMENT_PRESET, EXPERIMENT_VARIANT, EXPERIMENT_TOKENS, EXPERIMENT_CACHE, EXPERIMENT_OVERWRITE,
 EXPERIMENT_PRECISION, EXPERIMENT_CPU_HEAP.
 
-This file is the experiment, top to bottom: its configuration (Config: the defaults ARE the
-default run; a variant is a change from them; the embedded setting shrinks a few sizes), the
-schedules, the SAE, its trainer, the training loop, main. The machinery it stands on (model,
-activations, run directory, checkpoints, evaluations) lives in sae_harness/.
+This file is the experiment, top to bottom: what the harness reads from it (HARNESS_READS), its
+configuration (Config: the defaults ARE the default run in the real setting; a variant is a
+change from them; the embedded setting divides a few sizes by stated factors), the schedules,
+the SAE, its trainer, the training loop, main. Every value a run uses is the one written here,
+or is printed at start with why it differs. The machinery it stands on (model, activations, run
+directory, checkpoints, evaluations) lives in sae_harness/.
 
 The SAE, for an input x in R^d scaled by one scalar so that E||x||^2 = d:
     base level (n1 latents)     z1 = ReLU((x - b_dec) W_enc1 + b_enc1)
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -36,27 +38,68 @@ from sae_harness.activations import ActivationData
 from sae_harness.command_line import run_command
 from sae_harness.concept_diagnostics import concept_diagnostics
 from sae_harness.config_checks import check_config
+from sae_harness.contract import check_contract
 from sae_harness.errors import ConfigurationError
 from sae_harness.experiment_run import ExperimentRun
 from sae_harness.firing_clock import FiringClock
-from sae_harness.language_model import torch_dtype
-from sae_harness.precision import resolve_matmul_dtype
-from sae_harness.presets import Preset, RunEnvironment
+from sae_harness.presets import RunEnvironment
 from sae_harness.run_directory import RunDirectory
 from sae_harness.sae_bench_view import TwoLevelSAE
-from sae_harness.sae_kernels import (ActiveLatents, centred_encoder, latent_matmul,
+from sae_harness.sae_checks import check_sae
+from sae_harness.sae_kernels import (ActiveLatents, centred_encoder, kernel_mode, latent_matmul,
                                      selected_preactivations)
 from sae_harness.training_session import TrainerState, TrainingSession
 
 
+# === What the harness reads from this file ===================================================
+# sae_harness reads these names and no others of Config, SAEOutput, LossTerms and the SAE (plus
+# the functions main and run_experiment below). They are checked when a run starts, before any
+# model work: an edit that renames or removes one stops the run with one line naming it.
+HARNESS_READS = {
+    "Config": {
+        "variant": "config.json, notes and plots",
+        "training_tokens": "the activations to collect and the token-budget check",
+        "heldout_tokens": "the held-out activations (explained variance, analyses)",
+        "batch_size": "the activation batches and the training session's token counts",
+        "seed": "the order of the activation batches",
+        "concept_k": "notes, plots and degeneracy checks (0: no concept level)",
+        "d_sae_base": "the precision probe's shapes and the degeneracy checks",
+        "matmul_dtype": "the precision choice",
+        "log_every": "the training session's log steps",
+        "checkpoint_every_steps": "the training session's checkpoints",
+        "checkpoint_every_minutes": "the training session's checkpoints",
+        "dead_window_tokens": "the training session's dead-latent warning",
+        "dead_warning_fraction": "the training session's dead-latent warning",
+    },
+    "SAEOutput": {
+        "x_hat": "explained variance on held-out tokens",
+        "z1": "SAE-Bench's encode, held-out L0, the hierarchy analysis",
+        "z2_values": "SAE-Bench's encode, held-out L0, the hierarchy analysis",
+        "z2_indices": "SAE-Bench's encode, held-out L0, the hierarchy analysis",
+        "z2_pre": "the concept diagnostics in the training log",
+    },
+    "LossTerms": {
+        "total": "the training log and progress bar, divergence checks",
+        "reconstruction": "the training log and progress bar",
+        "l0_base": "the training log and progress bar",
+    },
+    "SAE": {name: "SAE-Bench's view of the SAE and the weight analysis" for name in (
+        "W_enc1", "b_enc1", "W_dec1", "W_enc2", "b_enc2", "W_dec2", "b_dec", "forward_levels")},
+}
+
+
 # === Configuration =========================================================================
+DEFAULT_VARIANT = "tuned_cosine"  # what a run trains unless EXPERIMENT_VARIANT names another
+
+
 @dataclass
 class Config:
     """Hyperparameters of one run; the defaults are the default variant (DEFAULT_VARIANT) in the
-    real setting. Step counts are given for the reference run (REFERENCE_STEPS steps) and scale
-    with the run's own step count, so ramps and restarts keep their place."""
+    real setting. Schedule lengths are fractions of the run's steps (named *_fraction), so T, the
+    warm-up and the restart period mean the same in both settings and at any token budget; the
+    other step counts are steps."""
 
-    variant: str = "tuned_cosine"  # the VARIANTS entry this came from; recorded, not acted on
+    variant: str = DEFAULT_VARIANT  # the VARIANTS entry this came from; recorded, not acted on
 
     # --- shape ---------------------------------------------------------------------------------
     d_sae_base: int = 16384  # n1, the base-level width (latents)
@@ -77,8 +120,9 @@ class Config:
     lw_base: float = 0.02
     lw2_min: float = 0.001
     lw2_max: float = 0.12
-    lw2_ramp_steps: int = 5000
-    """T: lw2 rises from lw2_min to lw2_max along a half cosine over T steps, then stays."""
+    lw2_ramp_fraction: float = 5 / 12
+    """T as a fraction of the run: lw2 rises from lw2_min to lw2_max along a half cosine over T
+    steps, then stays (the idea's T = 5000 of a 12,000-step run)."""
 
     # --- initialisation ----------------------------------------------------------------------------
     base_init: Literal["xavier_normal", "dictionary_learning"] = "xavier_normal"
@@ -98,14 +142,16 @@ class Config:
     """[optimisation] The idea's and template's 3e-4 (*_as_written, baseline) gives EV 0.825 at
     base L0 77 in the embedded run, 1e-3 EV 0.870 at L0 49 (results/concept_ablation.md)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    lr_warmup_steps: int = 1000  # linear warm-up from lr/warmup to lr
-    min_lr_warmup_steps: int = 1
-    """[aid: optimisation, off] The scaled warm-up lasts at least this many steps (81 in the
-    embedded run; SAE-Lens warms up 5% of steps, dictionary_learning and H-SAE 1000-2000)."""
+    lr_warmup_fraction: float = 1 / 12
+    """Linear warm-up from lr/warmup to lr over this fraction of the run's steps (the idea's 1000
+    of 12,000; SAE-Lens warms up 5% of steps, dictionary_learning and H-SAE 1000-2000 steps)."""
+    min_lr_warmup_steps: int = 1  # [aid: optimisation, off] the warm-up lasts at least this many steps
     lr_schedule: Literal["constant", "cosine", "cosine_restarts"] = "cosine_restarts"
     """After warm-up: 'constant', 'cosine' (one decay to lr_min_ratio*lr over the run) or
     'cosine_restarts' (cosine annealing with warm restarts, SGDR)."""
-    lr_restart_period_steps: int = 2000  # first cosine period after warm-up ('cosine_restarts')
+    lr_restart_period_fraction: float = 1 / 6
+    """First cosine period after warm-up ('cosine_restarts'), as a fraction of the run's steps
+    (the idea's 2000 of 12,000)."""
     lr_restart_mult: float = 2.0  # each period is this many times the previous one
     lr_min_ratio: float = 0.1  # eta_min as a fraction of lr
 
@@ -124,9 +170,9 @@ class Config:
     l1_on_topk: bool = False
     """[objective] l1_concept on the TopK activations, as the idea; no trusted TopK trainer has it
     (OpenAI, dictionary_learning, sparsify, SAE-Lens: k sets the sparsity). It kills the level."""
-    concept_penalty_warmup_steps: int = 0
-    """[optimisation, off] l1_concept and lw2(t) rise from 0 over this many (scaled) steps, as
-    SAE-Lens' l1_warm_up_steps and dictionary_learning's sparsity warm-up (1000)."""
+    concept_penalty_warmup_fraction: float = 0.0
+    """[optimisation, off] l1_concept and lw2(t) rise from 0 over this fraction of the run's
+    steps, as SAE-Lens' l1_warm_up_steps and dictionary_learning's sparsity warm-up (1000)."""
     concept_recon_coef: float = 0.0
     """[objective, off] + coef * ||x - (z2 W_dec2 + b_dec)||^2 / (d s^2): the concept level's own
     reconstruction target, as H-SAE's 0.1 x parent-only reconstruction loss."""
@@ -160,13 +206,37 @@ class Config:
         return self.training_tokens // self.batch_size
 
     def __post_init__(self):
-        check_config(self)  # impossible settings refused before any work (config_checks.py)
+        check_config(self, NON_NEGATIVE, POSITIVE, self.problems())  # each named (config_checks.py)
+
+    def problems(self) -> list[str]:
+        """Settings that cannot work together (signs and Literal choices: check_config)."""
+        found = []
+        if self.lw2_max < self.lw2_min:
+            found.append(f"lw2_max={self.lw2_max} is below lw2_min={self.lw2_min}")
+        if self.concept_k > 0 and self.concept_ratio > 0:
+            if self.d_sae_base % self.concept_ratio:
+                found.append(f"d_sae_base={self.d_sae_base} is not divisible by concept_ratio={self.concept_ratio}")
+            elif self.concept_k > self.n_concept:
+                found.append(f"concept_k={self.concept_k} exceeds the {self.n_concept} concept latents")
+        if self.batch_size > self.training_tokens:
+            found.append(f"batch_size={self.batch_size} exceeds training_tokens={self.training_tokens}")
+        if self.lr_restart_mult < 1:
+            found.append(f"lr_restart_mult={self.lr_restart_mult} must be at least 1")
+        if not 0 < self.lr_warmup_fraction <= 1:
+            found.append(f"lr_warmup_fraction={self.lr_warmup_fraction} is not in (0, 1]")
+        return found
 
 
-REFERENCE_STEPS = 12_000  # Config's step counts are for a run of this many steps (scaled)
-DEFAULT_VARIANT = "tuned_cosine"  # what a run trains unless EXPERIMENT_VARIANT names another
+NON_NEGATIVE = ("l1_base", "l1_concept", "lw_base", "lw2_min", "lw2_max", "init_scale_concept",
+                "lr_min_ratio", "weight_decay", "concept_recon_coef", "auxk_alpha", "concept_k",
+                "concept_penalty_warmup_fraction", "auxk_k", "min_lr_warmup_steps",
+                "concept_balance_rate")
+POSITIVE = ("d_sae_base", "concept_ratio", "batch_size", "lr", "init_scale_base", "log_every",
+            "lr_restart_period_fraction", "lw2_ramp_fraction", "heldout_tokens",
+            "concept_init_base", "auxk_dead_tokens", "training_tokens")
+"""Fields whose sign is checked (a name Config lacks is refused, never skipped)."""
 
-AS_WRITTEN = dict(l1_on_topk=True, concept_penalty_warmup_steps=0, concept_recon_coef=0.0,
+AS_WRITTEN = dict(l1_on_topk=True, concept_penalty_warmup_fraction=0.0, concept_recon_coef=0.0,
                   auxk_alpha=0.0, concept_init="random", concept_balance_rate=0.0,
                   min_lr_warmup_steps=1, lr=3e-4)
 """Every concept-level aid off and the idea's lr: the idea exactly as written."""
@@ -197,25 +267,52 @@ VARIANT_TITLES = {"tuned_cosine": "Tuned cosine (this idea)",  # names in notes.
                   "cosine_sparsity_as_written": "Previous cosine variant as written",
                   "baseline": "Baseline (vanilla ReLU SAE)"}
 
-SETTING_SIZES: dict[str, dict] = {
-    # the embedded setting (Gemma-3-270M on a CPU) shrinks sizes and budgets (batch 2048 -> 512)
-    "embedded": dict(d_sae_base=2048, batch_size=512, training_tokens=500_000, heldout_tokens=16_384,
-                     log_every=10, dead_window_tokens=100_000, auxk_dead_tokens=20_000),
+SETTING_SHRINK: dict[str, dict[str, float]] = {
+    "real": {},  # Gemma-2-2B on CUDA: Config as written
+    # Gemma-3-270M on a CPU: the same experiment with these fields divided by these factors
+    "embedded": dict(training_tokens=100, d_sae_base=8, batch_size=4, heldout_tokens=4,
+                     log_every=2.5, dead_window_tokens=10, auxk_dead_tokens=10),
 }
-"""The only other changes to Config: per setting (the real setting takes the defaults)."""
+"""The one place where a setting changes Config: each field divided by its factor (rounded), so
+an edit of Config reaches both settings in proportion (50M tokens -> 500k, 16384 -> 2048)."""
 
 
-def make_config(variant: str, setting: str, training_tokens: int | None = None,
-                overrides: dict | None = None) -> Config:
-    """Config's defaults, changed by the setting's sizes, the variant, a token budget
-    (EXPERIMENT_TOKENS) and `overrides` (tests), in that order."""
+def configure(variant: str | None = None, setting: str = "real", training_tokens: int | None = None,
+              overrides: dict | None = None) -> tuple[Config, list[str]]:
+    """The run's Config and every way it differs from Config's defaults, with why: the variant
+    (DEFAULT_VARIANT when None), the setting's shrink factors, a token budget (EXPERIMENT_TOKENS)
+    and `overrides` (tests, scripts), in that order."""
+    variant = variant or DEFAULT_VARIANT
     if variant not in VARIANTS:
-        raise ConfigurationError(
-            f"EXPERIMENT_VARIANT={variant!r} is not a variant; use one of {sorted(VARIANTS)}")
-    changes = {**SETTING_SIZES.get(setting, {}), **VARIANTS[variant], "variant": variant}
-    if training_tokens is not None:
-        changes["training_tokens"] = training_tokens
-    return Config(**{**changes, **(overrides or {})})
+        raise ConfigurationError(f"EXPERIMENT_VARIANT={variant!r} is not a variant; use one of "
+                                 f"{sorted(VARIANTS)} (or set DEFAULT_VARIANT to one)")
+    if setting not in SETTING_SHRINK:
+        raise ConfigurationError(f"no SETTING_SHRINK entry for the {setting!r} setting")
+    cfg = Config(**{**VARIANTS[variant], "variant": variant})
+    shrunk = {name: type(getattr(cfg, name))(max(1, round(getattr(cfg, name) / factor)))
+              for name, factor in SETTING_SHRINK[setting].items()}
+    later = {**({"training_tokens": training_tokens} if training_tokens is not None else {}),
+             **(overrides or {})}
+    final = replace(cfg, **{**shrunk, **later})
+    written = Config()
+    why: dict[str, list[str]] = {}
+    for name in VARIANTS[variant]:
+        why.setdefault(name, []).append(f"variant {variant}")
+    for name, factor in SETTING_SHRINK[setting].items():
+        why.setdefault(name, []).append(f"{setting} setting /{factor:g}")
+    for name in later:
+        why[name] = ["EXPERIMENT_TOKENS" if name == "training_tokens" and name not in (overrides or {})
+                     else "overrides"]
+    changes = [f"{f.name} {getattr(written, f.name)!r} -> {getattr(final, f.name)!r} ({', then '.join(why[f.name])})"
+               for f in fields(Config) if f.name != "variant"
+               and getattr(final, f.name) != getattr(written, f.name)]
+    return final, changes
+
+
+def make_config(variant: str | None = None, setting: str = "real", training_tokens: int | None = None,
+                overrides: dict | None = None) -> Config:
+    """configure's Config alone (scripts, tests)."""
+    return configure(variant, setting, training_tokens, overrides)[0]
 
 
 # === Schedules =============================================================================
@@ -226,18 +323,19 @@ def lw2_at(step: int, lw2_min: float, lw2_max: float, ramp_steps: int) -> float:
 
 
 class StepSchedule:
-    """Learning-rate factor and lw2 per step, with step counts scaled to this run's length."""
+    """Learning-rate factor and lw2 per step; the schedule lengths are Config's fractions of this
+    run's steps (at least one step each)."""
 
     def __init__(self, cfg: Config):
-        def scaled(steps: int) -> int:
-            return max(1, round(steps * cfg.total_steps / REFERENCE_STEPS))
+        def steps(fraction: float) -> int:
+            return max(1, round(fraction * cfg.total_steps))
 
         self.cfg, self.total_steps = cfg, cfg.total_steps
-        self.warmup = min(max(scaled(cfg.lr_warmup_steps), cfg.min_lr_warmup_steps), cfg.total_steps)
-        self.lw2_ramp = scaled(cfg.lw2_ramp_steps)
-        self.restart_period = scaled(cfg.lr_restart_period_steps)
+        self.warmup = min(max(steps(cfg.lr_warmup_fraction), cfg.min_lr_warmup_steps), cfg.total_steps)
+        self.lw2_ramp = steps(cfg.lw2_ramp_fraction)
+        self.restart_period = steps(cfg.lr_restart_period_fraction)
         # steps over which l1_concept and lw2 rise from 0 (0: none)
-        self.penalty_warmup = scaled(cfg.concept_penalty_warmup_steps) if cfg.concept_penalty_warmup_steps else 0
+        self.penalty_warmup = steps(cfg.concept_penalty_warmup_fraction) if cfg.concept_penalty_warmup_fraction else 0
 
     def lw2(self, step: int) -> float:
         return lw2_at(step, self.cfg.lw2_min, self.cfg.lw2_max, self.lw2_ramp)
@@ -274,8 +372,8 @@ class StepSchedule:
 class SAEOutput(NamedTuple):
     x_hat: torch.Tensor  # (B, d) reconstruction
     z1: torch.Tensor  # (B, n1) base latents
-    z2_values: torch.Tensor  # (B, k) selected concept latents' values (empty: no concept level)
-    z2_indices: torch.Tensor  # (B, k) and their indices
+    z2_values: torch.Tensor  # (B, m) concept latents' values in m slots a token (any m; an empty
+    z2_indices: torch.Tensor  # slot holds 0, e.g. BatchTopK's padding) and their indices (B, m)
     base_active: ActiveLatents | None = None  # z1's nonzero entries when the sparse path ran
     z2_pre: torch.Tensor | None = None  # (B, n2) concept pre-activations, no gradient
     x_hat_concept: torch.Tensor | None = None  # (B, d) z2 W_dec2, the concept level's part
@@ -288,32 +386,32 @@ class HierarchicalSAE(TwoLevelSAE):
     concat[z1, z2], `W_dec` is concat[W_dec1, W_dec2]) and saves and loads it strictly.
     """
 
-    def __init__(self, d_in: int, n_base: int, n_concept: int, concept_k: int, *,
-                 model_name: str, hook_layer: int, context_size: int,
-                 base_init: str = "xavier_normal", init_scale_base: float = 1.0,
-                 init_scale_concept: float = 0.001, concept_init: str = "random",
-                 concept_init_base: int = 4, balancing: bool = False, seed: int = 0):
-        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        super().__init__()
-        self._set_identity(arguments, d_in, n_base, n_concept, model_name, hook_layer,
-                           context_size, "hierarchical_relu_topk")
-        self.concept_k = concept_k
-        g = torch.Generator().manual_seed(seed)
-        if base_init == "xavier_normal":
-            sigma_base = init_scale_base * math.sqrt(2.0 / (d_in + n_base))
+    INPUT_SCALED = ("b_enc1", "b_enc2", "b_dec", "concept_selection_bias")  # input units
+    SCALE_FREE = ("W_enc1", "W_dec1", "W_enc2", "W_dec2")
+    """Every parameter and buffer, by how it changes when the input scale is folded in
+    (fold_input_scale_; sae_checks.py refuses an SAE whose tensors are not all listed)."""
+
+    def __init__(self, cfg: Config, d_in: int):
+        super().__init__(cfg, d_in, n_base=cfg.d_sae_base, n_concept=cfg.n_concept)
+        n_base, n_concept = self.n_base, self.n_concept
+        self.concept_k = cfg.concept_k
+        self.balancing = cfg.concept_balance_rate > 0
+        g = torch.Generator().manual_seed(cfg.seed)
+        if cfg.base_init == "xavier_normal":
+            sigma_base = cfg.init_scale_base * math.sqrt(2.0 / (d_in + n_base))
         else:  # dictionary_learning: encoder columns of norm ~0.1
-            sigma_base = init_scale_base * 0.1 / math.sqrt(d_in)
+            sigma_base = cfg.init_scale_base * 0.1 / math.sqrt(d_in)
         W_enc1 = torch.randn(d_in, n_base, generator=g) * sigma_base
         self.W_enc1 = nn.Parameter(W_enc1)
         self.b_enc1 = nn.Parameter(torch.zeros(n_base))
         self.W_dec1 = nn.Parameter(F.normalize(W_enc1.T.contiguous(), dim=-1))  # rows contiguous
-        W_enc2 = torch.randn(n_base, n_concept, generator=g) * init_scale_concept
+        W_enc2 = torch.randn(n_base, n_concept, generator=g) * cfg.init_scale_concept
         W_dec2 = F.normalize(torch.randn(n_concept, d_in, generator=g), dim=-1)
-        if concept_init == "base_subsets" and n_concept:
+        if cfg.concept_init == "base_subsets" and n_concept:
             # concept c reads m random base latents and decodes to the normalised sum of theirs
-            subsets = torch.stack([torch.randperm(n_base, generator=g)[:concept_init_base]
+            subsets = torch.stack([torch.randperm(n_base, generator=g)[:cfg.concept_init_base]
                                    for _ in range(n_concept)])  # (n2, m)
-            W_enc2 = torch.zeros(n_base, n_concept).scatter_(0, subsets.T.contiguous(), init_scale_concept)
+            W_enc2 = torch.zeros(n_base, n_concept).scatter_(0, subsets.T.contiguous(), cfg.init_scale_concept)
             W_dec2 = F.normalize(self.W_dec1.detach()[subsets].sum(1), dim=-1)
         self.W_enc2 = nn.Parameter(W_enc2)
         self.b_enc2 = nn.Parameter(torch.zeros(n_concept))
@@ -321,16 +419,6 @@ class HierarchicalSAE(TwoLevelSAE):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("concept_selection_bias", torch.zeros(n_concept))
         """beta: shifts TopK's choice among positive concept pre-activations (load balancing)."""
-        self.balancing = balancing
-
-    @classmethod
-    def from_config(cls, cfg: Config, d_in: int, preset: Preset) -> HierarchicalSAE:
-        """The SAE a run of `cfg` trains on `preset`'s d_in-wide activations."""
-        return cls(d_in, cfg.d_sae_base, cfg.n_concept, cfg.concept_k, model_name=preset.model_name,
-                   hook_layer=preset.hook_layer, context_size=preset.context_length, seed=cfg.seed,
-                   base_init=cfg.base_init, init_scale_base=cfg.init_scale_base,
-                   init_scale_concept=cfg.init_scale_concept, concept_init=cfg.concept_init,
-                   concept_init_base=cfg.concept_init_base, balancing=cfg.concept_balance_rate > 0)
 
     def forward_levels(self, x: torch.Tensor) -> SAEOutput:
         """Both levels on (B, d) inputs. The products are sae_kernels' exact forms: on a CPU, the
@@ -367,18 +455,12 @@ class HierarchicalSAE(TwoLevelSAE):
             if W.grad is not None:
                 W.grad -= (W.grad * W).sum(-1, keepdim=True) * W
 
-    @torch.no_grad()
-    def fold_input_scale_(self, scale: float) -> None:
-        """Make the SAE read raw activations x = scale * x_normalised: every bias (and TopK's
-        selection bias) times `scale` scales both levels' latents (ReLU and TopK commute with a
-        positive factor), so weights, TopK's choices and unit decoder rows stay as they are."""
-        for b in (self.b_enc1, self.b_enc2, self.b_dec, self.concept_selection_bias):
-            b.mul_(scale)
 
 
 # === The trainer ===========================================================================
 class LossTerms(NamedTuple):
-    """Each term before its coefficient (Config's comment block), the total, and L0 per level."""
+    """Each term before its coefficient (Config's comment block), the total, and L0 per level.
+    Built by keyword; every field (a tensor or a float) goes to the training log by its name."""
 
     total: torch.Tensor
     reconstruction: torch.Tensor
@@ -400,22 +482,25 @@ class HierarchicalTrainer(TrainerState):
     """
 
     def __init__(self, sae: HierarchicalSAE, cfg: Config, first_batch: torch.Tensor,
-                 matmul_dtype: str | None = None):
+                 matmul_dtype: torch.dtype = torch.float32):
         self.sae, self.cfg, self.schedule = sae, cfg, StepSchedule(cfg)
+        self.matmul_dtype = matmul_dtype  # the run's choice (precision.py)
         self.input_scale = math.sqrt(first_batch.pow(2).sum(-1).mean().item() / first_batch.shape[1])
         scaled = first_batch / self.input_scale
         self.input_std = math.sqrt((scaled - scaled.mean(0)).pow(2).sum(-1).mean().item() / scaled.shape[1])
         with torch.no_grad():
             sae.b_dec.copy_(first_batch.mean(0).to(sae.b_dec.device) / self.input_scale)
-        self.matmul_dtype = resolve_matmul_dtype(matmul_dtype or cfg.matmul_dtype, sae.W_enc1.device,
-                                                 cfg.batch_size, sae.d_in, sae.n_base)
-        """cfg.matmul_dtype resolved: a run passes its choice (precision.py); 'auto' measures."""
+        self.kernels, self.kernels_note = check_sae(sae, scaled, HARNESS_READS)
+        """'exact': sae_kernels' sparse products; 'plain': autograd, where an edited forward_levels
+        does not fit them (sae_checks.py: also refuses an SAE that could not be saved or folded)."""
         adamw = cfg.optimizer == "adamw"
         self.optimizer = (torch.optim.AdamW if adamw else torch.optim.Adam)(
             sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, foreach=True,
             **({"weight_decay": cfg.weight_decay} if adamw else {}))
         self.forward_levels = distributed.data_parallel(sae)
         """sae.forward_levels; under torchrun wrapped in DistributedDataParallel (distributed.py)."""
+        self.whole_batch = distributed.WholeBatch()
+        """Figures of the whole batch: under torchrun this rank holds only a share of it."""
         self.firing_base = FiringClock(sae.n_base, sae.W_enc1.device)  # dead latents, AuxK
         self.firing_concept = FiringClock(sae.n_concept, sae.W_enc1.device)
         self.diagnostics: dict[str, float] = {}
@@ -426,8 +511,8 @@ class HierarchicalTrainer(TrainerState):
         latents fired on the batch (n1,)."""
         sae, cfg, schedule = self.sae, self.cfg, self.schedule
         d, s = x.shape[1], self.input_std
-        with torch.autocast(x.device.type, dtype=torch_dtype(self.matmul_dtype),
-                            enabled=self.matmul_dtype != "float32"):
+        with torch.autocast(x.device.type, dtype=self.matmul_dtype,
+                            enabled=self.matmul_dtype != torch.float32), kernel_mode(self.kernels):
             out = self.forward_levels(x)
         zero = x.new_zeros(())
         reconstruction = (x - out.x_hat.float()).pow(2).sum(-1).mean() / (d * s * s)
@@ -461,8 +546,11 @@ class HierarchicalTrainer(TrainerState):
             l0_base = (x.new_tensor(len(out.base_active.rows) / len(x)) if out.base_active
                        else (out.z1 > 0).sum(-1, dtype=torch.float32).mean())
             l0_concept = (out.z2_values > 0).sum(-1, dtype=torch.float32).mean()
-        terms = LossTerms(total, reconstruction, l1_base, l1_concept, weight_l1_base,
-                          weight_l1_concept, concept_reconstruction, auxk, l0_base, l0_concept)
+        terms = LossTerms(total=total, reconstruction=reconstruction, l1_base=l1_base,
+                          l1_concept=l1_concept, weight_l1_base=weight_l1_base,
+                          weight_l1_concept=weight_l1_concept,
+                          concept_reconstruction=concept_reconstruction, auxk=auxk,
+                          l0_base=l0_base, l0_concept=l0_concept)
         return terms, weighted, out, active
 
     def auxk_loss(self, x: torch.Tensor, out: SAEOutput, dead: torch.Tensor) -> torch.Tensor:
@@ -477,7 +565,7 @@ class HierarchicalTrainer(TrainerState):
                                                 indices, out.base_active)).float() * dead[indices]
         error = (x - out.x_hat.float()).detach()
         error_hat = F.embedding_bag(indices, sae.W_dec2, mode="sum", per_sample_weights=values)
-        loss = (error - error_hat).pow(2).sum(-1).mean() / distributed.whole_batch_variance(error)
+        loss = (error - error_hat).pow(2).sum(-1).mean() / self.whole_batch.variance(error)
         return loss * dead.any()
 
     def update(self, step: int, x: torch.Tensor) -> LossTerms:
@@ -494,16 +582,16 @@ class HierarchicalTrainer(TrainerState):
         self.optimizer.zero_grad(set_to_none=True)
         self.sae.normalize_decoder_()
         with torch.no_grad():
-            # under torchrun, what fired is counted over every rank's share (distributed.py)
-            tokens = len(x) * distributed.current().world_size
-            self.firing_base.tick(distributed.all_reduce_max(active.float()) > 0, tokens)
+            whole = self.whole_batch  # what fired is counted over the whole batch
+            tokens = whole.tokens(len(x))
+            self.firing_base.tick(whole.fired(active), tokens)
             if self.sae.n_concept:
                 fired = out.z2_indices[out.z2_values > 0]
-                counts = distributed.all_reduce_sum(torch.bincount(fired, minlength=self.sae.n_concept))
+                counts = whole.counts(torch.bincount(fired, minlength=self.sae.n_concept))
                 self.firing_concept.tick(counts > 0, tokens)
                 if self.cfg.concept_balance_rate:
                     target = self.sae.concept_k / self.sae.n_concept
-                    step_size = self.cfg.concept_balance_rate * distributed.whole_batch_std(out.z2_pre.float())
+                    step_size = self.cfg.concept_balance_rate * whole.std(out.z2_pre.float())
                     self.sae.concept_selection_bias.add_(step_size * torch.sign(target - counts / tokens))
         return terms
 
@@ -512,7 +600,7 @@ class HierarchicalTrainer(TrainerState):
         window = self.cfg.dead_window_tokens
         return {"lr": self.optimizer.param_groups[0]["lr"], "lw2": self.schedule.lw2(step),
                 "concept_penalty_factor": self.schedule.concept_penalty_factor(step),
-                **distributed.mean_over_ranks(terms._asdict()),
+                **self.whole_batch.means(terms._asdict()),
                 "dead_fraction_base": self.firing_base.dead_fraction(window),
                 "dead_fraction_concept": self.firing_concept.dead_fraction(window),
                 **self.diagnostics}
@@ -523,8 +611,8 @@ class HierarchicalTrainer(TrainerState):
 
 
 # === Training ==============================================================================
-def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirectory,
-              matmul_dtype: str | None = None) -> tuple[HierarchicalSAE, dict]:
+def train_sae(cfg: Config, device: str, data: ActivationData, run: RunDirectory,
+              matmul_dtype: torch.dtype = torch.float32) -> tuple[HierarchicalSAE, dict]:
     """Train on the activations, resuming from the run's checkpoint if there is one.
 
     Returns the SAE (with the input scale folded in: it reads raw activations) and the
@@ -532,8 +620,7 @@ def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirecto
     stops on SIGINT/SIGTERM; the loop itself is here.
     """
     torch.manual_seed(cfg.seed)
-    device = preset.device
-    sae = HierarchicalSAE.from_config(cfg, data.d_model, preset).to(device)
+    sae = HierarchicalSAE(cfg, data.d_model).to(device)
     trainer = HierarchicalTrainer(sae, cfg, data.train.first_batch(), matmul_dtype)
     world = distributed.current()  # one process, or a rank of torchrun's (its share of each batch)
     session = TrainingSession(run, cfg, trainer, trainer.schedule.total_steps, is_writer=world.is_main)
@@ -542,13 +629,14 @@ def train_sae(cfg: Config, preset: Preset, data: ActivationData, run: RunDirecto
         print(f"[train] {schedule.total_steps} steps x {cfg.batch_size} tokens; n1={sae.n_base} "
               f"n2={sae.n_concept} k={sae.concept_k}; input scale {trainer.input_scale:.4g}, std "
               f"{trainer.input_std:.3g}; warm-up {schedule.warmup}, lw2 ramp {schedule.lw2_ramp}, "
-              f"restarts at {schedule.restart_steps()}; matmuls {trainer.matmul_dtype}")
+              f"restarts at {schedule.restart_steps()}; matmuls {str(matmul_dtype).split('.')[1]}; "
+              f"gradients by {trainer.kernels_note}")
     batches = data.train.shard(world.rank, world.world_size) if world.distributed else data.train
     for step, x in session.batches(batches):
         terms = trainer.update(step, x.to(device, non_blocking=True))
         session.step_done(step, terms)
     sae.fold_input_scale_(trainer.input_scale)
-    return sae, {**session.summary(), **trainer.values()}
+    return sae, {**session.summary(), **trainer.values(), "plain_autograd": float(trainer.kernels == "plain")}
 
 
 # === Main ==================================================================================
@@ -558,16 +646,18 @@ def run_experiment(out_dir: Path, env: RunEnvironment, overrides: dict | None = 
     An unfinished run in `out_dir` with the same configuration is resumed: training from its
     checkpoint, or, when training had finished, straight to the evaluations.
     """
-    cfg = make_config(env.variant, env.preset.name, env.training_tokens, overrides)
-    with ExperimentRun.start(out_dir, env, cfg, VARIANT_TITLES.get(cfg.variant, cfg.variant)) as run:
+    check_contract(HARNESS_READS, Config=Config, SAEOutput=SAEOutput, LossTerms=LossTerms)
+    cfg, changes = configure(env.variant, env.preset.name, env.training_tokens, overrides)
+    title = VARIANT_TITLES.get(cfg.variant, cfg.variant)
+    with ExperimentRun.start(out_dir, env, cfg, title, changes) as run:
         lm = run.load_language_model()
         data = run.activations(lm)
         if run.training_finished():
             sae = run.trained_sae(HierarchicalSAE.load)
         else:
             started = time.time()
-            sae, summary = train_sae(cfg, run.preset, data, run.directory,
-                                     run.precision.sae_matmul_dtype)
+            sae, summary = train_sae(cfg, run.preset.device, data, run.directory,
+                                     run.precision.sae_torch_dtype)
             run.record_training(sae, summary, data, started)
         return run.evaluate(sae, lm, data)
 

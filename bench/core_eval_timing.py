@@ -38,7 +38,8 @@ def main() -> None:
     preset = replace(PRESETS["embedded"], model_dtype=args.dtype)
     lm = load_language_model(preset, default_cache_dir())
     torch.manual_seed(0)
-    sae = E.HierarchicalSAE.from_config(E.make_config("tuned_cosine", "embedded"), lm.model.cfg.d_model, preset)
+    sae = E.HierarchicalSAE(E.make_config("tuned_cosine", "embedded"), lm.model.cfg.d_model)
+    sae.stamp_identity(preset.model_name, preset.hook_layer, preset.context_length)
     documents = heldout_documents(preset, tokens_needed(core_config(preset)))
     with tempfile.TemporaryDirectory() as folder:
         for label in ("cold (reference computed)", "warm (reference cached)"):

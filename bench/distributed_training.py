@@ -17,16 +17,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import experiment as E  # noqa: E402
 from sae_harness import distributed  # noqa: E402
-from sae_harness.presets import PRESETS  # noqa: E402
+from sae_harness.language_model import torch_dtype  # noqa: E402
 
 steps, batch, d_in, n1, dtype = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 world = distributed.start("cpu")
 cfg = E.make_config("tuned_cosine", "embedded", overrides=dict(
     d_sae_base=n1, batch_size=batch, training_tokens=batch * (steps + 3), matmul_dtype=dtype))
 torch.manual_seed(0)
-sae = E.HierarchicalSAE.from_config(cfg, d_in, PRESETS["embedded"])
+sae = E.HierarchicalSAE(cfg, d_in)
 x = torch.randn(batch, d_in, generator=torch.Generator().manual_seed(1))
-trainer = E.HierarchicalTrainer(sae, cfg, x)
+trainer = E.HierarchicalTrainer(sae, cfg, x, torch_dtype(cfg.matmul_dtype))
 share = batch // world.world_size
 mine = x[world.rank * share:(world.rank + 1) * share]
 for step in range(3):  # warm-up

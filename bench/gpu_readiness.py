@@ -97,17 +97,14 @@ def activation_throughput(args, device: str, dtype: torch.dtype) -> None:
 
 
 def training_throughput(args, device: str) -> None:
-    from dataclasses import replace
 
     import experiment as E
-    from sae_harness.presets import PRESETS
 
     for n_base in args.widths:
         cfg = E.make_config("tuned_cosine", "real", overrides=dict(d_sae_base=n_base, batch_size=args.batch))
-        preset = replace(PRESETS["real"], hook_layer=args.layer, context_length=args.context_length)
-        sae = E.HierarchicalSAE.from_config(cfg, args.d_model, preset).to(device)
+        sae = E.HierarchicalSAE(cfg, args.d_model).to(device)
         x = torch.randn(args.batch, args.d_model, device=device)
-        trainer = E.HierarchicalTrainer(sae, cfg, x)
+        trainer = E.HierarchicalTrainer(sae, cfg, x, torch.bfloat16)
         step = iter(range(10**9))
         seconds = timed(lambda: trainer.update(next(step), x), device, args.repeats)
         rate = args.batch / seconds

@@ -26,12 +26,11 @@ the same SAE and step at the TopK trainers' sparsity.
 
 import copy
 import sys
-from dataclasses import replace
 
 import torch
 
 import experiment as E
-from sae_harness.presets import PRESETS
+from sae_harness.language_model import torch_dtype
 
 TRAINED_STEPS = 150
 _trained: dict[tuple, "HierarchicalStep"] = {}
@@ -44,14 +43,13 @@ class HierarchicalStep:
         if total_steps:
             changes.update(batch_size=batch, training_tokens=batch * total_steps)
         self.cfg = E.make_config("tuned_cosine", "real", overrides=changes)
-        preset = replace(PRESETS["real"], model_name="synthetic", hook_layer=0)
-        self.sae = E.HierarchicalSAE.from_config(self.cfg, d_in, preset).to(device)
+        self.sae = E.HierarchicalSAE(self.cfg, d_in).to(device)
         self.trainer = None
         self.step_offset = 0
 
     def update(self, step, x):
         if self.trainer is None:  # the input scale comes from the first batch, as in training
-            self.trainer = E.HierarchicalTrainer(self.sae, self.cfg, x)
+            self.trainer = E.HierarchicalTrainer(self.sae, self.cfg, x, torch_dtype(self.cfg.matmul_dtype))
         return self.trainer.update(step + self.step_offset, x)
 
 

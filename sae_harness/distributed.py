@@ -109,10 +109,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Each scalar tensor's mean over ranks (its value for one process), as floats, with one
-    collective (and one device sync) for all of them."""
-    stacked = all_reduce_sum(torch.stack([v.detach().float() for v in values.values()]))
+def mean_over_ranks(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Each scalar's (tensor or number) mean over ranks (its value for one process), as floats,
+    with one collective (and one device sync) for all of them."""
+    if not values:
+        return {}
+    device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), _COLLECTIVE_DEVICE)
+    stacked = all_reduce_sum(torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(())
+                                          for v in values.values()]))
     return dict(zip(values, stacked.div(_WORLD.world_size).tolist()))
 
 
@@ -168,6 +172,36 @@ def whole_batch_std(values: torch.Tensor) -> torch.Tensor:
     n, total, squares = all_reduce_sum(torch.stack([values.new_tensor(float(values.numel())),
                                                     values.sum(), values.pow(2).sum()]))
     return ((squares - total * total / n) / (n - 1)).clamp_min(0).sqrt()
+
+
+class WholeBatch:
+    """Figures of the whole global batch, whatever share of it this rank holds: what a trainer
+    asks of the batch goes through here, one method per figure. For one process each is the
+    local figure; under torchrun each is all-reduced over the ranks."""
+
+    def tokens(self, local_rows: int) -> int:
+        """Tokens in the global batch."""
+        return local_rows * _WORLD.world_size
+
+    def fired(self, local_fired: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: which latents fired on any rank's share."""
+        return all_reduce_max(local_fired.float()) > 0
+
+    def counts(self, local_counts: torch.Tensor) -> torch.Tensor:
+        """Per-latent counts summed over the ranks' shares."""
+        return all_reduce_sum(local_counts)
+
+    def variance(self, values: torch.Tensor) -> torch.Tensor:
+        """sum_i ||v_i - mean(v)||^2 / B over the rows of the global batch."""
+        return whole_batch_variance(values)
+
+    def std(self, values: torch.Tensor) -> torch.Tensor:
+        """torch.std of every entry of the global batch."""
+        return whole_batch_std(values)
+
+    def means(self, values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """Each scalar's mean over the ranks, as floats (one collective)."""
+        return mean_over_ranks(values)
 
 
 def from_main(obj):

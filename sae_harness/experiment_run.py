@@ -1,6 +1,6 @@
 """One experiment into one run directory: from the checks before any work to the last stderr line.
 
-    with ExperimentRun.start(out_dir, env, config, variant_title) as run:   # checks, lock, precision
+    with ExperimentRun.start(out_dir, env, config, title, changes) as run:  # checks, lock, precision
         lm = run.load_language_model()
         data = run.activations(lm)
         if run.training_finished():                   # an earlier attempt trained already
@@ -14,8 +14,10 @@ What `start` does, in order: refuses a run that cannot work (preflight: model, t
 a token budget the text cannot supply) before creating anything; prepares and locks the folder
 (a finished run is refused unless EXPERIMENT_OVERWRITE=1, an unfinished one with another
 configuration always); on a CPU makes the heap reuse freed memory (cpu_heap.py); prints and
-records the provenance (config.json, run_status.json 'running'); converts the model if need be
-and chooses the precision (precision.py), which it prints and records in config.json.
+records the provenance (config.json, run_status.json 'running'), and prints and records every
+value of the run that differs from what experiment.py's Config says, with why (`changes`: the
+variant, the setting's shrink factors, EXPERIMENT_TOKENS); converts the model if need be and
+chooses the precision (precision.py), which it prints and records in config.json.
 
 `evaluate` runs every evaluation (a failing one is recorded, the rest still run), flags a
 degenerate SAE (DESIGN 7) in final_info.json, on stdout and in notes.txt, marks the run finished
@@ -62,18 +64,21 @@ def peak_memory_gb() -> float:
 class ExperimentRun:
     """The run directory, the preset with its chosen precision, and the phases' times."""
 
-    def __init__(self, directory: RunDirectory, env: RunEnvironment, cfg, variant_title: str):
+    def __init__(self, directory: RunDirectory, env: RunEnvironment, cfg, variant_title: str,
+                 changes: list[str] | None = None):
         self.directory, self.env, self.cfg = directory, env, cfg
         self.preset = env.preset
         self.variant_title = variant_title
+        self.changes = list(changes or [])
+        """Each value that differs from experiment.py's Config, and why ('field a -> b (why)')."""
         self.phases: dict[str, float] = {}
         self.started = time.time()
 
     # --- start --------------------------------------------------------------------------------
     @classmethod
     @contextmanager
-    def start(cls, out_dir: Path, env: RunEnvironment, cfg, variant_title: str = ""
-              ) -> Iterator[ExperimentRun]:
+    def start(cls, out_dir: Path, env: RunEnvironment, cfg, variant_title: str = "",
+              changes: list[str] | None = None) -> Iterator[ExperimentRun]:
         """Checks, the locked run folder, provenance and precision (module docstring)."""
         preset = env.preset
         preflight(preset, env.cache_dir)
@@ -82,13 +87,13 @@ class ExperimentRun:
         directory = RunDirectory(out_dir)
         if not distributed.current().is_main:  # rank 0 prepares, locks and writes the folder
             distributed.barrier()
-            run = cls(directory, env, cfg, variant_title or cfg.variant)
+            run = cls(directory, env, cfg, variant_title or cfg.variant, changes)
             run._begin_other_rank()
             yield run
             return
         directory.prepare(overwrite=env.overwrite)
         with directory.lock():
-            run = cls(directory, env, cfg, variant_title or cfg.variant)
+            run = cls(directory, env, cfg, variant_title or cfg.variant, changes)
             try:
                 run._begin()
             finally:
@@ -117,6 +122,8 @@ class ExperimentRun:
               + ", ".join(f"{k} {v}" for k, v in self.origin["packages"].items()))
         if "cpu_heap" in self.origin:
             print(f"[run] CPU heap: {self.origin['cpu_heap']}")
+        print("[config] values that differ from experiment.py's Config: "
+              + ("; ".join(self.changes) if self.changes else "none (Config's defaults as written)"))
         self._write_config(None)
         directory.set_status("running", started=self.origin["started"])
 
@@ -151,7 +158,8 @@ class ExperimentRun:
     def _write_config(self, precision) -> None:
         self.directory.write_json(CONFIG, {
             "variant": self.cfg.variant, "variant_title": self.variant_title,
-            "config": asdict(self.cfg), "preset": asdict(self.preset),
+            "config": asdict(self.cfg), "changed_from_experiment_py": self.changes,
+            "preset": asdict(self.preset),
             "preset_reason": self.env.preset_reason, "cache_dir": str(self.env.cache_dir),
             "provenance": self.origin,
             **({"precision": precision.record()} if precision else {})})
@@ -197,6 +205,7 @@ class ExperimentRun:
         """Save the trained SAE, measure it on the held-out tokens, write the training group
         (rank 0 of a torchrun run; the others have nothing to write)."""
         self._training_started = training_started
+        sae.stamp_identity(self.preset.model_name, self.preset.hook_layer, self.preset.context_length)
         if not distributed.current().is_main:
             return
         sae.save(self.directory.sae_dir, {"variant": self.cfg.variant,

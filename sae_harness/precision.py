@@ -108,6 +108,13 @@ class Precision:
     """'model' and 'sae' probes (empty on CUDA or when nothing was measured)."""
     warning: str | None = None
 
+    @property
+    def sae_torch_dtype(self):
+        """sae_matmul_dtype as the torch dtype a trainer takes."""
+        from sae_harness.language_model import torch_dtype
+
+        return torch_dtype(self.sae_matmul_dtype)
+
     def record(self) -> dict:
         """For config.json's provenance."""
         record = asdict(self)

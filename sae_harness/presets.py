@@ -7,7 +7,7 @@ values in this file differ.
 The command line is `--out_dir` only; these environment variables steer a run:
 
     EXPERIMENT_PRESET     real | embedded        (default: real if CUDA and the hub are reachable)
-    EXPERIMENT_VARIANT    baseline | cosine_sparsity | tuned_cosine   (default: tuned_cosine)
+    EXPERIMENT_VARIANT    a name in experiment.py's VARIANTS  (default: its DEFAULT_VARIANT)
     EXPERIMENT_TOKENS     training-token budget, e.g. 200000 or 2e5   (default: the preset's)
     EXPERIMENT_CACHE      cache directory for converted models and activations
                           (default: ~/.cache/sae_harness)
@@ -112,7 +112,8 @@ class RunEnvironment:
     preset: Preset
     preset_reason: str
     """Why this preset: forced by EXPERIMENT_PRESET, or what automatic selection found."""
-    variant: str
+    variant: str | None
+    """EXPERIMENT_VARIANT, or None for experiment.py's DEFAULT_VARIANT."""
     training_tokens: int | None
     """EXPERIMENT_TOKENS, or None for the experiment's default budget."""
     cache_dir: Path
@@ -207,9 +208,7 @@ def read_heap_choice(environ: dict[str, str] | None = None) -> str:
                        "leave it unset to reuse freed memory", environ)
 
 
-def read_run_environment(
-    environ: dict[str, str] | None = None, default_variant: str = "tuned_cosine"
-) -> RunEnvironment:
+def read_run_environment(environ: dict[str, str] | None = None) -> RunEnvironment:
     """Validate the EXPERIMENT_* variables (no model or data is touched)."""
     env = os.environ if environ is None else environ
     tokens = env.get("EXPERIMENT_TOKENS")
@@ -224,7 +223,7 @@ def read_run_environment(
         cpu_heap=read_heap_choice(env),
         preset=preset,
         preset_reason=reason,
-        variant=env.get("EXPERIMENT_VARIANT", "").strip() or default_variant,
+        variant=env.get("EXPERIMENT_VARIANT", "").strip() or None,
         training_tokens=parse_token_budget(tokens) if tokens else None,
         cache_dir=Path(env.get("EXPERIMENT_CACHE") or default_cache_dir()).expanduser(),
         overwrite=overwrite in ("1", "true", "yes"),

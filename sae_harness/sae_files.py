@@ -1,7 +1,7 @@
 """The SAE on disk: its whole state, read back strictly, with SAE-Lens' view of its base level.
 
     sae/sae_state.safetensors     every parameter and buffer of the module (its state_dict)
-    sae/sae_state.json            format version, the class, its constructor arguments, metadata
+    sae/sae_state.json            format version, the class, its Config and d_in, metadata
     sae/cfg.json + sae/sae_weights.safetensors
                                   the base level alone as SAE-Lens' standard ReLU SAE (a view
                                   derived from the state; `sae_lens.SAE.load_from_disk` reads it)
@@ -27,7 +27,8 @@ from sae_harness.run_directory import atomic_folder
 
 STATE_WEIGHTS = "sae_state.safetensors"
 STATE_DESCRIPTION = "sae_state.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""3: the constructor arguments are the Config the SAE was built from and d_in."""
 
 
 def save_sae_files(directory: Path, module: torch.nn.Module, constructor_args: dict[str, Any],

@@ -19,10 +19,17 @@ gradients. Three facts make most of that work unnecessary, without changing what
 Sparse paths run in fp32 (they are bound by memory, not arithmetic); the dense ones run in the
 autocast dtype when autocast is on, as before. Which path a batch takes depends only on its
 own density (SPARSE_DENSITY_MAX), so a run is reproducible.
+
+`kernel_mode("plain")` makes every function here plain autograd ops (the same values, autograd's
+gradients); `kernel_mode("sparse")` takes the gathered paths at any density. A run's trainer
+checks an edited forward_levels against plain autograd through both (sae_checks.py) and trains
+on plain autograd where they disagree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -38,6 +45,24 @@ in the selected pre-activations' backward."""
 SPARSE_DENSITY_MAX = 0.1
 """z1 at most this dense takes the gathered path: where the gathered products stop being faster
 than the dense ones (`bench/run_benchmarks.py --only kernels`; figures in README, "Benchmarks")."""
+
+
+KERNEL_MODES = ("exact", "plain", "sparse")
+_MODE = "exact"
+
+
+@contextmanager
+def kernel_mode(mode: str) -> Iterator[None]:
+    """Within the block: 'exact' (these kernels, the default), 'plain' (plain autograd ops) or
+    'sparse' (these kernels on the gathered paths whatever the density; for checks)."""
+    global _MODE
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"kernel mode {mode!r} is not one of {KERNEL_MODES}")
+    before, _MODE = _MODE, mode
+    try:
+        yield
+    finally:
+        _MODE = before
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -80,6 +105,8 @@ def centred_encoder(x: torch.Tensor, b_dec: torch.Tensor, W: torch.Tensor, b: to
     """(x - b_dec) @ W + b for inputs x that need no gradient (training data).
 
     In the autocast dtype when autocast is on (as torch.addmm would be), else fp32."""
+    if _MODE == "plain":
+        return torch.addmm(b, x - b_dec, W)
     return _CentredEncoder.apply(x, b_dec, W, b, _autocast_dtype(x.device.type))
 
 
@@ -103,14 +130,16 @@ class ActiveLatents(NamedTuple):
     """Start of each row's entries in `cols` (B,)."""
 
     @classmethod
-    def of(cls, z: torch.Tensor, density_max: float = SPARSE_DENSITY_MAX) -> ActiveLatents | None:
-        """The support of z, or None when z is denser than `density_max` (dense products win) or
-        not on a CPU (on a GPU dense products are fast, and counting would wait for the device)."""
-        if z.device.type != "cpu":
+    def of(cls, z: torch.Tensor, density_max: float | None = None) -> ActiveLatents | None:
+        """The support of z, or None when z is denser than `density_max` (SPARSE_DENSITY_MAX;
+        dense products win), not on a CPU (on a GPU dense products are fast, and counting would
+        wait for the device), or in kernel_mode('plain')."""
+        if z.device.type != "cpu" or _MODE == "plain":
             return None
+        density_max = SPARSE_DENSITY_MAX if density_max is None else density_max
         with torch.no_grad():
             sample = z[:DENSITY_SAMPLE_ROWS]
-            if torch.count_nonzero(sample).item() > density_max * sample.numel():
+            if _MODE != "sparse" and torch.count_nonzero(sample).item() > density_max * sample.numel():
                 return None
             rows, cols = z.nonzero(as_tuple=True)
         return cls(rows, cols, _offsets(rows, len(z)))
@@ -206,4 +235,6 @@ def selected_preactivations(z: torch.Tensor, W: torch.Tensor, b: torch.Tensor, p
     """The entries `indices` (B, k) of pre = z @ W + b, differentiable in z, W and b at the cost
     of k entries per row. `pre` must be z @ W + b computed without autograd (no_grad); `active`,
     z's support where it is sparse, lets W's gradient read z's nonzero entries instead."""
+    if _MODE == "plain":
+        return torch.addmm(b, z, W).gather(1, indices)
     return _SelectedPreactivations.apply(z, W, b, pre.detach(), indices, active)

@@ -41,10 +41,27 @@ from sae_harness.run_directory import CHECKPOINT, TRAINING_LOG, RunDirectory, Tr
 class TrainerState:
     """A trainer's checkpointed state, by name: STATE names attributes with their own
     `state_dict` / `load_state_dict` (the SAE, the optimiser, counters), VALUES plain ones (floats).
-    A checkpoint that lacks any of them (another version of the trainer wrote it) is refused."""
+    A checkpoint that lacks any of them (another version of the trainer wrote it) is refused, and
+    so is a trainer holding a tensor or a stateful object (one with `state_dict`) that STATE does
+    not name: a checkpoint would lose it, and a resumed run would differ."""
 
     STATE: tuple[str, ...] = ()
     VALUES: tuple[str, ...] = ()
+
+    def check_state_names(self) -> None:
+        """ConfigurationError for a name in STATE/VALUES the trainer lacks, or a tensor or
+        stateful attribute that STATE leaves out (DistributedDataParallel's wrapper of the SAE,
+        rebuilt at every start, is not state)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        problems = [f"{name} is named in STATE/VALUES but the trainer has no such attribute"
+                    for name in (*self.STATE, *self.VALUES) if not hasattr(self, name)]
+        problems += [f"{name} holds state ({type(value).__name__}) that STATE does not name, so a "
+                     "checkpoint would lose it: add it to STATE" for name, value in vars(self).items()
+                     if name not in self.STATE and not isinstance(value, DistributedDataParallel)
+                     and (isinstance(value, torch.Tensor) or hasattr(value, "state_dict"))]
+        if problems:
+            raise ConfigurationError(f"{type(self).__name__}: " + "; ".join(problems))
 
     def state_dict(self) -> dict:
         return {**{name: getattr(self, name).state_dict() for name in self.STATE},
@@ -71,6 +88,7 @@ class TrainingSession:
         self.run, self.cfg, self.trainer, self.total_steps = run, cfg, trainer, total_steps
         self.is_writer = is_writer
         """False on the ranks of a distributed run that do not write files (all but rank 0)."""
+        trainer.check_state_names()
         self.checkpoint = Checkpoint(run.file(CHECKPOINT))
         self.start_step, self.seconds_before = 0, 0.0
         state = self.checkpoint.load()

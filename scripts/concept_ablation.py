@@ -40,7 +40,7 @@ REQUIRED = ("training", "core", "sparse_probing", "absorption")
 """An arm counts as done with these groups (the hierarchy of a dead concept level has none)."""
 AS_WRITTEN = "tuned_cosine_as_written"
 NO_L1 = {"l1_on_topk": False}
-WARM_UP = {"concept_penalty_warmup_steps": 1000, "min_lr_warmup_steps": 100}
+WARM_UP = {"concept_penalty_warmup_fraction": 1 / 12, "min_lr_warmup_steps": 100}
 RECON = {"concept_recon_coef": 0.1}
 AUXK = {"auxk_alpha": 1 / 32}
 BALANCE = {"concept_balance_rate": E.Config.concept_balance_rate}

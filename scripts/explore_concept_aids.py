@@ -40,14 +40,14 @@ def main(out_path: str, *arms_json: str) -> None:
         with ExperimentRun.start(Path(tmp) / "setup", env, base_cfg) as run:
             lm = run.load_language_model()
             data = run.activations(lm)
-            preset, dtype = run.preset, run.precision.sae_matmul_dtype
+            device, dtype = run.preset.device, run.precision.sae_torch_dtype
         for name, changes in arms.items():
             variant = changes.pop("variant", "tuned_cosine_as_written")
             cfg = E.make_config(variant, "embedded", overrides=changes)
             started = time.time()
             folder = Path(out_path).with_suffix("") / name
             folder.mkdir(parents=True, exist_ok=True)
-            sae, summary = E.train_sae(cfg, preset, data, RunDirectory(folder), dtype)
+            sae, summary = E.train_sae(cfg, device, data, RunDirectory(folder), dtype)
             stats = heldout_statistics(sae, data.heldout)
             row = {"arm": name, "variant": variant, "changes": changes, "seconds": time.time() - started,
                    **{k: stats[k] for k in ("explained_variance", "l0_base", "l0_concept",

@@ -51,9 +51,9 @@ def _write(path: Path, obj) -> None:
 
 
 def config_json(variant: str, **changes) -> dict:
-    config = dict(variant=variant, d_sae_base=N_BASE, concept_ratio=4, lw2_ramp_steps=5000,
-                  init_scale_base=1.0, lr=0.0003, adam_betas=[0.9, 0.999], lr_warmup_steps=1000,
-                  lr_restart_period_steps=2000, lr_restart_mult=2.0, lr_min_ratio=0.1,
+    config = dict(variant=variant, d_sae_base=N_BASE, concept_ratio=4, lw2_ramp_fraction=5 / 12,
+                  init_scale_base=1.0, lr=0.0003, adam_betas=[0.9, 0.999], lr_warmup_fraction=1 / 12,
+                  lr_restart_period_fraction=1 / 6, lr_restart_mult=2.0, lr_min_ratio=0.1,
                   training_tokens=500000, heldout_tokens=16384, batch_size=512, seed=0,
                   log_every=10, dead_window_tokens=100000, dead_warning_fraction=0.5,
                   matmul_dtype="bfloat16")
@@ -133,10 +133,10 @@ def weights_means(has_concepts: bool) -> dict:
 
 def weights_json(has_concepts: bool, seed: int) -> dict:
     """weights.json as sae_harness/evals/weights.py writes it: its analysis of a random SAE."""
-    import experiment as E
+    from saes import hierarchical_sae
     from sae_harness.evals.weights import weight_analysis
 
-    sae = E.HierarchicalSAE(64, N_BASE, N_BASE // 4 if has_concepts else 0, 10 if has_concepts else 0,
+    sae = hierarchical_sae(64, N_BASE, N_BASE // 4 if has_concepts else 0, 10 if has_concepts else 0,
                             model_name="google/gemma-3-270m", hook_layer=6, context_size=128,
                             init_scale_concept=0.01, seed=seed)
     return weight_analysis(sae)[1]

@@ -26,5 +26,5 @@ if step_seconds:
 
     E.HierarchicalTrainer.update = slow_update
 paths = build(conftest.FIXTURES)
-env = tiny_environment(paths["text"], cache_dir, variant=overrides.pop("variant", "tuned_cosine"))
+env = tiny_environment(paths["text"], cache_dir, variant=overrides.pop("variant", None))
 sys.exit(E.main([f"--out_dir={out_dir}"], environment=env, overrides=overrides))

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import experiment as E
+from saes import hierarchical_sae
 from sae_harness.errors import ConfigurationError
 from sae_harness.evals import absorption as A
 from sae_harness.evals import absorption_probe as P
@@ -82,7 +83,7 @@ def letter_lm(tiny_lm):
 
 
 def tiny_sae(seed: int) -> E.HierarchicalSAE:
-    return E.HierarchicalSAE(2304, 256, 64, 4, model_name="google/gemma-2-2b", hook_layer=1,
+    return hierarchical_sae(2304, 256, 64, 4, model_name="google/gemma-2-2b", hook_layer=1,
                              context_size=64, seed=seed)
 
 

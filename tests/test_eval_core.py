@@ -7,7 +7,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import experiment as E
+from saes import hierarchical_sae
 from sae_harness.activations import special_token_ids
 from sae_harness.errors import DataError
 from sae_harness.evals import core as C
@@ -30,7 +30,7 @@ EXPECTED = {  # SAE-Bench's metric names, flattened, plus the per-level and cent
 
 
 def small_sae(preset, dead_base: int = 0):
-    sae = E.HierarchicalSAE(2304, N_BASE, N_CONCEPT, 4, model_name=preset.model_name,
+    sae = hierarchical_sae(2304, N_BASE, N_CONCEPT, 4, model_name=preset.model_name,
                             hook_layer=preset.hook_layer, context_size=preset.context_length,
                             init_scale_concept=1.0)
     with torch.no_grad():

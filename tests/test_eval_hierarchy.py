@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import experiment as E
+from saes import hierarchical_sae
 from sae_harness.evals.hierarchy import (
     binary_entropy,
     hierarchy_consistency,
@@ -135,7 +135,7 @@ READS = [3, 7, 11, 15, 19, 23, 27, 31]
 
 
 def wired_sae():
-    sae = E.HierarchicalSAE(16, 32, 8, 2, model_name="google/gemma-2-2b", hook_layer=1,
+    sae = hierarchical_sae(16, 32, 8, 2, model_name="google/gemma-2-2b", hook_layer=1,
                             context_size=64, seed=0)
     with torch.no_grad():
         sae.W_enc2.zero_()
@@ -207,7 +207,7 @@ def test_null_is_seeded():
 
 
 def test_sae_without_concept_level_is_refused():
-    sae = E.HierarchicalSAE(16, 32, 0, 0, model_name="google/gemma-2-2b", hook_layer=1,
+    sae = hierarchical_sae(16, 32, 0, 0, model_name="google/gemma-2-2b", hook_layer=1,
                             context_size=64)
     with pytest.raises(ValueError, match="no concept level|has none"):
         hierarchy_consistency(sae, activations())

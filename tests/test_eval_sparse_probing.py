@@ -12,7 +12,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import experiment as E
+from saes import hierarchical_sae
 from sae_harness.errors import ConfigurationError, DataError
 from sae_harness.evals import sparse_probing as SP
 from sae_harness.evals.sae_bench_results import read_eval_output
@@ -30,7 +30,7 @@ METRICS = SAE_BENCH_METRICS | STANDARDISED
 
 
 def small_sae(preset):
-    return E.HierarchicalSAE(2304, 256, 64, 4, model_name=preset.model_name,
+    return hierarchical_sae(2304, 256, 64, 4, model_name=preset.model_name,
                              hook_layer=preset.hook_layer, context_size=preset.context_length,
                              init_scale_concept=1.0)
 

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-import experiment as E
+from saes import hierarchical_sae
 from sae_harness.evals.weights import sample_excluding, strongest_base_latents, weight_analysis
 
 
 def make_sae(d=8, n1=16, n2=4, k=1):
-    return E.HierarchicalSAE(d, n1, n2, k, model_name="google/gemma-2-2b", hook_layer=1,
+    return hierarchical_sae(d, n1, n2, k, model_name="google/gemma-2-2b", hook_layer=1,
                              context_size=64)
 
 

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 import experiment as E
 from sae_harness.evals.hierarchy import hierarchy_consistency
-from sae_harness.presets import PRESETS
 
 D, PARENTS, CHILDREN, FREE = 48, 8, 4, 16
 """Input width; parent features; children per parent; features outside the hierarchy."""
@@ -49,10 +48,10 @@ def trained_sae(x: torch.Tensor, steps: int = 1500, batch: int = 256):
         d_sae_base=64, concept_k=2, batch_size=batch, training_tokens=batch * steps, lr=3e-3,
         matmul_dtype="float32", log_every=steps, auxk_dead_tokens=batch * 20,
         # pinned, so that the metric's test does not move with the variant's defaults
-        concept_balance_rate=0.01, concept_recon_coef=0.1, concept_penalty_warmup_steps=1000,
+        concept_balance_rate=0.01, concept_recon_coef=0.1, concept_penalty_warmup_fraction=1 / 12,
         min_lr_warmup_steps=100))
     torch.manual_seed(0)
-    sae = E.HierarchicalSAE.from_config(cfg, D, PRESETS["real"])
+    sae = E.HierarchicalSAE(cfg, D).stamp_identity("google/gemma-2-2b", 12, 128)
     trainer = E.HierarchicalTrainer(sae, cfg, x[:batch])
     for step in range(steps):
         trainer.update(step, x[(step * batch) % len(x):][:batch])

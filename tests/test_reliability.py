@@ -145,11 +145,11 @@ class FakeData:
 
 def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = E.Config(d_sae_base=32, concept_k=2, batch_size=32, training_tokens=32 * 40,
-                   log_every=1, checkpoint_every_steps=5, lr_warmup_steps=1)
+                   log_every=1, checkpoint_every_steps=5, lr_warmup_fraction=1 / 40)
     run = RunDirectory(tmp_path)
     preset = tiny_real_preset(tmp_path)
     with pytest.raises(HarnessError, match="diverged at step 17"):
-        E.train_sae(cfg, preset, FakeData(bad_step=17), run)
+        E.train_sae(cfg, preset.device, FakeData(bad_step=17), run)
     state = Checkpoint(run.file(CHECKPOINT)).load()
     assert state["step"] == 15  # saved after step 14, before the NaN
     assert all(torch.isfinite(v).all() for v in state["trainer"]["sae"].values())

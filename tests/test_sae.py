@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import experiment as E
+from saes import hierarchical_sae
 
 
 def make_sae(d=32, n1=64, k=3, **kwargs):
-    return E.HierarchicalSAE(d, n1, n1 // 4, k, model_name="google/gemma-2-2b", hook_layer=1,
+    return hierarchical_sae(d, n1, n1 // 4, k, model_name="google/gemma-2-2b", hook_layer=1,
                              context_size=64, **kwargs)
 
 
@@ -57,15 +58,15 @@ def test_lw2_schedule_equals_closed_form(step, fraction):
     assert E.lw2_at(step, lo, hi, T) == pytest.approx(lo + (hi - lo) * fraction, abs=1e-12)
 
 
-def schedule(**changes):
-    cfg = E.Config(training_tokens=E.REFERENCE_STEPS * 4096, batch_size=4096, **changes)
+def schedule(steps=12_000, **changes):
+    cfg = E.Config(training_tokens=steps * 4096, batch_size=4096, **changes)
     return E.StepSchedule(cfg)
 
 
 def test_warm_restarts_happen_at_the_configured_steps():
-    s = schedule(lr_schedule="cosine_restarts", lr_warmup_steps=1000, lr_restart_period_steps=2000,
-                 lr_restart_mult=2.0, lr_min_ratio=0.1)
-    assert s.total_steps == E.REFERENCE_STEPS  # reference run: no scaling
+    s = schedule(lr_schedule="cosine_restarts", lr_warmup_fraction=1000 / 12_000,
+                 lr_restart_period_fraction=2000 / 12_000, lr_restart_mult=2.0, lr_min_ratio=0.1)
+    assert s.total_steps == 12_000
     assert s.restart_steps() == [3000, 7000]  # warm-up 1000, then periods 2000 and 4000
     for r in s.restart_steps():
         assert s.lr_factor(r) == pytest.approx(1.0)  # back at the peak
@@ -75,12 +76,18 @@ def test_warm_restarts_happen_at_the_configured_steps():
     assert s.lr_factor(1000 + 1000) == pytest.approx(0.1 + 0.9 * 0.5)  # half a period
 
 
-def test_schedule_steps_scale_with_the_token_budget():
-    cfg = E.Config(training_tokens=E.REFERENCE_STEPS * 4096 // 10, batch_size=4096)
-    s = E.StepSchedule(cfg)
-    assert s.lw2_ramp == round(5000 * s.total_steps / E.REFERENCE_STEPS)
+@pytest.mark.parametrize("steps", [976, 1200, 24_414])
+def test_schedule_lengths_are_the_fractions_of_the_run_they_say(steps):
+    s = schedule(steps=steps)
+    cfg = s.cfg
+    assert s.total_steps == steps
+    assert s.warmup == round(cfg.lr_warmup_fraction * steps)
+    assert s.lw2_ramp == round(cfg.lw2_ramp_fraction * steps)
+    assert s.restart_period == round(cfg.lr_restart_period_fraction * steps)
     assert s.lw2(s.lw2_ramp) == pytest.approx(cfg.lw2_max)  # the ramp completes inside the run
     assert s.lw2_ramp < s.total_steps
+    assert s.lr_factor(s.warmup - 1) == pytest.approx(1.0)  # the warm-up ends where it says
+    assert s.lr_factor(s.warmup - 2) < 1.0
 
 
 def test_constant_and_single_cosine_schedules():
@@ -96,20 +103,20 @@ def test_constant_and_single_cosine_schedules():
 ])
 def test_init_standard_deviations_match_per_level(base_init, expected):
     d, n1 = 256, 2048
-    sae = E.HierarchicalSAE(d, n1, n1 // 4, 10, model_name="m", hook_layer=0, context_size=8,
+    sae = hierarchical_sae(d, n1, n1 // 4, 10, model_name="m", hook_layer=0, context_size=8,
                             base_init=base_init, init_scale_base=1.0, init_scale_concept=0.002)
     assert sae.W_enc1.std().item() == pytest.approx(expected(d, n1), rel=0.02)
     assert sae.W_enc2.std().item() == pytest.approx(0.002, rel=0.02)
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(n1 + n1 // 4), atol=1e-5)
-    sae2 = E.HierarchicalSAE(d, n1, n1 // 4, 10, model_name="m", hook_layer=0, context_size=8,
+    sae2 = hierarchical_sae(d, n1, n1 // 4, 10, model_name="m", hook_layer=0, context_size=8,
                              base_init=base_init, init_scale_base=3.0, init_scale_concept=0.002)
     assert sae2.W_enc1.std().item() == pytest.approx(3 * expected(d, n1), rel=0.02)
 
 
 def test_decoder_rows_stay_unit_norm_after_steps():
     cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=128, training_tokens=128 * 20,
-                   lr=1e-2, lr_warmup_steps=1)
-    sae = E.HierarchicalSAE(32, 64, 16, 3, model_name="m", hook_layer=0, context_size=8,
+                   lr=1e-2, lr_warmup_fraction=1 / 20)
+    sae = hierarchical_sae(32, 64, 16, 3, model_name="m", hook_layer=0, context_size=8,
                             init_scale_concept=0.5)
     trainer = E.HierarchicalTrainer(sae, cfg, torch.randn(128, 32) * 2)
     for step in range(20):
@@ -138,7 +145,7 @@ def test_folding_the_input_scale_makes_the_sae_read_raw_activations():
 def test_baseline_variant_has_no_concept_level():
     cfg = E.make_config("baseline", "embedded")
     assert cfg.n_concept == 0
-    sae = E.HierarchicalSAE(32, 64, 0, 0, model_name="m", hook_layer=0, context_size=8)
+    sae = hierarchical_sae(32, 64, 0, 0, model_name="m", hook_layer=0, context_size=8)
     x = torch.randn(5, 32)
     assert sae.encode(x).shape == (5, 64)
     assert sae.W_dec.shape == (64, 32)
@@ -215,7 +222,7 @@ def test_loss_terms_equal_their_documented_formulas():
 
     # with the aids: no L1 on TopK, penalties warmed up, the concept-only reconstruction, AuxK
     aided = E.Config(d_sae_base=64, concept_k=3, batch_size=32, training_tokens=32 * 10,
-                     matmul_dtype="float32", concept_penalty_warmup_steps=24_000,
+                     matmul_dtype="float32", concept_penalty_warmup_fraction=2.0,
                      concept_recon_coef=0.1, auxk_alpha=1 / 32, auxk_k=4, auxk_dead_tokens=100)
     trainer = E.HierarchicalTrainer(sae, aided, x)
     dead = torch.zeros(16, dtype=torch.bool)
@@ -241,11 +248,11 @@ def test_loss_terms_equal_their_documented_formulas():
 
 def test_trainer_state_round_trips_and_a_foreign_checkpoint_is_refused_clearly():
     cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=128, training_tokens=128 * 20,
-                   lr=1e-2, lr_warmup_steps=1, matmul_dtype="float32")
+                   lr=1e-2, lr_warmup_fraction=1 / 20, matmul_dtype="float32")
 
     def trainer():
         torch.manual_seed(0)
-        sae = E.HierarchicalSAE(32, 64, 16, 3, model_name="m", hook_layer=0, context_size=8)
+        sae = hierarchical_sae(32, 64, 16, 3, model_name="m", hook_layer=0, context_size=8)
         return E.HierarchicalTrainer(sae, cfg, batches[0])
 
     g = torch.Generator().manual_seed(1)

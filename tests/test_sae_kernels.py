@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import experiment as E
+from saes import hierarchical_sae
 from sae_harness.sae_kernels import SPARSE_DENSITY_MAX, ActiveLatents
 
 
@@ -29,7 +29,7 @@ def gradients(sae, forward, x):
 @pytest.mark.parametrize("base_bias, sparse", [(0.0, False), (-4.0, True)])
 def test_fast_products_give_the_plain_outputs_and_gradients(base_bias, sparse):
     torch.manual_seed(0)
-    sae = E.HierarchicalSAE(64, 256, 64, 4, model_name="m", hook_layer=0, context_size=8,
+    sae = hierarchical_sae(64, 256, 64, 4, model_name="m", hook_layer=0, context_size=8,
                             init_scale_concept=1.0)
     with torch.no_grad():
         sae.b_enc1.fill_(base_bias)
@@ -59,9 +59,8 @@ def test_the_support_is_the_nonzero_entries_and_dense_batches_have_none():
 def test_an_sae_cast_to_bf16_encodes_through_the_sparse_products():
     """Absorption evaluates a copy cast to the model's dtype: the gathered products must take
     bf16 weights (they once raised 'weight ... per_sample_weights' type errors there)."""
-    import experiment as E
 
-    sae = E.HierarchicalSAE(32, 256, 64, 4, model_name="m", hook_layer=1, context_size=8,
+    sae = hierarchical_sae(32, 256, 64, 4, model_name="m", hook_layer=1, context_size=8,
                             init_scale_concept=1.0)
     with torch.no_grad():
         sae.b_enc1.fill_(-1.0)  # sparse z1 (~2% of latents): the gathered path

@@ -80,7 +80,7 @@ def tiny_real_preset(text_dir: Path, **changes) -> Preset:
         **changes})
 
 
-def tiny_environment(text_dir: Path, cache_dir: Path, variant: str = "tuned_cosine",
+def tiny_environment(text_dir: Path, cache_dir: Path, variant: str | None = None,
                      overwrite: bool = False) -> RunEnvironment:
     """What the EXPERIMENT_* variables would give, for a run on the tiny fixture
     (EXPERIMENT_PRECISION is read from the environment, so the suite can be run with it forced)."""

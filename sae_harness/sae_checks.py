@@ -1,0 +1,134 @@
+"""What the harness holds an SAE to before training it: checked on the first batch, in seconds.
+
+    kernels, note = check_sae(sae, scaled_batch, HARNESS_READS)
+
+An edit of experiment.py's SAE (a new activation, a BatchTopK concept level, a threshold, a new
+bias or buffer) must either work with everything the harness does with the SAE or stop the run
+at once with one line. So, on a copy of the SAE:
+
+1. every attribute the harness reads (HARNESS_READS["SAE"]) is there;
+2. every tensor is saved and resumed: a tensor attribute that is neither a parameter nor a
+   buffer (it would be lost by save, load and checkpoints) is refused;
+3. every parameter and buffer is declared as in input units (INPUT_SCALED: biases, thresholds)
+   or scale-free (SCALE_FREE: weights), and folding the input scale into the SAE really makes
+   it read raw activations: with every tensor perturbed, the folded SAE's output on 2x the
+   input is 2x the unfolded output on the input (2 is a power of two, so the comparison is
+   exact up to float summation order). A forward that is not positively homogeneous (a fixed
+   threshold, a GELU) is refused, since its folded SAE would read raw activations wrongly;
+4. the gradients through sae_kernels' exact sparse products equal plain autograd's (the
+   kernels on their gathered paths, whatever the density). Where they differ, the run trains on
+   plain autograd (slower, always right) and says so: `kernels` is 'exact' or 'plain'.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from sae_harness.contract import missing_sae_attributes
+from sae_harness.errors import ConfigurationError
+from sae_harness.sae_kernels import kernel_mode
+
+CHECK_ROWS = 64
+"""Rows of the first batch the checks run on."""
+GRADIENT_TOLERANCE = 1e-4
+"""Largest relative difference (to the largest entry of each gradient) between the kernels' and
+plain autograd's gradients that counts as equal (fp32 sums in another order: ~1e-6)."""
+FOLD_TOLERANCE = 1e-4
+"""Largest relative difference between the folded SAE's output on 2x the input and 2x the
+unfolded output."""
+
+
+def check_sae(sae, x: torch.Tensor, reads: dict) -> tuple[str, str]:
+    """Checks 1-4 of the module docstring on `x` (scaled inputs, a few rows); returns the kernel
+    mode to train with ('exact' or 'plain') and a line saying why."""
+    missing_sae_attributes(reads, sae)
+    _check_saved_state(sae)
+    x = x[:CHECK_ROWS].detach().float().to(sae.W_enc1.device)
+    trial = copy.deepcopy(sae).float()
+    _perturb(trial)
+    _check_fold(trial, x)
+    difference, where = _kernel_gradient_difference(trial, x)
+    if difference <= GRADIENT_TOLERANCE:
+        return "exact", (f"sae_kernels' sparse products (gradients equal plain autograd's to "
+                         f"{difference:.1e} on {len(x)} rows)")
+    return "plain", (f"plain autograd: forward_levels' gradients through sae_kernels differ from "
+                     f"autograd's by {difference:.1e} of the largest entry in {where} (an edit the "
+                     "kernels do not fit); slower, but right")
+
+
+def _check_saved_state(sae) -> None:
+    names = [name for name, _ in sae.named_parameters()] + [name for name, _ in sae.named_buffers()]
+    unsaved = [name for name, value in vars(sae).items() if isinstance(value, torch.Tensor)]
+    declared = set(sae.INPUT_SCALED) | set(sae.SCALE_FREE)
+    problems = [f"the tensor {name} is neither a parameter nor a buffer, so saving, loading and "
+                "checkpoints would lose it (use nn.Parameter or self.register_buffer)" for name in unsaved]
+    problems += [f"{name} is in neither INPUT_SCALED nor SCALE_FREE (say whether folding the "
+                 "input scale must multiply it: biases and thresholds are in input units)"
+                 for name in names if name not in declared]
+    problems += [f"{name} is named in INPUT_SCALED/SCALE_FREE but is no parameter or buffer"
+                 for name in sorted(declared - set(names))]
+    if problems:
+        raise ConfigurationError(f"{type(sae).__name__}: " + "; ".join(problems))
+
+
+@torch.no_grad()
+def _perturb(sae) -> None:
+    """Move every parameter and buffer off its initial values (zeros hide a missing fold)."""
+    generator = torch.Generator().manual_seed(0)
+    for _, tensor in [*sae.named_parameters(), *sae.named_buffers()]:
+        if tensor.is_floating_point() and tensor.numel():
+            noise = torch.randn(tensor.shape, generator=generator).to(tensor.device)
+            spread = tensor.float().std().item() if tensor.numel() > 1 else 0.0
+            tensor.add_(noise * (0.1 * spread if spread > 0 else 0.1))
+
+
+@torch.no_grad()
+def _check_fold(sae, x: torch.Tensor) -> None:
+    before = sae.forward_levels(x)
+    folded = copy.deepcopy(sae)
+    folded.fold_input_scale_(2.0)
+    after = folded.forward_levels(2 * x)
+    for name in ("x_hat", "z1"):
+        expected, got = 2 * getattr(before, name).float(), getattr(after, name).float()
+        difference = (got - expected).abs().max().item() / max(expected.abs().max().item(), 1e-12)
+        if difference > FOLD_TOLERANCE:
+            raise ConfigurationError(
+                f"{type(sae).__name__}: after fold_input_scale_(2), {name} on 2x the input is not 2x "
+                f"{name} on the input (relative difference {difference:.2g}): a parameter or buffer in "
+                f"input units is missing from INPUT_SCALED ({', '.join(sae.INPUT_SCALED)}), or "
+                "forward_levels is not positively homogeneous (a fixed threshold, a GELU), so the "
+                "saved SAE could not read raw activations")
+
+
+def _probe_loss(out) -> torch.Tensor:
+    """A fixed random linear function of every differentiable tensor in the SAE's output."""
+    generator, total = torch.Generator().manual_seed(1), 0.0
+    for value in out:
+        if isinstance(value, torch.Tensor) and value.requires_grad and value.is_floating_point():
+            weights = torch.randn(value.shape, generator=generator).to(value.device)
+            total = total + (value.float() * weights).sum()
+    return total
+
+
+def _kernel_gradient_difference(sae, x: torch.Tensor) -> tuple[float, str]:
+    """The largest relative difference between the kernels' gradients (gathered paths) and plain
+    autograd's over the SAE's parameters, and the parameter where it is."""
+    params = dict(sae.named_parameters())
+    grads = {}
+    for mode in ("sparse", "plain"):
+        with kernel_mode(mode):
+            loss = _probe_loss(sae.forward_levels(x))
+        found = (torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+                 if isinstance(loss, torch.Tensor) else [None] * len(params))
+        grads[mode] = [torch.zeros_like(p) if g is None else g for g, p in zip(found, params.values())]
+    worst, where = 0.0, "no parameter"
+    for name, kernels, plain in zip(params, grads["sparse"], grads["plain"]):
+        if not plain.numel():
+            continue  # a level with no latents
+        scale = max(plain.abs().max().item(), kernels.abs().max().item(), 1e-30)
+        difference = (kernels - plain).abs().max().item() / scale
+        if difference > worst:
+            worst, where = difference, name
+    return worst, where
