@@ -82,6 +82,12 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
                                              sae_bench_cache / "absorption", Path(work.name)),
     }
     outcome = EvaluationOutcome()
+    for name in EVALUATIONS:
+        if name not in names:  # not asked for (EXPERIMENT_EVALS): no stale result from earlier
+            outcome.skipped[name] = "not asked for (EXPERIMENT_EVALS)"
+            run.remove_group(name)
+            run.file(f"{name}.json").unlink(missing_ok=True)
+            run.record_outcome("skipped", name, outcome.skipped[name])
     with work:
         for name in names:
             if name == "hierarchy" and not getattr(sae, "n_concept", 0):

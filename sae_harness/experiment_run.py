@@ -248,7 +248,8 @@ class ExperimentRun:
         warnings = training_warnings(self.stats, sae)
         for warning in warnings:
             print(f"[train] WARNING: {warning}")
-        outcome = evaluate_sae(directory, sae, lm, self.preset, data.heldout, self.env.cache_dir)
+        outcome = evaluate_sae(directory, sae, lm, self.preset, data.heldout, self.env.cache_dir,
+                               self.env.evaluations)
         self.phases.update(outcome.done)
 
         # DESIGN 7: flag a degenerate SAE in final_info.json, on stdout and in notes.txt

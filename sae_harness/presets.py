@@ -17,6 +17,9 @@ The command line is `--out_dir` only; these environment variables steer a run:
                           probe at run start measures it faster than fp32; see precision.py)
     EXPERIMENT_CPU_HEAP   reuse | system: on a CPU, glibc reuses freed memory for large tensors
                           instead of fresh pages from the kernel (default reuse; cpu_heap.py)
+    EXPERIMENT_EVALS      all | none | a comma list of weights, hierarchy, core, sparse_probing,
+                          absorption: the evaluations to run (default all; the others are
+                          recorded as skipped, e.g. to iterate on training quickly)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from sae_harness.cpu_heap import HEAP_CHOICES
 from sae_harness.errors import ConfigurationError
+from sae_harness.run_directory import EVALUATIONS
 
 OPENWEBTEXT = "Skylion007/openwebtext"
 """The real setting's text: the id SAE-Bench's core eval uses; loads with datasets<4."""
@@ -122,6 +126,8 @@ class RunEnvironment:
     """EXPERIMENT_PRECISION: auto, float32 or bfloat16."""
     cpu_heap: str = "reuse"
     """EXPERIMENT_CPU_HEAP: reuse or system (cpu_heap.py)."""
+    evaluations: tuple[str, ...] = EVALUATIONS
+    """EXPERIMENT_EVALS: the evaluations to run, in the harness's order."""
 
     def with_preset(self, preset: Preset, reason: str) -> RunEnvironment:
         return replace(self, preset=preset, preset_reason=reason)
@@ -208,6 +214,19 @@ def read_heap_choice(environ: dict[str, str] | None = None) -> str:
                        "leave it unset to reuse freed memory", environ)
 
 
+def read_evaluations(environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    """EXPERIMENT_EVALS, validated: every evaluation when unset or 'all', none for 'none'."""
+    env = os.environ if environ is None else environ
+    text = env.get("EXPERIMENT_EVALS", "").strip().lower()
+    if text in ("", "all"):
+        return EVALUATIONS
+    names = [] if text == "none" else [name.strip() for name in text.split(",") if name.strip()]
+    if unknown := [name for name in names if name not in EVALUATIONS]:
+        raise ConfigurationError(f"EXPERIMENT_EVALS names {', '.join(unknown)}, not an evaluation; "
+                                 f"use all, none or a comma list of {', '.join(EVALUATIONS)}")
+    return tuple(name for name in EVALUATIONS if name in names)
+
+
 def read_run_environment(environ: dict[str, str] | None = None) -> RunEnvironment:
     """Validate the EXPERIMENT_* variables (no model or data is touched)."""
     env = os.environ if environ is None else environ
@@ -221,6 +240,7 @@ def read_run_environment(environ: dict[str, str] | None = None) -> RunEnvironmen
     return RunEnvironment(
         precision=read_precision(env),
         cpu_heap=read_heap_choice(env),
+        evaluations=read_evaluations(env),
         preset=preset,
         preset_reason=reason,
         variant=env.get("EXPERIMENT_VARIANT", "").strip() or None,
