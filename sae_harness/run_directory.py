@@ -370,6 +370,20 @@ def run_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+BASELINE_RUN = "run_0"  # the baseline every run is compared with (and the frontier's home)
+
+
+def baseline_run_dir(runs_dir: Path) -> Path | None:
+    """The baseline run folder for the runs in `runs_dir`: the run_0 beside them (the loop's
+    folder), else the run_0 one folder up (a study folder such as study/, whose runs are compared
+    with the template's top-level run_0); None when neither exists."""
+    runs_dir = Path(runs_dir)
+    for folder in (runs_dir, runs_dir.resolve().parent):
+        if (folder / BASELINE_RUN).is_dir():
+            return folder / BASELINE_RUN
+    return None
+
+
 def _failures(status: dict) -> dict[str, str]:
     failures = status.get("failures")
     return {str(k): str(v) for k, v in failures.items()} if isinstance(failures, dict) else {}
