@@ -36,7 +36,9 @@ CONFIG = "config.json"
 TRAINING_LOG = "training_log.jsonl"
 SAE_DIR = "sae"
 CHECKPOINT = "checkpoints/train_state.pt"
-NOTEBOOK = "notes.txt"  # beside the run folders: one section per run (notes.py)
+NOTEBOOK = "notes.txt"  # beside the run folders: one harness block per run (notes.py)
+STUDY_DIR = "study"  # the committed study's runs (study/run_1 ...), its notes.txt and plots/, out
+                     # of the AI-Scientist loop's way (the loop writes run_1 ... beside run_0)
 EVALUATIONS = ("weights", "hierarchy", "core", "sparse_probing", "absorption")
 """Every evaluation, in the order a run makes them; each writes `<name>.json` and a group."""
 RESULT_GROUPS = ("training", *EVALUATIONS)

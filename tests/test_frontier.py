@@ -90,7 +90,7 @@ def test_the_committed_frontier_and_vs_baseline_fit_their_schemas():
     repo = Path(__file__).resolve().parent.parent
     frontier = FrontierOutput.model_validate(json.loads((repo / "run_0" / "frontier.json").read_text()))
     assert {p.family for p in frontier.points} >= {"relu", "topk"}
-    group = json.loads((repo / "run_2" / "final_info.json").read_text())["vs_baseline"]
+    group = json.loads((repo / "study" / "run_2" / "final_info.json").read_text())["vs_baseline"]
     VsBaselineExtra.model_validate({k: v for k, v in group.items() if k != "means"})
 
 
