@@ -1,12 +1,15 @@
 """Compare runs: PNG figures and a markdown table of headline metrics.
 
-    python plot.py                              the runs in `labels`, from here, into plots/
-    python plot.py --out_dir=plots --runs_dir=.
+    python plot.py                                          every run here, into plots/
+    python plot.py --runs_dir=study --out_dir=study/plots   the committed study, with run_0
 
-Every run_*/final_info.json under --runs_dir is read (our {group: {"means": ...}} shape or the
-legacy flat AI-Scientist dict), with config.json, run_status.json, training_log.jsonl and the
-eval JSONs beside it. Only the runs named in `labels` are shown (all runs when it is empty).
-A run that lacks a group or a file is reported and left out of the panels that need it.
+Every run_*/final_info.json under --runs_dir is read and drawn (our {group: {"means": ...}} shape
+or the legacy flat AI-Scientist dict), with config.json, run_status.json, training_log.jsonl and
+the eval JSONs beside it; when --runs_dir holds no run_0, the baseline run_0 one folder up is
+drawn too (a study folder's runs are compared with the template's run_0). A run's label is its
+entry in `labels` when there is one, else its variant's title (config.json's `variant_title`),
+else 'run_i (variant)'; a name in `labels` with no run is reported. A run that lacks a group or a
+file is reported and left out of the panels that need it.
 
 Figures (in --out_dir):
     sparse_probing.png   top-k probe accuracy vs k: the LLM's residual stream and each SAE
@@ -18,7 +21,7 @@ Figures (in --out_dir):
     concept_diagnostics.png  what decides the concept level's fate: each loss term's share of the
                          concept encoder's gradient, pre-activations, latents alive (early, whole)
     frontier.png         each headline metric against total L0: the baseline frontier
-                         (run_0/frontier.json: ReLU, SAE-Lens TopK and Matryoshka) as curves,
+                         (the baseline's run_0/frontier.json: ReLU, SAE-Lens TopK and Matryoshka) as curves,
                          each run as a point with its seed spread where measured
 
 The table's "vs <family> at equal L0" columns are each run's `vs_baseline` differences (run minus
@@ -51,15 +54,13 @@ from pydantic import ValidationError  # noqa: E402
 
 from sae_harness.evals.schemas import WeightsOutput  # noqa: E402
 from sae_harness.evals.sparse_probing import K_VALUES  # noqa: E402
-from sae_harness.run_directory import RunRecord, load_run, run_number  # noqa: E402
+from sae_harness.run_directory import (BASELINE_RUN, FINAL_INFO, RunRecord,  # noqa: E402
+                                       baseline_run_dir, load_run, run_number)
 
-# The runs to show, with their legend labels; empty: every run_* found.
+# Legend labels by run folder; a run without an entry is labelled by its variant's title. Add an
+# entry for each run you make (every run_* folder with a final_info.json is drawn either way).
 labels = {
     "run_0": "Baseline (vanilla ReLU SAE)",
-    "run_1": "Previous cosine variant",
-    "run_2": "Tuned cosine (this idea)",
-    "run_3": "Previous cosine variant as written",
-    "run_4": "Tuned cosine as written",
 }
 
 ALL_LATENTS_X = 120  # where the probe on all latents / all dimensions sits on the k axis
@@ -96,23 +97,31 @@ class Run:
 # =============================================================================================
 # Finding runs
 # =============================================================================================
-def find_runs(runs_dir: Path, wanted: dict[str, str]) -> list[Run]:
-    """The runs named in `wanted` (all run_* when it is empty), in run order, with colours."""
-    found = {path.parent.name: path.parent for path in Path(runs_dir).glob("run_*/final_info.json")}
-    if wanted:
-        for name in wanted:
-            if name not in found:
-                print(f"{name} ('{wanted[name]}' in labels): no {name}/final_info.json in {runs_dir}; not shown")
-        names = [name for name in wanted if name in found]
-    else:
-        names = sorted(found, key=lambda n: (run_number(n) is None, run_number(n) or 0, n))
+def find_runs(runs_dir: Path, labels: dict[str, str]) -> list[Run]:
+    """Every run_* with a final_info.json under `runs_dir` (and the baseline run_0 one folder up
+    when `runs_dir` has none), in run order, with their labels and colours."""
+    runs_dir = Path(runs_dir)
+    found = {path.parent.name: path.parent for path in runs_dir.glob("run_*/final_info.json")}
+    baseline = baseline_run_dir(runs_dir)
+    if BASELINE_RUN not in found and baseline is not None and (baseline / FINAL_INFO).is_file():
+        print(f"{BASELINE_RUN}: the baseline, from {baseline}")
+        found[BASELINE_RUN] = baseline
+    for name in labels:
+        if name not in found:
+            print(f"{name} ('{labels[name]}' in labels): no {name}/final_info.json in {runs_dir}; not shown")
+    names = sorted(found, key=lambda n: (run_number(n) is None, run_number(n) or 0, n))
     colors = plt.get_cmap("tab10").colors
     runs = []
     for i, name in enumerate(names):
         record = load_run(found[name])
-        label = wanted.get(name) or f"{name} ({record.variant})"
-        runs.append(Run(record, label, matplotlib.colors.to_hex(colors[i % len(colors)])))
+        runs.append(Run(record, run_label(record, labels), matplotlib.colors.to_hex(colors[i % len(colors)])))
     return runs
+
+
+def run_label(record: RunRecord, labels: dict[str, str]) -> str:
+    """The run's entry in `labels`, else its variant's title (config.json), else 'run_i (variant)'."""
+    title = (record.config or {}).get("variant_title")
+    return labels.get(record.name) or title or f"{record.name} ({record.variant})"
 
 
 def read_training_log(path: Path) -> list[dict]:
@@ -606,11 +615,11 @@ def plot_frontier(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | 
     from pydantic import ValidationError
 
     from sae_harness.evals.schemas import FrontierOutput, read_validated
-    from sae_harness.frontier import headline_values
+    from sae_harness.frontier import frontier_path, headline_values
 
-    path = runs[0].record.path.parent / "run_0" / "frontier.json"
+    path = frontier_path(runs[-1].record.path)  # the baseline's frontier, wherever the runs live
     if not path.exists():
-        skipped.append("every run: no run_0/frontier.json (python scripts/build_frontier.py)")
+        skipped.append(f"every run: no {path} (python scripts/build_frontier.py)")
         return None
     try:
         frontier = read_validated(FrontierOutput, path)
@@ -745,8 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = find_runs(Path(args.runs_dir), labels)
     if not runs:
-        print(f"error: no run to plot: no run_*/final_info.json in {args.runs_dir}"
-              + (f" for the runs in labels ({', '.join(labels)})" if labels else ""), file=sys.stderr)
+        print(f"error: no run to plot: no run_*/final_info.json in {args.runs_dir}", file=sys.stderr)
         return 1
     for run in runs:
         if run.record.missing:

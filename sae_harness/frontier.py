@@ -35,7 +35,7 @@ import torch.nn as nn
 from pydantic import ValidationError
 
 from sae_harness.evals.schemas import FrontierOutput, VsBaselineExtra, validated
-from sae_harness.run_directory import read_json
+from sae_harness.run_directory import BASELINE_RUN, baseline_run_dir, read_json
 
 FRONTIER_FILE = "frontier.json"
 FRONTIER_FORMAT = 1
@@ -79,8 +79,11 @@ def frontier_key(config: dict) -> dict:
 
 
 def frontier_path(run_dir: Path) -> Path:
-    """Where a run looks for the frontier: run_0/frontier.json beside it."""
-    return Path(run_dir).parent / "run_0" / FRONTIER_FILE
+    """Where a run looks for the frontier: its baseline's run_0/frontier.json, the run_0 beside
+    it or, for a study run (study/run_2), the top-level run_0 (run_directory.baseline_run_dir)."""
+    run_dir = Path(run_dir)
+    baseline = baseline_run_dir(run_dir.parent) or run_dir.parent / BASELINE_RUN
+    return baseline / FRONTIER_FILE
 
 
 # --- interpolation ---------------------------------------------------------------------------

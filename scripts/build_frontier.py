@@ -8,8 +8,8 @@ Trains, on the study's activations, tokens and eval sizes:
   relu        experiment.py's `baseline` variant at l1_base in RELU_L1 (run_0's setting among them)
   topk        SAE-Lens' TopKTrainingSAE + SAETrainer at k in TOPK_K
   matryoshka  SAE-Lens' MatryoshkaBatchTopKTrainingSAE + SAETrainer at k in MATRYOSHKA_K
-  seeds       `baseline` and the default variant at SEEDS (seed 0: run_0 and run_2 when they are
-              finished runs of exactly that configuration, else trained here)
+  seeds       `baseline` and the default variant at SEEDS (seed 0: run_0 and study/run_2 when they
+              are finished runs of exactly that configuration, else trained here)
 scores every point with the same evals, and writes run_0/frontier.json; each point's run folder
 is run_0/frontier/<point>/ (a finished point is reused, so an interrupted build resumes).
 Later runs read the frontier (final_info.json's `vs_baseline`); see README, "Fair comparisons".
@@ -39,7 +39,7 @@ from sae_harness.frontier import (FRONTIER_FILE, FRONTIER_FORMAT, SAELensView, f
                                   train_sae_lens)
 from sae_harness.heldout import heldout_statistics
 from sae_harness.presets import read_run_environment
-from sae_harness.run_directory import (EVALUATIONS, RunDirectory, atomic_write_json,
+from sae_harness.run_directory import (EVALUATIONS, STUDY_DIR, RunDirectory, atomic_write_json,
                                        holds_finished_run, read_json)
 
 RELU_L1 = (0.04, 0.08, 0.16, 0.32)
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
     frontier_seconds = time.time() - started
 
     seeds: dict[str, list[dict]] = {}
-    for variant, reuse in (("baseline", root), (E.DEFAULT_VARIANT, REPO / "run_2")):
+    for variant, reuse in (("baseline", root), (E.DEFAULT_VARIANT, REPO / STUDY_DIR / "run_2")):
         for seed in SEEDS if seeds_wanted else ():
             folder = our_point(points_dir / "seeds" / f"{variant}_seed{seed}", env, variant,
                                {"seed": seed}, reuse=reuse if seed == 0 else None)
@@ -158,7 +158,8 @@ def main(argv: list[str]) -> None:
     atomic_write_json(root / FRONTIER_FILE, validated(FrontierOutput, frontier))
     print(f"[frontier] {len(points)} points and {sum(map(len, seeds.values()))} seed runs -> "
           f"{root / FRONTIER_FILE} in {time.time() - started:.0f} s")
-    for run in sorted(REPO.glob("run_[0-9]*")):  # the runs made before the frontier read it now
+    made_before = sorted(REPO.glob("run_[0-9]*")) + sorted((REPO / STUDY_DIR).glob("run_[0-9]*"))
+    for run in made_before:  # the runs made before the frontier (the loop's, the study's) read it now
         if (run / "final_info.json").exists() and (run / "config.json").exists():
             for line in record_vs_baseline(RunDirectory(run)):
                 print(f"{run.name}: {line}")

@@ -13,7 +13,7 @@ the committed results are
 
     results/concept_ablation.json   one row per arm: its changes and the headline figures
     results/concept_ablation.md     the same as a table
-    plots/concept_ablation.png      alive fraction, NMI / null, EV and absorption per arm
+    study/plots/concept_ablation.png   alive fraction, NMI / null, EV and absorption per arm
 
 The embedded default takes ~3-4 minutes an arm on a 2-core CPU with native bf16 (warm caches).
 """
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import experiment as E  # noqa: E402
 from sae_harness.presets import read_run_environment  # noqa: E402
-from sae_harness.run_directory import holds_finished_run, read_json  # noqa: E402
+from sae_harness.run_directory import STUDY_DIR, holds_finished_run, read_json  # noqa: E402
 
 REQUIRED = ("training", "core", "sparse_probing", "absorption")
 """An arm counts as done with these groups (the hierarchy of a dead concept level has none)."""
@@ -80,9 +80,9 @@ def arm_config_changes(arm: str) -> tuple[str, dict]:
 
 
 def study_run_of(cfg) -> Path | None:
-    """A finished run_i of the study trained with exactly `cfg` (the as-written and default
-    variants are run_4 and run_2): reused rather than trained again."""
-    return next((run for run in sorted(REPO.glob("run_[0-9]*"))
+    """A finished run of the study (study/run_i) trained with exactly `cfg` (the as-written and
+    default variants are study/run_4 and study/run_2): reused rather than trained again."""
+    return next((run for run in sorted((REPO / STUDY_DIR).glob("run_[0-9]*"))
                  if holds_finished_run(run, REQUIRED, cfg)), None)
 
 
@@ -90,7 +90,7 @@ def run_arm(arm: str, env, root: Path) -> Path:
     variant, changes = arm_config_changes(arm)
     study_run = study_run_of(E.make_config(variant, env.preset.name, env.training_tokens, changes))
     if study_run is not None:
-        print(f"[ablation] {arm}: the study's {study_run.name}")
+        print(f"[ablation] {arm}: the study's {STUDY_DIR}/{study_run.name}")
         return study_run
     out_dir = root / arm
     if holds_finished_run(out_dir, REQUIRED):
@@ -205,9 +205,11 @@ def main(arms: list[str]) -> None:
     (out / "concept_ablation.json").write_text(json.dumps(
         {"caption": caption, "machine": machine, "rows": rows}, indent=1) + "\n")
     (out / "concept_ablation.md").write_text(markdown_table(rows, f"Concept-level ablation: {caption}."))
-    (REPO / "plots").mkdir(exist_ok=True)
-    plot_ablation(rows, REPO / "plots" / "concept_ablation.png", caption)
-    print(f"[ablation] {len(rows)} arms -> results/concept_ablation.{{json,md}}, plots/concept_ablation.png")
+    figures = REPO / STUDY_DIR / "plots"
+    figures.mkdir(parents=True, exist_ok=True)
+    plot_ablation(rows, figures / "concept_ablation.png", caption)
+    print(f"[ablation] {len(rows)} arms -> results/concept_ablation.{{json,md}}, "
+          f"{STUDY_DIR}/plots/concept_ablation.png")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def test_every_eval_runs_and_writes_its_group_and_json(tiny_run):
     assert "hierarchy" in info or "hierarchy" in status["failures"]
     assert status["degenerate_reasons"] == info["training"]["degenerate_reasons"]
     notes = (tiny_run.parent / "notes.txt").read_text()
-    assert notes.count("## Run 1:") == 1 and "absorption" in notes
+    assert notes.count("--- harness block run_1 begin ") == notes.count("--- harness block run_1 end ---\n") == 1
+    assert "\nRun 1: Tuned cosine (this idea) [tuned_cosine]\n" in notes and "absorption" in notes
 
 
 def test_training_log_records_every_term_and_the_loss_decreases(tiny_run):

@@ -10,7 +10,7 @@ import torch
 
 import fixtures_runs as F
 from sae_harness.experiment_run import ExperimentRun
-from sae_harness.frontier import (SAELensView, compare_with_frontier,
+from sae_harness.frontier import (SAELensView, compare_with_frontier, frontier_path,
                                   interpolate_at_l0, read_frontier, seed_spread,
                                   train_sae_lens)
 from sae_harness.heldout import heldout_statistics
@@ -48,6 +48,23 @@ def test_a_run_reads_its_numbers_against_the_frontier_at_its_own_l0(tmp_path):
     assert noisy["within_seed_noise"] == ["relu.explained_variance"]
 
 
+def test_a_study_run_finds_the_top_level_frontier_and_a_loop_run_the_one_beside_it(tmp_path):
+    """study/run_2 has no run_0 beside it: it reads the template's run_0/frontier.json; a run of
+    the loop's folder (or of any folder holding a run_0) reads the run_0 beside it."""
+    study_run = F.write_complete_run(tmp_path / "study" / "run_2", "tuned_cosine")
+    loop_run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
+    assert frontier_path(study_run) == tmp_path / "study" / "run_0" / "frontier.json"  # no run_0 yet
+    (tmp_path / "run_0").mkdir()
+    assert frontier_path(study_run) == tmp_path.resolve() / "run_0" / "frontier.json"
+    assert frontier_path(loop_run) == tmp_path / "run_0" / "frontier.json"
+    (tmp_path / "study" / "run_0").mkdir()
+    assert frontier_path(study_run) == tmp_path / "study" / "run_0" / "frontier.json"
+    config = json.loads((study_run / "config.json").read_text())
+    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(F.frontier_for(config)))
+    (tmp_path / "study" / "run_0").rmdir()
+    assert read_frontier(study_run, config)[0] is not None
+
+
 def test_the_frontier_is_read_only_for_its_own_setting(tmp_path):
     run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
     config = json.loads((run / "config.json").read_text())
@@ -73,7 +90,7 @@ def test_the_committed_frontier_and_vs_baseline_fit_their_schemas():
     repo = Path(__file__).resolve().parent.parent
     frontier = FrontierOutput.model_validate(json.loads((repo / "run_0" / "frontier.json").read_text()))
     assert {p.family for p in frontier.points} >= {"relu", "topk"}
-    group = json.loads((repo / "run_2" / "final_info.json").read_text())["vs_baseline"]
+    group = json.loads((repo / "study" / "run_2" / "final_info.json").read_text())["vs_baseline"]
     VsBaselineExtra.model_validate({k: v for k, v in group.items() if k != "means"})
 
 

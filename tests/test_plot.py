@@ -87,27 +87,37 @@ def test_missing_groups_and_files_are_reported(all_runs_plotted):
     assert "run_2 lacks" not in stdout
 
 
-def test_only_runs_named_in_labels_are_shown(monkeypatch, five_runs, tmp_path):
-    labels = {"run_0": "Baseline (vanilla ReLU SAE)", "run_2": "Tuned cosine (this idea)",
-              "run_9": "Never ran"}
+def test_every_run_is_drawn_and_labels_only_name_them(monkeypatch, five_runs, tmp_path):
+    """A run with an entry in labels gets it; the others their variant's title (config.json), or
+    'run_i (variant)' without one; a label with no run is reported, not fatal."""
+    labels = {"run_0": "My baseline", "run_3": "Degenerate on purpose", "run_9": "Never ran"}
     code, stdout, _ = run_plot(monkeypatch, five_runs, tmp_path / "plots", labels)
     assert code == 0
-    assert sorted(table_rows(stdout)) == ["run_0", "run_2"]
-    assert "| Tuned cosine (this idea) |" in stdout
+    rows = table_rows(stdout)
+    assert sorted(rows) == ["run_0", "run_1", "run_2", "run_3", "run_4"]
+    shown = {name: row[1] for name, row in rows.items()}
+    assert shown == {"run_0": "My baseline", "run_1": "Previous cosine variant",
+                     "run_2": "Tuned cosine (this idea)", "run_3": "Degenerate on purpose",
+                     "run_4": "run_4 (legacy AI-Scientist template)"}
     assert "run_9 ('Never ran' in labels): no run_9/final_info.json" in stdout
     assert_png(tmp_path / "plots" / "hierarchy.png")
 
 
-def test_default_labels_name_the_five_runs_of_the_study():
-    """scripts/reproduce_runs.sh makes them, in this order, from these variants."""
-    import experiment as E
-
-    assert list(plot.labels) == ["run_0", "run_1", "run_2", "run_3", "run_4"]
-    variants = ["baseline", "cosine_sparsity", "tuned_cosine", "cosine_sparsity_as_written",
-                "tuned_cosine_as_written"]
-    assert list(plot.labels.values()) == [E.VARIANT_TITLES[v] for v in variants]
-    script = (F.Path(__file__).parent.parent / "scripts" / "reproduce_runs.sh").read_text()
-    assert "for variant in " + " ".join(variants) + "; do" in script
+def test_a_study_folder_is_drawn_with_the_top_level_baseline_and_frontier(monkeypatch, tmp_path):
+    """python plot.py --runs_dir=study: study/run_* and the template's run_0 beside study/."""
+    F.write_complete_run(tmp_path / "run_0", "baseline")
+    F.write_complete_run(tmp_path / "run_7", "tuned_cosine")  # a loop run: not part of the study
+    F.write_partial_run(tmp_path / "study" / "run_1", "cosine_sparsity")
+    run = F.write_complete_run(tmp_path / "study" / "run_2", "tuned_cosine")
+    config = json.loads((run / "config.json").read_text())
+    (tmp_path / "run_0" / "frontier.json").write_text(json.dumps(F.frontier_for(config)))
+    code, stdout, _ = run_plot(monkeypatch, tmp_path / "study", tmp_path / "study" / "plots",
+                               {"run_0": "Baseline"})
+    assert code == 0
+    assert sorted(table_rows(stdout)) == ["run_0", "run_1", "run_2"]
+    assert table_rows(stdout)["run_0"][1] == "Baseline"
+    assert f"run_0: the baseline, from {tmp_path.resolve() / 'run_0'}" in stdout
+    assert_png(tmp_path / "study" / "plots" / "frontier.png")
 
 
 def test_legacy_run_alone_is_plotted_without_crashing(monkeypatch, tmp_path):
