@@ -167,8 +167,6 @@ def test_run_1_trains_the_default_variant(loop):
     assert config["variant"] == "tuned_cosine"
 
 
-@pytest.mark.xfail(strict=False, reason="experiment.py's DEFAULT_VARIANT becomes the run's one default "
-                   "in another branch; here read_run_environment still defaults to tuned_cosine")
 def test_run_2_trains_the_variant_the_coders_edit_made_the_default(loop):
     config = json.loads((loop["folder"] / "run_2" / "config.json").read_text())
     assert config["variant"] == "cosine_sparsity", f"run_2 trained {config['variant']}"
