@@ -282,10 +282,10 @@ def configure(variant: str | None = None, setting: str = "real", training_tokens
     """The run's Config and every way it differs from Config's defaults, with why: the variant
     (DEFAULT_VARIANT when None), the setting's shrink factors, a token budget (EXPERIMENT_TOKENS)
     and `overrides` (tests, scripts), in that order."""
+    if (variant or DEFAULT_VARIANT) not in VARIANTS:
+        asked = f"EXPERIMENT_VARIANT={variant!r}" if variant else f"DEFAULT_VARIANT={DEFAULT_VARIANT!r}"
+        raise ConfigurationError(f"{asked} is not a variant; use one of {sorted(VARIANTS)}")
     variant = variant or DEFAULT_VARIANT
-    if variant not in VARIANTS:
-        raise ConfigurationError(f"EXPERIMENT_VARIANT={variant!r} is not a variant; use one of "
-                                 f"{sorted(VARIANTS)} (or set DEFAULT_VARIANT to one)")
     if setting not in SETTING_SHRINK:
         raise ConfigurationError(f"no SETTING_SHRINK entry for the {setting!r} setting")
     cfg = Config(**{**VARIANTS[variant], "variant": variant})

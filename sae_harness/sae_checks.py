@@ -15,9 +15,12 @@ at once with one line. So, on a copy of the SAE:
    input is 2x the unfolded output on the input (2 is a power of two, so the comparison is
    exact up to float summation order). A forward that is not positively homogeneous (a fixed
    threshold, a GELU) is refused, since its folded SAE would read raw activations wrongly;
-4. the gradients through sae_kernels' exact sparse products equal plain autograd's (the
-   kernels on their gathered paths, whatever the density). Where they differ, the run trains on
-   plain autograd (slower, always right) and says so: `kernels` is 'exact' or 'plain'.
+4. the outputs through sae_kernels' exact sparse products equal plain autograd's (else a kernel
+   is used outside its definition, e.g. selected_preactivations with a `pre` that is not
+   z @ W + b: refused), and so do the gradients (the kernels on their gathered paths, whatever
+   the density). Where only the gradients differ (a kernel's input that now needs a gradient it
+   does not give, say), the run trains on plain autograd (slower, always right) and says so:
+   `kernels` is 'exact' or 'plain'.
 """
 
 from __future__ import annotations
@@ -116,13 +119,24 @@ def _kernel_gradient_difference(sae, x: torch.Tensor) -> tuple[float, str]:
     """The largest relative difference between the kernels' gradients (gathered paths) and plain
     autograd's over the SAE's parameters, and the parameter where it is."""
     params = dict(sae.named_parameters())
-    grads = {}
+    grads, outputs = {}, {}
     for mode in ("sparse", "plain"):
         with kernel_mode(mode):
-            loss = _probe_loss(sae.forward_levels(x))
+            out = sae.forward_levels(x)
+            outputs[mode] = [v.detach().float() for v in out if isinstance(v, torch.Tensor)
+                             and v.is_floating_point()]
+            loss = _probe_loss(out)
         found = (torch.autograd.grad(loss, list(params.values()), allow_unused=True)
                  if isinstance(loss, torch.Tensor) else [None] * len(params))
         grads[mode] = [torch.zeros_like(p) if g is None else g for g, p in zip(found, params.values())]
+    for kernels, plain in zip(outputs["sparse"], outputs["plain"]):
+        if plain.numel() and (kernels.shape != plain.shape or (kernels - plain).abs().max().item()
+                              > GRADIENT_TOLERANCE * max(plain.abs().max().item(), 1e-30)):
+            raise ConfigurationError(
+                f"{type(sae).__name__}.forward_levels gives other values through sae_kernels than "
+                "through plain autograd: a kernel is used outside its definition (e.g. "
+                "selected_preactivations with a pre that is not z @ W + b); compute that part "
+                "with plain torch operations")
     worst, where = 0.0, "no parameter"
     for name, kernels, plain in zip(params, grads["sparse"], grads["plain"]):
         if not plain.numel():
