@@ -209,7 +209,7 @@ class Config:
         check_config(self, NON_NEGATIVE, POSITIVE, self.problems())  # each named (config_checks.py)
 
     def problems(self) -> list[str]:
-        """Settings that cannot work together (signs and Literal choices: check_config)."""
+        """Settings that cannot work together (check_config adds the signs and Literal choices)."""
         found = []
         if self.lw2_max < self.lw2_min:
             found.append(f"lw2_max={self.lw2_max} is below lw2_min={self.lw2_min}")
@@ -303,9 +303,9 @@ def configure(variant: str | None = None, setting: str = "real", training_tokens
     for name in later:
         why[name] = ["EXPERIMENT_TOKENS" if name == "training_tokens" and name not in (overrides or {})
                      else "overrides"]
-    changes = [f"{f.name} {getattr(written, f.name)!r} -> {getattr(final, f.name)!r} ({', then '.join(why[f.name])})"
-               for f in fields(Config) if f.name != "variant"
-               and getattr(final, f.name) != getattr(written, f.name)]
+    changes = [f"{name} {getattr(written, name)!r} -> {getattr(final, name)!r} ({', then '.join(why[name])})"
+               for name in (f.name for f in fields(Config) if f.name != "variant")
+               if getattr(final, name) != getattr(written, name)]
     return final, changes
 
 
@@ -383,7 +383,8 @@ class HierarchicalSAE(TwoLevelSAE):
     """ReLU base level plus a TopK concept level that reads the base latents.
 
     TwoLevelSAE (sae_harness/sae_bench_view.py) makes it an SAE-Bench custom SAE (`encode` gives
-    concat[z1, z2], `W_dec` is concat[W_dec1, W_dec2]) and saves and loads it strictly.
+    concat[z1, z2], `W_dec` is concat[W_dec1, W_dec2]), folds the input scale into its
+    INPUT_SCALED tensors, and saves it with its Config and loads it strictly.
     """
 
     INPUT_SCALED = ("b_enc1", "b_enc2", "b_dec", "concept_selection_bias")  # input units
@@ -454,7 +455,6 @@ class HierarchicalSAE(TwoLevelSAE):
         for W in (self.W_dec1, self.W_dec2):
             if W.grad is not None:
                 W.grad -= (W.grad * W).sum(-1, keepdim=True) * W
-
 
 
 # === The trainer ===========================================================================
