@@ -28,6 +28,9 @@ from sae_harness.presets import Preset
 from sae_harness.run_directory import EVALUATIONS, RunDirectory
 from sae_harness.text_sources import documents
 
+ABSORPTION_WORDS = "absorption_words.jsonl"
+"""The absorption eval's per-word table, every view of the SAE (evals/absorption.py)."""
+
 
 @dataclass
 class EvaluationOutcome:
@@ -79,7 +82,8 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
         "sparse_probing": lambda: run_sparse_probing(sae, lm, preset, run.file("sparse_probing.json"),
                                                      sae_bench_cache / "sparse_probing"),
         "absorption": lambda: run_absorption(sae, lm, preset, run.file("absorption.json"),
-                                             sae_bench_cache / "absorption", Path(work.name)),
+                                             sae_bench_cache / "absorption", Path(work.name),
+                                             words_path=run.file(ABSORPTION_WORDS)),
     }
     outcome = EvaluationOutcome()
     for name in EVALUATIONS:
@@ -109,6 +113,8 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
                 outcome.failed[name] = reason
                 run.remove_group(name)
                 run.file(f"{name}.json").unlink(missing_ok=True)  # no stale result from earlier
+                if name == "absorption":
+                    run.file(ABSORPTION_WORDS).unlink(missing_ok=True)
                 run.record_outcome("failures", name, reason)
                 print(f"[eval] {name} FAILED: {reason}", flush=True)
                 continue

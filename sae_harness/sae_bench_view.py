@@ -49,6 +49,9 @@ class TwoLevelSAE(nn.Module):
         self.device = torch.device("cpu")
         self.cfg = None
         """SAE-Bench's CustomSAEConfig, once the harness has stamped the model and hook."""
+        self.silenced_level: str | None = None
+        """'base' or 'concept': `encode` gives that level's latents as 0 (the absorption eval
+        reads each level alone through a copy so set); None: both levels, as trained."""
 
     def stamp_identity(self, model_name: str, hook_layer: int, context_size: int) -> TwoLevelSAE:
         """Name the model and hook the SAE reads, as SAE-Bench's evals need (the harness does)."""
@@ -76,8 +79,12 @@ class TwoLevelSAE(nn.Module):
         """concat[z1, z2] for inputs of shape (..., d)."""
         shape = x.shape
         out = self.forward_levels(x.reshape(-1, shape[-1]).to(self.dtype))
-        z2 = concept_latents(out, self.n_concept)
-        return torch.cat([out.z1, z2], dim=-1).reshape(*shape[:-1], -1)
+        z1, z2 = out.z1, concept_latents(out, self.n_concept)
+        if self.silenced_level == "base":
+            z1 = torch.zeros_like(z1)
+        elif self.silenced_level == "concept":
+            z2 = torch.zeros_like(z2)
+        return torch.cat([z1, z2], dim=-1).reshape(*shape[:-1], -1)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.to(self.dtype) @ self.W_dec + self.b_dec
@@ -133,6 +140,18 @@ class TwoLevelSAE(nn.Module):
         sae = cls(cfg, args["d_in"])
         sae.load_state_dict(state, strict=True)
         return sae.stamp_identity(metadata["model_name"], metadata["hook_layer"], metadata["context_size"])
+
+
+def with_level_silenced(sae: TwoLevelSAE, level: str | None) -> TwoLevelSAE:
+    """A copy of `sae` whose `encode` gives `level`'s latents ('base' or 'concept') as 0: the
+    other level alone, as SAE-Bench sees it (decoder and latent indices unchanged)."""
+    import copy
+
+    if level not in (None, "base", "concept"):
+        raise ValueError(f"level {level!r} is not 'base', 'concept' or None")
+    view = copy.deepcopy(sae)
+    view.silenced_level = level
+    return view
 
 
 def concept_latents(out, n_concept: int) -> torch.Tensor:

@@ -103,7 +103,8 @@ def probes_root(tmp_path_factory):
 def run(model, tmp_path, probes_root, sae, sizes, name="absorption"):
     preset, lm = model
     return A.run_absorption(sae, lm, preset, tmp_path / "run" / f"{name}.json", probes_root,
-                            tmp_path / f"work_{name}", sizes=sizes)
+                            tmp_path / f"work_{name}", sizes=sizes,
+                            words_path=tmp_path / "run" / f"{name}_words.jsonl")
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def completed(letter_lm, probes_root, tmp_path_factory):
     before = sae_bench_files()
     means = run(letter_lm, folder, probes_root, sae, LOWERED, name="same")
     return dict(folder=folder, sae=sae, state=state, means=means, site_packages=(before, sae_bench_files()),
-                latents=json.loads((folder / "work_same" / "k_sparse_probing.json").read_text()))
+                latents=json.loads((folder / "work_same" / "both" / "k_sparse_probing.json").read_text()))
 
 
 def test_with_lowered_thresholds_it_writes_sae_bench_json(completed, letter_lm):
@@ -260,4 +261,33 @@ def test_the_llm_probe_is_reused_but_per_sae_results_never_are(completed, letter
     assert again["llm_probe_cached"] == 1.0
     assert len([p for p in probes_root.iterdir() if not p.name.startswith(".")]) == 1
     # SAE-Bench keys its per-SAE files by SAE name, the same for both SAEs: they were recomputed
-    assert json.loads((folder / "work_same" / "k_sparse_probing.json").read_text()) != completed["latents"]
+    assert json.loads((folder / "work_same" / "both" / "k_sparse_probing.json").read_text()) != completed["latents"]
+
+
+def test_each_level_is_scored_alone_and_the_word_table_names_each_latents_level(completed):
+    """base_only / concept_only: SAE-Bench's chain on a copy whose encode silences the other
+    level; the per-word table says which level each main and absorbing latent belongs to."""
+    means = completed["means"]
+    for view in ("base_only", "concept_only"):
+        for metric in A.LEVEL_METRICS:
+            assert 0 <= means[f"{view}_{metric}"] < float("inf"), (view, metric)
+    low, high = means["mean_absorption_fraction_ci95_low"], means["mean_absorption_fraction_ci95_high"]
+    assert low <= means["mean_absorption_fraction_score"] <= high  # (all 0 for this random SAE)
+    rows = [json.loads(line) for line in
+            (completed["folder"] / "run" / "same_words.jsonl").read_text().splitlines()]
+    views = {row["view"] for row in rows}
+    assert views == {"both", "base_only", "concept_only"}
+    for row in rows:
+        levels = {level for _, level in row["main_latents"]}
+        if row["view"] == "base_only":
+            assert levels <= {"base"}, row
+        if row["view"] == "concept_only":
+            assert levels <= {"concept"}, row
+    assert all(0 <= row["absorption_fraction"] <= 1 for row in rows)
+
+
+def test_the_bootstrap_interval_holds_the_mean_and_narrows_with_more_letters():
+    few = A.bootstrap_interval([0.1, 0.5, 0.3, 0.2], seed=0)
+    many = A.bootstrap_interval([0.1, 0.5, 0.3, 0.2] * 10, seed=0)
+    assert few[0] < 0.275 < few[1] and many[0] < 0.275 < many[1]
+    assert many[1] - many[0] < few[1] - few[0]

@@ -225,6 +225,25 @@ def test_means_are_the_documented_finite_figures():
     means, _ = hierarchy_consistency(wired_sae(), activations(1000))
     names = ["mi_mean", "nmi_mean", "h_b_given_c_mean", "p_b_given_c_mean", "leakage_mean",
              "sibling_nmi_mean"]
+    tree = ["tree_max_parents", "tree_top10_child_share", "tree_single_parent_fraction",
+            "tree_distinct_children_fraction"]
     assert set(means) == {"alive_concepts", "alive_concept_fraction", "tokens", *names,
-                          *[f"null_{n}" for n in names]}
+                          *[f"null_{n}" for n in names + tree], *tree, *[f"ideal_{n}" for n in tree]}
     assert all(isinstance(v, float) and math.isfinite(v) for v in means.values())
+
+
+def test_tree_shape_tells_a_tree_from_hubs():
+    """Every concept reading the same hub latents is no tree; disjoint children are one."""
+    from sae_harness.evals.hierarchy import tree_shape
+
+    alive = torch.arange(100)
+    tree = torch.arange(50).reshape(10, 5)  # 10 concepts, disjoint children
+    hubs = torch.tensor([[0, 1, 2, 3, 4 + i] for i in range(10)])  # four hubs shared by all
+    as_tree, as_hubs = tree_shape(tree, alive, 5, 0), tree_shape(hubs, alive, 5, 0)
+    assert as_tree["tree_max_parents"] == 1 and as_hubs["tree_max_parents"] == 10
+    assert as_tree["tree_single_parent_fraction"] == pytest.approx(0.5)
+    assert as_hubs["tree_single_parent_fraction"] == pytest.approx(0.1)
+    assert as_tree["tree_top10_child_share"] == pytest.approx(10 / 50)
+    assert as_hubs["tree_top10_child_share"] == pytest.approx((40 + 6) / 50)
+    assert as_tree["ideal_tree_top10_child_share"] == pytest.approx(10 / 50)
+    assert 1 < as_tree["null_tree_max_parents"] < 10

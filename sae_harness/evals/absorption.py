@@ -49,8 +49,8 @@ lowered thresholds; the measurements behind each value are in the README's Bench
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
+import json
 import math
 import statistics
 import time
@@ -71,6 +71,7 @@ from sae_harness.evals.absorption_prompts import AbsorptionModelView, locate_wor
 from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, identity_fields, write_eval_output
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
+from sae_harness.sae_bench_view import with_level_silenced
 
 SAE_BENCH_VERSION = "0.6.0"
 """The only sae-bench this eval runs with: the absorption metric changed across versions."""
@@ -196,96 +197,90 @@ def choose_thresholds(k_sparse_results, config, lowered: Thresholds | None) -> t
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The eval
-# --------------------------------------------------------------------------------------------
-def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probes_root: Path,
-                   work_dir: Path, *, sizes: AbsorptionSizes | None = None) -> dict[str, float]:
-    """Run SAE-Bench's absorption eval, write its JSON to `out_path`, return the means.
+LEVEL_METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score",
+                 "mean_num_split_features")
+"""SAE-Bench's means that are also given for each level alone (base_only_*, concept_only_*)."""
+BOOTSTRAP_RESAMPLES = 2000
 
-    `probes_root` keeps the LLM probe across runs; `work_dir` (one per run) receives the per-SAE
-    files. `sizes` overrides the preset's (tests use it). Raises AbsorptionNotEvaluable when the
-    eval cannot give a result (nothing is written then).
-    """
-    require_sae_bench_version()
+
+def bootstrap_interval(values: list[float], seed: int, level: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap interval of the mean of `values` (the letters' absorption
+    fractions: the score's noise from which letters pass, ~10-20 of them here)."""
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.tensor(values, dtype=torch.float64)
+    picks = torch.randint(len(values), (BOOTSTRAP_RESAMPLES, len(values)), generator=generator)
+    means = data[picks].mean(1)
+    tail = (1 - level) / 2
+    return float(means.quantile(tail)), float(means.quantile(1 - tail))
+
+
+def write_word_table(path: Path, raw_by_view: dict, n_base: int | None) -> None:
+    """Per test word of every view: the letter, the word, the letter's main latents, the
+    latent projecting most on the probe and the absorbing latents with their level ('base' or
+    'concept'), the absorption fraction and whether absorption is full (JSON lines)."""
+    from sae_harness.run_directory import atomic_write_text
+
+    def level(index) -> str:
+        return "base" if n_base is None or int(index) < n_base else "concept"
+
+    lines = []
+    for view, raw in raw_by_view.items():
+        for row in raw.itertuples():
+            lines.append(json.dumps({
+                "view": view, "letter": row.letter, "word": row.token,
+                "main_latents": [[int(i), level(i)] for i in row.split_feats],
+                "top_projection_latent": [int(row.top_projection_feat), level(row.top_projection_feat)],
+                "top_probe_projection": float(row.top_probe_projection),
+                "absorbing_latents": [[int(i), level(i)] for i in row.projection_feats],
+                "absorption_fraction": float(row.absorption_fraction),
+                "is_full_absorption": bool(row.is_full_absorption)}))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _score_view(sae, view, layer: int, config, sizes: AbsorptionSizes, device: str,
+                dtype: torch.dtype, probes_dir: Path, work_dir: Path) -> dict:
+    """SAE-Bench's k-sparse probing and feature absorption on one view of the SAE, and the
+    aggregate: {k_sparse, raw, letters, lowered, details, metrics, sae_id, formatted_sae (the
+    copy SAE-Bench scored), k_sparse_seconds}."""
     import sae_bench.sae_bench_utils.general_utils as general_utils
-    from sae_bench.evals.absorption.eval_output import (
-        AbsorptionEvalOutput,
-        AbsorptionMeanMetrics,
-        AbsorptionMetricCategories,
-        AbsorptionResultDetail,
-    )
+    from sae_bench.evals.absorption.eval_output import AbsorptionMeanMetrics, AbsorptionResultDetail
     from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
     from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
     from sae_bench.evals.absorption.main import _aggregate_results_df
-    from sae_bench.sae_bench_utils import get_eval_uuid
 
     started = time.time()
-    sizes = sizes or absorption_sizes(preset)
-    out_path, work_dir = Path(out_path), Path(work_dir)
-    layer = sae.cfg.hook_layer
-    if layer != preset.hook_layer or sae.cfg.d_in != lm.model.cfg.d_model:
-        raise ConfigurationError(
-            f"the SAE reads layer {layer} (d_in {sae.cfg.d_in}) but the preset's model is hooked at "
-            f"layer {preset.hook_layer} (d_model {lm.model.cfg.d_model}); evaluate it with its own model"
-        )
-    device = str(lm.model.cfg.device)
-    config = absorption_config(lm, preset, sizes)
-    tokenisation = locate_word_token(lm.tokenizer, config.prompt_template)
-    config.prompt_token_pos = tokenisation.word_token_pos
-    view = AbsorptionModelView(lm.model, layer, set(tokenisation.excluded_tokens))
-    key = probe_key(lm, preset, layer, config, sizes, tokenisation)
-    probes_dir = probe_folder(probes_root, key)
-
-    # as run_eval: decoder-norm check and cfg standardised, then cast to the model's dtype
-    # (on a copy: the caller's SAE stays as it is)
-    sae_id, sae, _ = general_utils.load_and_format_sae(SAE_BENCH_RELEASE, copy.deepcopy(sae), device)
-    sae = sae.to(device=device, dtype=lm.model.cfg.dtype)
+    # as run_eval: decoder-norm check and cfg standardised, then cast to the model's dtype (on a
+    # copy: the caller's SAE stays as it is)
+    sae_id, sae, _ = general_utils.load_and_format_sae(SAE_BENCH_RELEASE, sae, device)
+    sae = sae.to(device=device, dtype=dtype)
     sae_name = f"{SAE_BENCH_RELEASE}_{sae_id}"
     sparse_dir, absorption_dir = work_dir / "k_sparse_probing", work_dir / "feature_absorption"
-
-    # the probes train with autograd (run_eval enables it globally); scikit-learn's warning about
-    # letters no probe predicts (precision 0/0) repeats hundreds of times and is not ours to act on
-    threads, why = threads_for_phase(sizes.cpu_threads)
-    print(f"[absorption] threads: {threads or torch.get_num_threads()} ({why})")
-    with torch.enable_grad(), thread_count(threads), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
-        probe_cached = ensure_llm_probe(view, probes_dir, key, layer, config, sizes, device)
-        counts = split_letter_counts(probes_dir, view.cfg.model_name, layer)
-        missing = {split: [c for c in LETTERS if not counts[split][c]] for split in counts}
-        if any(missing.values()):
-            raise AbsorptionNotEvaluable(
-                "absorption not evaluated: letters without words in the LLM probe's "
-                + "; ".join(f"{split} split: {', '.join(ls)}" for split, ls in missing.items() if ls)
-                + " (the vocabulary or its sample is too small)"
-            )
-        probe_seconds = time.time() - started
-        with seeded(config.random_seed):
-            k_sparse_results = run_k_sparse_probing_experiment(
-                model=view, sae=sae, layer=layer, sae_name=sae_name, force=True,
-                max_k_value=config.max_k_value, f1_jump_threshold=config.f1_jump_threshold,
-                prompt_template=config.prompt_template, prompt_token_pos=config.prompt_token_pos,
-                device=device, experiment_dir=sparse_dir, probes_dir=probes_dir,
-                k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
-                k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
-                k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
-                eval_batch_size=config.eval_k_sparse_probe_batch_size,
-                precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts,
-            )
-        k_sparse_results.to_json(work_dir / "k_sparse_probing.json", orient="records", indent=4)
-        letters, lowered = choose_thresholds(k_sparse_results, config, sizes.lowered_thresholds)
-        k_sparse_seconds = time.time() - started - probe_seconds
-        with seeded(config.random_seed), view.remembering(probes_dir / "prompt_activations"):
-            raw_df = run_feature_absortion_experiment(
-                model=view, sae=sae, layer=layer, sae_name=sae_name, force=True,
-                max_k_value=config.max_k_value,
-                feature_split_f1_jump_threshold=config.f1_jump_threshold,
-                prompt_template=config.prompt_template, prompt_token_pos=config.prompt_token_pos,
-                batch_size=config.llm_batch_size, device=device, experiment_dir=absorption_dir,
-                sparse_probing_experiment_dir=sparse_dir, probes_dir=probes_dir,
-            )
+    with seeded(config.random_seed):
+        k_sparse_results = run_k_sparse_probing_experiment(
+            model=view, sae=sae, layer=layer, sae_name=sae_name, force=True,
+            max_k_value=config.max_k_value, f1_jump_threshold=config.f1_jump_threshold,
+            prompt_template=config.prompt_template, prompt_token_pos=config.prompt_token_pos,
+            device=device, experiment_dir=sparse_dir, probes_dir=probes_dir,
+            k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
+            k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
+            k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
+            eval_batch_size=config.eval_k_sparse_probe_batch_size,
+            precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts,
+        )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    k_sparse_results.to_json(work_dir / "k_sparse_probing.json", orient="records", indent=4)
+    letters, lowered = choose_thresholds(k_sparse_results, config, sizes.lowered_thresholds)
+    k_sparse_seconds = time.time() - started
+    with seeded(config.random_seed), view.remembering(probes_dir / "prompt_activations"):
+        raw_df = run_feature_absortion_experiment(
+            model=view, sae=sae, layer=layer, sae_name=sae_name, force=True,
+            max_k_value=config.max_k_value,
+            feature_split_f1_jump_threshold=config.f1_jump_threshold,
+            prompt_template=config.prompt_template, prompt_token_pos=config.prompt_token_pos,
+            batch_size=config.llm_batch_size, device=device, experiment_dir=absorption_dir,
+            sparse_probing_experiment_dir=sparse_dir, probes_dir=probes_dir,
+        )
     agg_df = _aggregate_results_df(raw_df)
-
     # as run_eval: letters whose LLM-probe F1 passes the threshold
     f1_by_letter = dict(zip(k_sparse_results["letter"], k_sparse_results["f1_probe"]))
     details = [
@@ -318,6 +313,81 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
     )
     if not all(math.isfinite(v) for v in asdict(metrics).values()):
         raise AbsorptionNotEvaluable(f"absorption not evaluated: non-finite metrics {asdict(metrics)}")
+    return {"k_sparse": k_sparse_results, "raw": raw_df, "letters": letters, "lowered": lowered,
+            "details": details, "metrics": metrics, "sae_id": sae_id, "formatted_sae": sae,
+            "k_sparse_seconds": k_sparse_seconds}
+
+
+# --------------------------------------------------------------------------------------------
+# The eval
+# --------------------------------------------------------------------------------------------
+def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probes_root: Path,
+                   work_dir: Path, *, sizes: AbsorptionSizes | None = None,
+                   words_path: Path | None = None) -> dict[str, float]:
+    """Run SAE-Bench's absorption eval, write its JSON to `out_path`, return the means.
+
+    For a two-level SAE the chain also runs on each level alone (the other level's latents
+    silenced in `encode`): the means gain `base_only_*` and `concept_only_*` (LEVEL_METRICS).
+    `words_path` receives the per-word table of every view (write_word_table). `probes_root`
+    keeps the LLM probe across runs; `work_dir` (one per run) receives the per-SAE files. `sizes`
+    overrides the preset's (tests use it). Raises AbsorptionNotEvaluable when the eval cannot
+    give a result (nothing is written then).
+    """
+    require_sae_bench_version()
+    from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput, AbsorptionMetricCategories
+    from sae_bench.sae_bench_utils import get_eval_uuid
+
+    started = time.time()
+    sizes = sizes or absorption_sizes(preset)
+    out_path, work_dir = Path(out_path), Path(work_dir)
+    layer = sae.cfg.hook_layer
+    if layer != preset.hook_layer or sae.cfg.d_in != lm.model.cfg.d_model:
+        raise ConfigurationError(
+            f"the SAE reads layer {layer} (d_in {sae.cfg.d_in}) but the preset's model is hooked at "
+            f"layer {preset.hook_layer} (d_model {lm.model.cfg.d_model}); evaluate it with its own model"
+        )
+    device = str(lm.model.cfg.device)
+    config = absorption_config(lm, preset, sizes)
+    tokenisation = locate_word_token(lm.tokenizer, config.prompt_template)
+    config.prompt_token_pos = tokenisation.word_token_pos
+    view = AbsorptionModelView(lm.model, layer, set(tokenisation.excluded_tokens))
+    key = probe_key(lm, preset, layer, config, sizes, tokenisation)
+    probes_dir = probe_folder(probes_root, key)
+
+    # each view of the SAE: both levels (SAE-Bench's score), then each level alone (ours)
+    views = [("both", None)]
+    if getattr(sae, "n_concept", 0):
+        views += [("base_only", "concept"), ("concept_only", "base")]
+
+    # the probes train with autograd (run_eval enables it globally); scikit-learn's warning about
+    # letters no probe predicts (precision 0/0) repeats hundreds of times and is not ours to act on
+    threads, why = threads_for_phase(sizes.cpu_threads)
+    print(f"[absorption] threads: {threads or torch.get_num_threads()} ({why})")
+    scored = {}
+    with torch.enable_grad(), thread_count(threads), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
+        probe_cached = ensure_llm_probe(view, probes_dir, key, layer, config, sizes, device)
+        counts = split_letter_counts(probes_dir, view.cfg.model_name, layer)
+        missing = {split: [c for c in LETTERS if not counts[split][c]] for split in counts}
+        if any(missing.values()):
+            raise AbsorptionNotEvaluable(
+                "absorption not evaluated: letters without words in the LLM probe's "
+                + "; ".join(f"{split} split: {', '.join(ls)}" for split, ls in missing.items() if ls)
+                + " (the vocabulary or its sample is too small)"
+            )
+        probe_seconds = time.time() - started
+        for name, silenced in views:
+            view_started = time.time()
+            scored[name] = _score_view(with_level_silenced(sae, silenced), view, layer, config, sizes,
+                                       device, lm.model.cfg.dtype, probes_dir, work_dir / name)
+            scored[name]["seconds"] = time.time() - view_started
+    k_sparse_results, letters, lowered, details, metrics = (
+        scored["both"][k] for k in ("k_sparse", "letters", "lowered", "details", "metrics"))
+    sae_id, k_sparse_seconds = scored["both"]["sae_id"], scored["both"]["k_sparse_seconds"]
+    f1_by_letter = dict(zip(k_sparse_results["letter"], k_sparse_results["f1_probe"]))
+    if words_path is not None:
+        write_word_table(words_path, {name: result["raw"] for name, result in scored.items()},
+                         getattr(sae, "n_base", None))
     seconds = time.time() - started
     defaults = type(config)()
     output = AbsorptionEvalOutput(
@@ -345,11 +415,20 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
             "prompt_activation_batches": {"read_from_cache": view.remembered,
                                           "computed": view.computed},
             "cpu_threads": {"threads": threads or torch.get_num_threads(), "why": why},
+            "levels_alone": {name: {**asdict(result["metrics"]), "seconds": result["seconds"]}
+                             for name, result in scored.items() if name != "both"},
         },
-        **identity_fields(sae, sae_id),
+        **identity_fields(scored["both"]["formatted_sae"], sae_id),
     )
     write_eval_output(output, out_path)
     means = {name: float(value) for name, value in asdict(metrics).items()}
+    low, high = bootstrap_interval([d.mean_absorption_fraction for d in details], config.random_seed)
+    means.update(mean_absorption_fraction_ci95_low=low, mean_absorption_fraction_ci95_high=high)
+    for name in scored:
+        if name != "both":
+            level = asdict(scored[name]["metrics"])
+            means.update({f"{name}_{metric}": float(level[metric]) for metric in LEVEL_METRICS})
+            means[f"{name}_seconds"] = scored[name]["seconds"]
     means.update(
         letters_evaluated=float(len(details)),
         thresholds_lowered=float(lowered),
@@ -358,8 +437,11 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
         llm_probe_cached=float(probe_cached),
         seconds=seconds,
     )
+    levels = "".join(f", {name.replace('_', ' ')} {means[f'{name}_mean_absorption_fraction_score']:.3f}"
+                     for name in scored if name != "both")
     print(f"[absorption] {len(details)} letters: absorption fraction "
-          f"{means['mean_absorption_fraction_score']:.3f}, full absorption "
+          f"{means['mean_absorption_fraction_score']:.3f} (95% CI over letters {low:.3f}-{high:.3f}"
+          f"{levels}), full absorption "
           f"{means['mean_full_absorption_score']:.3f}, split features "
           f"{means['mean_num_split_features']:.2f}; {seconds:.0f} s "
           f"(LLM probe {'cached' if probe_cached else f'trained in {probe_seconds:.0f} s'})")

@@ -279,6 +279,7 @@ def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null
     means.update({f"null_{name}": sum(draw[name] for draw in null_draws) / n_null
                   for name in null_draws[0]})
     means["tokens"] = float(counter.tokens)
+    means.update(tree_shape(top, alive_base, n_null, seed))
 
     weights = sae.W_enc2.detach().cpu().double()[top, alive.unsqueeze(1)]  # (A, m) signed
     base_rate = real.base_firings.double() / counter.tokens
@@ -312,6 +313,43 @@ def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null
     return means, validated(HierarchyOutput, details)
 
 
+HUB_COUNT = 10
+"""The tree-ness reading's hubs: the share of child slots held by this many most-read latents."""
+
+
+def _tree_figures(top: torch.Tensor, alive_base: torch.Tensor) -> dict[str, float]:
+    """How tree-like the (concept -> top-m base latents) assignment `top` (A, m) is."""
+    slots = top.numel()
+    parents = torch.bincount(top.reshape(-1), minlength=int(max(top.max().item(), alive_base.max().item())) + 1)
+    alive_parents = parents[alive_base]
+    return {"tree_max_parents": float(parents.max()),
+            "tree_top10_child_share": parents.sort(descending=True).values[:HUB_COUNT].sum().item() / slots,
+            "tree_single_parent_fraction": (alive_parents == 1).double().mean().item(),
+            "tree_distinct_children_fraction": (parents > 0).sum().item() / slots}
+
+
+def tree_shape(top: torch.Tensor, alive_base: torch.Tensor, n_draws: int, seed: int) -> dict[str, float]:
+    """Tree-ness of the concepts' top-m children (ours): how many concepts read each base latent
+    as a top child (`tree_max_parents`), the share of all child slots the HUB_COUNT most-read
+    base latents hold, the fraction of alive base latents that are a child of exactly one
+    concept, and distinct children per slot; beside them `null_tree_*` (each concept's m
+    children drawn at random from the alive base latents, mean of n_draws seeded draws) and
+    `ideal_tree_*` (a tree: every child slot a different base latent, as far as there are
+    enough alive base latents)."""
+    figures = _tree_figures(top, alive_base)
+    generator = torch.Generator().manual_seed(seed + 1)
+    draws = [_tree_figures(torch.stack([alive_base[torch.randperm(len(alive_base), generator=generator)[:top.shape[1]]]
+                                        for _ in range(len(top))]), alive_base)
+             for _ in range(n_draws)]
+    slots, alive = top.numel(), len(alive_base)
+    ideal = {"tree_max_parents": float(-(-slots // alive)),
+             "tree_top10_child_share": min(HUB_COUNT * -(-slots // alive), slots) / slots,
+             "tree_single_parent_fraction": min(slots, alive) / alive if slots <= alive else 0.0,
+             "tree_distinct_children_fraction": min(slots, alive) / slots}
+    return {**figures, **{f"null_{k}": sum(d[k] for d in draws) / n_draws for k in figures},
+            **{f"ideal_{k}": v for k, v in ideal.items()}}
+
+
 def _group_means(info: PairInformation) -> dict[str, float]:
     """Pair figures averaged over all pairs, leakage over concepts."""
     return {f"{name}_mean": getattr(info, name).double().mean().item()
@@ -332,4 +370,10 @@ _DEFINITIONS = {
     "null_*": "the same with m random alive base latents (outside c's top-m) per concept, "
               "averaged over n_null seeded draws",
     "tokens": "held-out tokens the figures are computed on",
+    "tree_*": "tree-ness of the alive concepts' top-m children by |W_enc2| (ours): "
+              "tree_max_parents, the most concepts reading one base latent as a top child; "
+              "tree_top10_child_share, the share of child slots the 10 most-read base latents "
+              "hold; tree_single_parent_fraction, alive base latents that are a top child of "
+              "exactly one concept; tree_distinct_children_fraction, distinct children per slot; "
+              "null_tree_*: random children from the alive base latents; ideal_tree_*: a tree",
 }
