@@ -105,6 +105,9 @@ class Config:
     d_sae_base: int = 16384  # n1, the base-level width (latents)
     concept_ratio: int = 4  # n2 = n1 / concept_ratio concept latents
     concept_k: int = 10  # active concept latents per token (TopK); 0: none, a vanilla ReLU SAE
+    base_k: int = 0
+    """[objective, off] > 0: a TopK base level, the base_k largest ReLU latents a token (as
+    SAE-Lens' and OpenAI's TopK SAEs; k sets the sparsity, so l1_base and lw_base go to 0)."""
 
     # --- loss --------------------------------------------------------------------------------
     # Every term is scale-free, so a lambda means the same at any width and for any model.
@@ -220,6 +223,8 @@ class Config:
                 found.append(f"concept_k={self.concept_k} exceeds the {self.n_concept} concept latents")
         if self.batch_size > self.training_tokens:
             found.append(f"batch_size={self.batch_size} exceeds training_tokens={self.training_tokens}")
+        if self.base_k > self.d_sae_base:
+            found.append(f"base_k={self.base_k} exceeds d_sae_base={self.d_sae_base}")
         if self.lr_restart_mult < 1:
             found.append(f"lr_restart_mult={self.lr_restart_mult} must be at least 1")
         if not 0 < self.lr_warmup_fraction <= 1:
@@ -228,7 +233,7 @@ class Config:
 
 
 NON_NEGATIVE = ("l1_base", "l1_concept", "lw_base", "lw2_min", "lw2_max", "init_scale_concept",
-                "lr_min_ratio", "weight_decay", "concept_recon_coef", "auxk_alpha", "concept_k",
+                "lr_min_ratio", "weight_decay", "concept_recon_coef", "auxk_alpha", "concept_k", "base_k",
                 "concept_penalty_warmup_fraction", "auxk_k", "min_lr_warmup_steps",
                 "concept_balance_rate")
 POSITIVE = ("d_sae_base", "concept_ratio", "batch_size", "lr", "init_scale_base", "log_every",
@@ -253,6 +258,15 @@ VARIANTS: dict[str, dict] = {
     # both exactly as the idea writes them
     "tuned_cosine_as_written": AS_WRITTEN,
     "cosine_sparsity_as_written": {**PREVIOUS_COSINE, **AS_WRITTEN},
+    # [d] towards the hierarchies that lower absorption (README, "Does the hierarchy pay?"): a
+    # TopK base level without the L1 terms that reward absorption (Chanin et al. 2024), the
+    # concept level reconstructing x on its own at equal weight (Matryoshka's prefix loss, H-SAE's
+    # parent-only term at weight 1), both, and TopK without load balancing; base_k 50 keeps the
+    # total L0 at tuned_cosine's ~60
+    "topk_base": dict(base_k=50, l1_base=0.0, lw_base=0.0),
+    "concept_reconstructs": dict(concept_recon_coef=1.0),
+    "nested_topk": dict(base_k=50, l1_base=0.0, lw_base=0.0, concept_recon_coef=1.0),
+    "no_balance": dict(concept_balance_rate=0.0),
     # a vanilla ReLU SAE with L1, as the AI-Scientist template trains it (no concept level;
     # Adam + the decoder constraint = its ConstrainedAdam, lr 3e-4, batch 2048)
     "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, lw_base=0.0, lw2_min=0.0,
@@ -265,6 +279,10 @@ VARIANT_TITLES = {"tuned_cosine": "Tuned cosine (this idea)",  # names in notes.
                   "cosine_sparsity": "Previous cosine variant",
                   "tuned_cosine_as_written": "Tuned cosine as written",
                   "cosine_sparsity_as_written": "Previous cosine variant as written",
+                  "topk_base": "TopK base level, no L1",
+                  "concept_reconstructs": "Concept level reconstructs x alone",
+                  "nested_topk": "Nested: TopK base, concept level reconstructs x",
+                  "no_balance": "Concept TopK without load balancing",
                   "baseline": "Baseline (vanilla ReLU SAE)"}
 
 SETTING_SHRINK: dict[str, dict[str, float]] = {
@@ -395,7 +413,7 @@ class HierarchicalSAE(TwoLevelSAE):
     def __init__(self, cfg: Config, d_in: int):
         super().__init__(cfg, d_in, n_base=cfg.d_sae_base, n_concept=cfg.n_concept)
         n_base, n_concept = self.n_base, self.n_concept
-        self.concept_k = cfg.concept_k
+        self.concept_k, self.base_k = cfg.concept_k, cfg.base_k
         self.balancing = cfg.concept_balance_rate > 0
         g = torch.Generator().manual_seed(cfg.seed)
         if cfg.base_init == "xavier_normal":
@@ -426,6 +444,9 @@ class HierarchicalSAE(TwoLevelSAE):
         base decoder and the concept encoder read only z1's nonzero entries when it is sparse,
         and TopK's gradient reaches the concept encoder through the k selected entries only."""
         z1 = F.relu(centred_encoder(x, self.b_dec, self.W_enc1, self.b_enc1))
+        if self.base_k:  # a TopK base level: the base_k largest latents a token
+            top = z1.topk(self.base_k, dim=-1, sorted=False)
+            z1 = torch.zeros_like(z1).scatter(-1, top.indices, top.values)
         active = ActiveLatents.of(z1)
         x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)
         if self.n_concept == 0:

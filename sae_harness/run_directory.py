@@ -377,10 +377,11 @@ BASELINE_RUN = "run_0"  # the baseline every run is compared with (and the front
 
 def baseline_run_dir(runs_dir: Path) -> Path | None:
     """The baseline run folder for the runs in `runs_dir`: the run_0 beside them (the loop's
-    folder), else the run_0 one folder up (a study folder such as study/, whose runs are compared
-    with the template's top-level run_0); None when neither exists."""
+    folder), else the nearest run_0 in a folder above (a study folder such as study/ or
+    study/hierarchy_pays/, whose runs are compared with the template's top-level run_0); None
+    when there is none."""
     runs_dir = Path(runs_dir)
-    for folder in (runs_dir, runs_dir.resolve().parent):
+    for folder in (runs_dir, *runs_dir.resolve().parents):
         if (folder / BASELINE_RUN).is_dir():
             return folder / BASELINE_RUN
     return None
