@@ -298,3 +298,16 @@ def test_search_filters_the_concept_list(page_run, tmp_path):
         f"search {text!r} shows {sorted(shown)}, expected {sorted(expected)}"
     nothing = visible_concepts(dom(page_run, tmp_path, "search=zzqqxxnotatoken"))
     assert nothing == set(), f"a search matching nothing still shows {sorted(nothing)}"
+
+
+def test_plot_links_the_pages_of_the_runs_it_compares(page_run, tmp_path):
+    import plot
+
+    runs = plot.find_runs(page_run.parent, {})
+    printed = plot.concept_pages(runs, tmp_path)
+    page = (page_run / "concepts.html").resolve()
+    assert page.as_uri() in printed, f"plot.py does not print the page's URL:\n{printed}"
+    written = (tmp_path / "concept_pages.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", written)
+    assert [(tmp_path / link).resolve() for link in links] == [page], \
+        f"concept_pages.md links {links}, not {page}"
