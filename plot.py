@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -740,6 +741,23 @@ def markdown_table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def concept_pages(runs: list[Run], out_dir: Path) -> str:
+    """Links to the runs' concept browsers (run_i/concepts.html, concept_page.py), written to
+    `out_dir/concept_pages.md` (links relative to it) and returned for stdout (file:// URLs,
+    which a browser opens from disk); '' when no run has a page."""
+    pages = [(run, run.record.path / "concepts.html") for run in runs]
+    pages = [(run, page.resolve()) for run, page in pages if page.is_file()]
+    if not pages:
+        return ""
+    lines = ["Concept browsers (open in a web browser; no server needed):", ""]
+    for run, page in pages:
+        relative = Path(os.path.relpath(page, Path(out_dir).resolve())).as_posix()
+        lines.append(f"- [{run.name}: {run.label}]({relative})")
+    (Path(out_dir) / "concept_pages.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(["Concept browsers (open in a web browser; no server needed):"]
+                     + [f"  {run.name}: {page.as_uri()}" for run, page in pages])
+
+
 # =============================================================================================
 # Main
 # =============================================================================================
@@ -775,6 +793,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: wrote {path}" if path else f"{name}: no run has the data; no figure")
     print()
     print(markdown_table(runs))
+    links = concept_pages(runs, out_dir)
+    if links:
+        print()
+        print(links)
     return 0
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from sae_harness import distributed
 from sae_harness.activations import ActivationData, check_token_budget, prepare_activations
 from sae_harness.checkpoint import Checkpoint
+from sae_harness.concept_page import PAGE as CONCEPT_PAGE, build_concept_page
 from sae_harness.cpu_heap import reuse_freed_memory
 from sae_harness.degeneracy import degeneracy_reasons
 from sae_harness.errors import ConfigurationError
@@ -231,6 +232,32 @@ class ExperimentRun:
         for line in record_vs_baseline(self.directory):
             print(line)
 
+    # --- the concept browser -----------------------------------------------------------------------
+    def _write_concept_page(self, sae, lm: LanguageModel, data: ActivationData) -> str | None:
+        """concepts.html (concept_page.py) for a hierarchical run; a failure is recorded like a
+        failed eval (run_status.json, stdout) and returned, and never stops the run."""
+        if not getattr(sae, "n_concept", 0):
+            return None
+        started = time.time()
+        try:
+            size, coherence = build_concept_page(self.directory, sae, lm.tokenizer, self.preset,
+                                                 data.heldout)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:
+            message = str(error).strip()
+            reason = f"{type(error).__name__}: {message.splitlines()[0][:400] if message else ''}"
+            self.directory.record_outcome("failures", CONCEPT_PAGE, reason)
+            print(f"[concepts] {CONCEPT_PAGE} FAILED: {reason}", flush=True)
+            return reason
+        self.phases["concepts_page"] = time.time() - started
+        self.directory.clear_outcome(CONCEPT_PAGE)
+        figures = (f"; coherence {coherence['concept_coherence_mean']:.3f} (null "
+                   f"{coherence['null_concept_coherence_mean']:.3f})" if coherence else "")
+        print(f"[concepts] wrote {self.directory.file(CONCEPT_PAGE)} ({size / 1e6:.1f} MB) in "
+              f"{self.phases['concepts_page']:.1f} s{figures}")
+        return None
+
     # --- evaluations and the end ------------------------------------------------------------------
     def evaluate(self, sae, lm: LanguageModel, data: ActivationData) -> RunDirectory:
         """Every evaluation, the degeneracy checks, the notebook; under torchrun rank 0 does
@@ -260,14 +287,16 @@ class ExperimentRun:
         if reasons:
             print(f"[run] WARNING: degenerate SAE: {'; '.join(reasons)}")
         self._compare_with_frontier()
+        page_problem = self._write_concept_page(sae, lm, data)
         self.phases["total"] = time.time() - self.started
         directory.set_status("finished", seconds=self.phases["total"], peak_rss_gb=peak_memory_gb(),
                              degenerate_reasons=reasons, warnings=warnings,
                              phase_seconds=self.phases)
         update_notes(directory.path.resolve().parent / NOTEBOOK, directory.path)
         print(f"[run] finished {directory.path} in {self.phases['total']:.0f} s")
-        if outcome.failed or reasons:  # the loop reads the tail of stderr: say it last, on one line
+        if outcome.failed or reasons or page_problem:  # the loop reads the tail of stderr: one line
             problems = [f"eval {name} failed: {why}" for name, why in outcome.failed.items()]
+            problems += [f"concepts page failed: {page_problem}"] if page_problem else []
             problems += [f"degenerate SAE: {'; '.join(reasons)}"] if reasons else []
             print(f"warning: {directory.path} finished with problems: {' | '.join(problems)}",
                   file=sys.stderr)
