@@ -45,7 +45,7 @@ from sae_harness.firing_clock import FiringClock
 from sae_harness.presets import RunEnvironment
 from sae_harness.run_directory import RunDirectory
 from sae_harness.sae_bench_view import TwoLevelSAE
-from sae_harness.sae_checks import check_sae
+from sae_harness.sae_checks import check_sae, rehearse_training
 from sae_harness.sae_kernels import (ActiveLatents, centred_encoder, kernel_mode, latent_matmul,
                                      selected_preactivations)
 from sae_harness.training_session import TrainerState, TrainingSession
@@ -632,6 +632,14 @@ class HierarchicalTrainer(TrainerState):
 
 
 # === Training ==============================================================================
+def make_trainer(cfg: Config, first_batch: torch.Tensor, device: str,
+                 matmul_dtype: torch.dtype) -> HierarchicalTrainer:
+    """A new HierarchicalSAE and its trainer, set up on the first batch (the rehearsal before
+    the model loads builds them the same way)."""
+    sae = HierarchicalSAE(cfg, first_batch.shape[1]).to(device)
+    return HierarchicalTrainer(sae, cfg, first_batch, matmul_dtype)
+
+
 def train_sae(cfg: Config, device: str, data: ActivationData, run: RunDirectory,
               matmul_dtype: torch.dtype = torch.float32) -> tuple[HierarchicalSAE, dict]:
     """Train on the activations, resuming from the run's checkpoint if there is one.
@@ -641,8 +649,8 @@ def train_sae(cfg: Config, device: str, data: ActivationData, run: RunDirectory,
     stops on SIGINT/SIGTERM; the loop itself is here.
     """
     torch.manual_seed(cfg.seed)
-    sae = HierarchicalSAE(cfg, data.d_model).to(device)
-    trainer = HierarchicalTrainer(sae, cfg, data.train.first_batch(), matmul_dtype)
+    trainer = make_trainer(cfg, data.train.first_batch(), device, matmul_dtype)
+    sae = trainer.sae
     world = distributed.current()  # one process, or a rank of torchrun's (its share of each batch)
     session = TrainingSession(run, cfg, trainer, trainer.schedule.total_steps, is_writer=world.is_main)
     schedule = trainer.schedule
@@ -671,6 +679,10 @@ def run_experiment(out_dir: Path, env: RunEnvironment, overrides: dict | None = 
     cfg, changes = configure(env.variant, env.preset.name, env.training_tokens, overrides)
     title = VARIANT_TITLES.get(cfg.variant, cfg.variant)
     with ExperimentRun.start(out_dir, env, cfg, title, changes) as run:
+        if not run.training_finished():  # two steps on random rows: an edit that cannot train stops here
+            device, dtype = run.preset.device, run.precision.sae_torch_dtype
+            rehearse_training(lambda batch: make_trainer(cfg, batch, device, dtype),
+                              run.model_width(), device, cfg.batch_size)
         lm = run.load_language_model()
         data = run.activations(lm)
         if run.training_finished():

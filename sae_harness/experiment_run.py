@@ -1,6 +1,7 @@
 """One experiment into one run directory: from the checks before any work to the last stderr line.
 
     with ExperimentRun.start(out_dir, env, config, title, changes) as run:  # checks, lock, precision
+        rehearse_training(make_trainer, run.model_width(), ...)  # 2 steps on random rows (sae_checks.py)
         lm = run.load_language_model()
         data = run.activations(lm)
         if run.training_finished():                   # an earlier attempt trained already
@@ -44,7 +45,7 @@ from sae_harness.evaluations import evaluate_sae
 from sae_harness.frontier import record_vs_baseline
 from sae_harness.heldout import heldout_statistics, training_warnings
 from sae_harness.language_model import (LanguageModel, load_language_model, load_tokenizer,
-                                        locate_model, tokenizer_id)
+                                        locate_model, model_dimensions, tokenizer_id)
 from sae_harness.notes import update_notes
 from sae_harness.precision import Precision, precision_for_run
 from sae_harness.preflight import preflight
@@ -166,6 +167,10 @@ class ExperimentRun:
             **({"precision": precision.record()} if precision else {})})
 
     # --- the model and the activations ------------------------------------------------------------
+    def model_width(self) -> int:
+        """d_model of the language model, from its config (no weights loaded)."""
+        return model_dimensions(self.location)[0]
+
     def load_language_model(self) -> LanguageModel:
         lm = load_language_model(self.preset, self.env.cache_dir, self.location)
         print(f"[model] loaded {self.preset.model_name} from {lm.source} in {lm.load_seconds:.0f} s")

@@ -1,6 +1,14 @@
-"""What the harness holds an SAE to before training it: checked on the first batch, in seconds.
+"""What the harness holds an SAE to before training it: checked in seconds, before any model work.
 
-    kernels, note = check_sae(sae, scaled_batch, HARNESS_READS)
+    rehearse_training(make_trainer, d_in, device)               # before the model loads
+    kernels, note = check_sae(sae, scaled_batch, HARNESS_READS)  # by the trainer, on its first batch
+
+`rehearse_training` builds the SAE and trainer as experiment.py does, on random rows of the
+model's width (read from its config, no weights), takes two training steps and loads the
+trainer's checkpoint state into a fresh one: check_sae and the trainer's state checks run there
+too, so an edit that cannot train stops the run in seconds, not after the model has loaded
+and the activations are collected (minutes in the real setting). It runs under a forked RNG, so
+the run's own figures are those it would give without it.
 
 An edit of experiment.py's SAE (a new activation, a BatchTopK concept level, a threshold, a new
 bias or buffer) must either work with everything the harness does with the SAE or stop the run
@@ -26,11 +34,15 @@ at once with one line. So, on a copy of the SAE:
 from __future__ import annotations
 
 import copy
+import math
+import traceback
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from sae_harness.contract import missing_sae_attributes
-from sae_harness.errors import ConfigurationError
+from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.sae_kernels import kernel_mode
 
 CHECK_ROWS = 64
@@ -41,6 +53,49 @@ plain autograd's gradients that counts as equal (fp32 sums in another order: ~1e
 FOLD_TOLERANCE = 1e-4
 """Largest relative difference between the folded SAE's output on 2x the input and 2x the
 unfolded output."""
+
+
+REHEARSAL_ROWS = 256
+"""Random rows of each rehearsal step (fewer where the batch is smaller)."""
+REHEARSAL_STEPS = 2
+
+
+def rehearse_training(make_trainer: Callable[[torch.Tensor], object], d_in: int, device: str,
+                      batch_size: int, source: str = "experiment.py") -> None:
+    """REHEARSAL_STEPS steps of `make_trainer(first_batch)` (its `update(step, x)`) on random
+    rows; an edit that fails them stops the run with one line naming where (module doc)."""
+    rows = min(REHEARSAL_ROWS, batch_size)
+    devices = [torch.cuda.current_device()] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        x = torch.randn(rows, d_in)
+        try:
+            trainer = make_trainer(x)
+            for step in range(REHEARSAL_STEPS):
+                terms = trainer.update(step, x.to(device))
+            trainer.check_state_names()  # what a checkpoint saves and a resumed run loads
+            make_trainer(x).load_state_dict(trainer.state_dict())
+        except HarnessError:
+            raise
+        except Exception as error:
+            traceback.print_exc()
+            raise ConfigurationError(
+                f"two training steps on random rows (before the model loads) failed{_where(error, source)}: "
+                f"{type(error).__name__}: {str(error).strip()[:300]}") from error
+        total = float(torch.as_tensor(terms.total).detach())
+        if not math.isfinite(total):
+            raise ConfigurationError(f"two training steps on random rows (before the model loads) "
+                                     f"gave a total loss of {total}; an edited loss or forward is "
+                                     "not finite")
+        del trainer
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _where(error: BaseException, source: str) -> str:
+    """' at <source> line N (in function)' for the deepest frame of the traceback in `source`."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).name == source]
+    return f" at {source} line {frames[-1].lineno} (in {frames[-1].name})" if frames else ""
 
 
 def check_sae(sae, x: torch.Tensor, reads: dict) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO
 from sae_harness import experiment_run
@@ -188,6 +189,11 @@ EDITS = [
         checks=[plain_autograd_trained_the_gain]),
     Edit("a GELU base level (the fold cannot hold)", [(BASE_LINE, BASE_LINE.replace("F.relu", "F.gelu"))],
          refused="not positively homogeneous"),
+    Edit("a forward with a shape error", [
+        ("        x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)\n",
+         "        x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)\n"
+         "        x_hat = x_hat + z1[:, :3]\n")],
+        refused="failed at experiment.py line"),
     Edit("a tensor that is not registered", [(BUFFER_LINE, BUFFER_LINE + "\n        self.running_l0 = torch.zeros(())")],
          refused="running_l0 is neither a parameter nor a buffer"),
     Edit("a local variable in the SAE's constructor", [
@@ -264,6 +270,7 @@ def test_an_edit_reaches_the_run_or_stops_it_with_one_line(edit, shared, tmp_pat
         assert code == 2, f"exit {code}; stderr ends: {err[-800:]}"
         assert last.startswith("error: ") and edit.refused in last, last
         assert not (folder / "training_log.jsonl").exists()  # stopped before training
+        assert "[model] loaded" not in out, "refused only after the model loaded"  # in seconds
         return
     assert code == 0, f"exit {code}; stderr ends: {err[-800:]}"
     config = json.loads((folder / "config.json").read_text())
@@ -311,3 +318,19 @@ def test_a_note_under_run_1_and_a_new_plot_label_reach_the_run_and_the_figures(s
                                                                  "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-800:]
     assert "My bigger init" in result.stdout and (tmp_path / "plots" / "training.png").is_file()
+
+
+def test_the_rehearsal_before_the_model_loads_does_not_change_the_run(shared, tmp_path, capsys,
+                                                                      monkeypatch):
+    """rehearse_training (two steps on random rows, sae_checks.py) leaks nothing into the run
+    (RNG, kernel mode, Config): its weights are bitwise those it gives without the rehearsal."""
+    code, module, env = run_edited(Edit("no edit", []), shared, tmp_path)
+    assert code == 0, capsys.readouterr().err[-800:]
+    calls = []
+    monkeypatch.setattr(module, "rehearse_training", lambda *args: calls.append(args))
+    code = module.main([f"--out_dir={tmp_path / 'run_2'}"], environment=env)
+    assert code == 0 and len(calls) == 1, capsys.readouterr().err[-800:]
+    with_rehearsal, without = (module.HierarchicalSAE.load(tmp_path / run / "sae").state_dict()
+                               for run in ("run_1", "run_2"))
+    for name, tensor in with_rehearsal.items():
+        assert torch.equal(tensor, without[name]), f"{name} differs after the rehearsal"
