@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from sae_harness import distributed
 from sae_harness.contract import missing_sae_attributes
 from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.sae_kernels import kernel_mode
@@ -64,7 +66,7 @@ def rehearse_training(make_trainer: Callable[[torch.Tensor], object], d_in: int,
                       batch_size: int, source: str = "experiment.py") -> None:
     """REHEARSAL_STEPS steps of `make_trainer(first_batch)` (its `update(step, x)`) on random
     rows; an edit that fails them stops the run with one line naming where (module doc)."""
-    rows = min(REHEARSAL_ROWS, batch_size)
+    started, rows = time.time(), min(REHEARSAL_ROWS, batch_size)
     devices = [torch.cuda.current_device()] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
@@ -90,6 +92,9 @@ def rehearse_training(make_trainer: Callable[[torch.Tensor], object], d_in: int,
         del trainer
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+    if distributed.current().is_main:
+        print(f"[check] the SAE and trainer train: {REHEARSAL_STEPS} steps on {rows} random rows of "
+              f"width {d_in} and a checkpoint round trip in {time.time() - started:.1f} s", flush=True)
 
 
 def _where(error: BaseException, source: str) -> str:
