@@ -26,6 +26,8 @@ EXPECTED = {  # SAE-Bench's metric names, flattened, plus the per-level and cent
     "average_max_decoder_cosine_sim", "frac_alive", "freq_over_1_percent", "freq_over_10_percent",
     "normalized_freq_over_1_percent", "normalized_freq_over_10_percent",
     "l0_base", "l0_concept", "frac_alive_base", "frac_alive_concept", "explained_variance_centered",
+    "ce_loss_score_fp32", "kl_div_score_fp32", "ce_loss_with_sae_fp32", "ce_loss_without_sae_fp32",
+    "ce_loss_with_ablation_fp32", "kl_div_with_sae_fp32", "kl_div_with_ablation_fp32",
 }
 
 
@@ -49,7 +51,8 @@ def core(setting, tmp_path_factory):
     preset, lm, docs = setting
     sae = small_sae(preset)
     out = tmp_path_factory.mktemp("core") / "core.json"
-    return dict(sae=sae, out=out, means=C.run_core(sae, lm, preset, docs, out))
+    return dict(sae=sae, out=out, means=C.run_core(sae, lm, preset, docs, out),
+                setting_dtype=lm.model.cfg.dtype)
 
 
 def test_result_json_is_sae_bench_core_output_with_every_metric(core):
@@ -174,3 +177,48 @@ def test_a_rerun_reads_the_sae_independent_passes_and_gives_the_same_metrics(set
     for name, value in core["means"].items():
         assert first[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
         assert again[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+
+
+def test_losses_in_fp32_equal_sae_benchs_on_an_fp32_model(core):
+    """The tiny model runs in fp32, so SAE-Bench's losses are fp32 already: ours (fp32 per
+    token, fp64 means, the same tokens) must give the same figures."""
+    means = core["means"]
+    assert core["setting_dtype"] == torch.float32
+    for name in ("ce_loss_score", "kl_div_score", "ce_loss_with_sae", "ce_loss_without_sae",
+                 "ce_loss_with_ablation", "kl_div_with_sae", "kl_div_with_ablation"):
+        assert means[f"{name}_fp32"] == pytest.approx(means[name], rel=1e-4, abs=1e-6), name
+
+
+def test_ce_loss_fp32_is_transformer_lens_loss_on_fp32_logits_and_not_on_bf16_rounding():
+    from transformer_lens.utilities.lm_utils import lm_cross_entropy_loss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(2, 9, 300, generator=generator)).bfloat16()
+    tokens = torch.randint(0, 300, (2, 9), generator=generator)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0  # padding at the end of the second context
+    ours = C.ce_loss_fp32(logits, tokens, mask)
+    assert ours.dtype == torch.float32 and ours.shape == (2, 8)
+    torch.testing.assert_close(ours, lm_cross_entropy_loss(logits.float(), tokens, mask, per_token=True))
+    in_bf16 = lm_cross_entropy_loss(logits, tokens, mask, per_token=True)
+    assert in_bf16.dtype == torch.bfloat16 and not torch.equal(in_bf16.float(), ours)
+    assert (in_bf16.float() - ours).abs().max() < 0.1  # bf16 rounding of losses ~4-10
+
+
+def test_fp32_means_use_sae_benchs_token_mask():
+    """Tokens in ignore_tokens are left out (for the T-1 CE losses, by the first T-1 positions'
+    mask, as SAE-Bench's get_downstream_reconstruction_metrics does)."""
+    losses = C.Fp32Losses()
+    tokens = torch.tensor([[2, 5, 6, 1]])  # 2 = BOS, 1 = EOS: ignored
+    ce = {"ce_loss_with_sae": torch.tensor([[10.0, 3.0, 5.0]]),
+          "ce_loss_without_sae": torch.tensor([[10.0, 1.0, 2.0]]),
+          "ce_loss_with_ablation": torch.tensor([[10.0, 9.0, 8.0]]),
+          "kl_div_with_sae": torch.tensor([[7.0, 0.5, 1.5, 7.0]]),
+          "kl_div_with_ablation": torch.tensor([[7.0, 4.0, 6.0, 7.0]])}
+    losses.add(tokens, ce)
+    means = losses.means({2, 1, None})
+    assert means["ce_loss_with_sae_fp32"] == 4.0 and means["ce_loss_without_sae_fp32"] == 1.5
+    assert means["ce_loss_with_ablation_fp32"] == 8.5 and means["kl_div_with_sae_fp32"] == 1.0
+    assert means["ce_loss_score_fp32"] == pytest.approx((8.5 - 4.0) / (8.5 - 1.5))
+    assert means["kl_div_score_fp32"] == pytest.approx((5.0 - 1.0) / 5.0)
+    assert C.Fp32Losses().means({1}) == {}

@@ -46,8 +46,13 @@ SAE-Bench 0.6.0 quirks, recorded here because the numbers are SAE-Bench's:
     whose centred explained variance is 0.87-0.96). `explained_variance_centered` (ours, on the
     same tokens, as the training group's held-out figure) is the one to read;
     `explained_variance_legacy` is SAE-Bench's per-token ratio averaged over tokens.
-  * losses and KL are averaged in the model's dtype: with a bf16 model the CE means are
-    rounded to bf16 (e.g. 3.765625), which moves `ce_loss_score` by up to ~0.003.
+  * losses and KL are computed and averaged in the model's dtype: with a bf16 model each
+    token's loss is a bf16 number and the CE means are rounded to bf16 (e.g. 12.5 with
+    ablation, 6.25 with the SAE, 4.25 without: bf16 steps of 0.0625 at 4-8 and 0.125 at 8-16),
+    so `ce_loss_score` moves in steps of ~0.004-0.008. Ours, beside SAE-Bench's: the same
+    losses from the same logits in fp32 (log-softmax and KL of each token in fp32, means in
+    fp64, the same token mask), as `ce_loss_score_fp32`, `kl_div_score_fp32` and the
+    `*_fp32` losses they are made of (`Fp32Losses`).
 
 What does not depend on the SAE is computed once and cached (`ReconstructionReference`, under
 `reference_root`, keyed by model, weights, dtype, hook and the batch's tokens). SAE-Bench's
@@ -202,7 +207,7 @@ def centered_explained_variance(sae, model, tokens: torch.Tensor, layer: int, ig
 # --------------------------------------------------------------------------------------------
 # What does not depend on the SAE, computed once
 # --------------------------------------------------------------------------------------------
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2
 """Bump when ReconstructionReference's contents change: part of its folder's key."""
 
 
@@ -224,6 +229,56 @@ def kl_divergence(original_logits: torch.Tensor, new_logits: torch.Tensor,
     return torch.cat(kl).view(original_logits.shape[:-1])
 
 
+def ce_loss_fp32(logits: torch.Tensor, tokens: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """Per-token next-token CE loss, (B, T-1), as TransformerLens' `lm_cross_entropy_loss`
+    (per_token, the same attention mask) but with the log-softmax in fp32, one context at a time."""
+    losses = torch.stack([
+        -row.float().log_softmax(-1)[:-1].gather(-1, row_tokens[1:, None])[:, 0]
+        for row, row_tokens in zip(logits, tokens)])
+    if attention_mask is not None:
+        keep = torch.logical_and(attention_mask[:, :-1], attention_mask[:, 1:])
+        losses = losses.masked_fill(~keep.bool(), 0.0)
+    return losses
+
+
+class Fp32Losses:
+    """The reconstruction batches' per-token CE losses and KLs in fp32 (module docstring), kept
+    as SAE-Bench's `get_downstream_reconstruction_metrics` keeps its own, and averaged over the
+    same tokens into the same scores."""
+
+    NAMES = ("ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation",
+             "kl_div_with_sae", "kl_div_with_ablation")
+
+    def __init__(self):
+        self.batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def add(self, tokens: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        self.batches.append((tokens, values))
+
+    def means(self, ignore_tokens: set) -> dict[str, float]:
+        """`<name>_fp32` for each of NAMES and `ce_loss_score_fp32`, `kl_div_score_fp32` ({}
+        when no batch was recorded); the mask is SAE-Bench's (ignored tokens dropped; a
+        per-token CE of length T-1 drops the last position's mask)."""
+        if not self.batches:
+            return {}
+        kept: dict[str, list[torch.Tensor]] = {name: [] for name in self.NAMES}
+        for tokens, values in self.batches:
+            ignore = [token for token in ignore_tokens if token is not None]
+            mask = (~torch.isin(tokens, torch.tensor(ignore, device=tokens.device)) if ignore
+                    else torch.ones_like(tokens, dtype=torch.bool))
+            for name, value in values.items():
+                kept[name].append(value[mask[:, :value.shape[1]]])
+        means = {f"{name}_fp32": torch.cat(values).double().mean().item()
+                 for name, values in kept.items() if values}
+        means["ce_loss_score_fp32"] = (
+            (means["ce_loss_with_ablation_fp32"] - means["ce_loss_with_sae_fp32"])
+            / (means["ce_loss_with_ablation_fp32"] - means["ce_loss_without_sae_fp32"]))
+        means["kl_div_score_fp32"] = (
+            (means["kl_div_with_ablation_fp32"] - means["kl_div_with_sae_fp32"])
+            / means["kl_div_with_ablation_fp32"])
+        return means
+
+
 class ReconstructionReference:
     """Per batch of tokens: the residual stream at `blocks.{layer}.hook_resid_post`, the
     attention mask the model's forward would use, and the zero-ablation CE loss and KL.
@@ -234,6 +289,8 @@ class ReconstructionReference:
     def __init__(self, model, layer: int, folder: Path | None):
         self.model, self.layer, self.folder = model, layer, folder
         self.hits = self.misses = 0
+        self.fp32 = Fp32Losses()
+        """The reconstruction batches' losses in fp32 (filled by get_recons_loss_from_reference)."""
 
     def _path(self, tokens: torch.Tensor) -> Path | None:
         if self.folder is None:
@@ -267,7 +324,10 @@ class ReconstructionReference:
         ablation_logits, ablation_ce = self.from_hook(torch.zeros_like(resid), tokens, attention_mask)
         entry = {"tokens": tokens, "resid": resid, "attention_mask": attention_mask,
                  "ce_loss_with_ablation": ablation_ce,
-                 "kl_div_with_ablation": kl_divergence(clean_logits, ablation_logits)}
+                 "kl_div_with_ablation": kl_divergence(clean_logits, ablation_logits),
+                 "ce_loss_with_ablation_fp32": ce_loss_fp32(ablation_logits, tokens, attention_mask),
+                 "kl_div_with_ablation_fp32": kl_divergence(clean_logits.float(),
+                                                            ablation_logits.float())}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
@@ -338,6 +398,13 @@ def get_recons_loss_from_reference(reference: ReconstructionReference, original)
             metrics["ce_loss_with_sae"] = recons_ce
             metrics["ce_loss_without_sae"] = clean_ce
             metrics["ce_loss_with_ablation"] = entry["ce_loss_with_ablation"]
+        if compute_kl and compute_ce_loss:  # the same losses in fp32 (Fp32Losses)
+            reference.fp32.add(batch_tokens, {
+                "ce_loss_with_sae": ce_loss_fp32(recons_logits, batch_tokens, attention_mask),
+                "ce_loss_without_sae": ce_loss_fp32(clean_logits, batch_tokens, attention_mask),
+                "ce_loss_with_ablation": entry["ce_loss_with_ablation_fp32"],
+                "kl_div_with_sae": kl_divergence(clean_logits.float(), recons_logits.float()),
+                "kl_div_with_ablation": entry["kl_div_with_ablation_fp32"]})
         return metrics
 
     return get_recons_loss
@@ -403,13 +470,15 @@ def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_p
                                 get_sae_lens_version(), sae_bench_version(), str(tmp), sae)
 
     variance_tokens = torch.cat(batches[-config.n_eval_sparsity_variance_batches:])
-    means = {**flat_means(metrics), **level_figures(sae, feature_metrics["feature_density"]),
+    means = {**flat_means(metrics), **reference.fp32.means(ignore_tokens),
+             **level_figures(sae, feature_metrics["feature_density"]),
              "explained_variance_centered": centered_explained_variance(
                  sae, lm.model, variance_tokens, sae.cfg.hook_layer, ignore_tokens,
                  config.batch_size_prompts)}
     print(f"[core] explained variance {means['explained_variance_centered']:.3f} (SAE-Bench's "
           f"formula: {means.get('explained_variance', float('nan')):.4f}), L0 "
           f"{means.get('l0', float('nan')):.1f}, CE loss score "
-          f"{means.get('ce_loss_score', float('nan')):.3f}; {time.time() - started:.0f} s "
+          f"{means.get('ce_loss_score', float('nan')):.3f} (losses in fp32: "
+          f"{means.get('ce_loss_score_fp32', float('nan')):.4f}); {time.time() - started:.0f} s "
           f"(SAE-independent passes: {reference.hits} batches cached, {reference.misses} computed)")
     return means
