@@ -262,12 +262,31 @@ def plot_absorption(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path 
         ("mean_num_split_features", "std_dev_num_split_features",
          "Feature splitting", "split features per letter (count)"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 1.8 + 0.75 * len(runs)))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 1.8 + 0.75 * len(runs)))
     for ax, (mean, std, title, xlabel) in zip(axes, panels):
         _bars(ax, runs, [r.metric("absorption", mean) for r in runs],
               [r.metric("absorption", std) for r in runs])
         ax.set_title(title)
         ax.set_xlabel(xlabel)
+    # by level: both levels (solid, 95% interval over letters), the base level alone and the
+    # concept level alone (light, thin): where a hierarchical SAE's absorption lives
+    ax = axes[3]
+    both = [r.metric("absorption", "mean_absorption_fraction_score") for r in runs]
+    low = [r.metric("absorption", "mean_absorption_fraction_ci95_low") for r in runs]
+    high = [r.metric("absorption", "mean_absorption_fraction_ci95_high") for r in runs]
+    interval = [None if None in (b, lo, hi) else [[b - lo], [hi - b]] for b, lo, hi in zip(both, low, high)]
+    _bars(ax, runs, both, height=0.3, offset=-0.3)
+    for i, error in enumerate(interval):
+        if error is not None:
+            ax.errorbar(both[i], i - 0.3, xerr=error, color="black", capsize=3, lw=1)
+    for offset, key, label in ((0.0, "base_only", "base"), (0.3, "concept_only", "concept")):
+        values = [r.metric("absorption", f"{key}_mean_absorption_fraction_score") for r in runs]
+        _bars(ax, runs, values, offset=offset, height=0.3, light=True, say_no_data=False)
+        for i, value in enumerate(values):
+            if value is not None:
+                ax.text(value, i + offset, f" {label} only", va="center", fontsize=7)
+    ax.set_title("By level (top bar: both, 95% CI over letters)")
+    ax.set_xlabel("absorption fraction (0-1, lower is better)")
     _run_axes(axes, runs)
     _title(fig, "Feature absorption (SAE-Bench, first-letter task; error bars: std over letters)", has)
     fig.tight_layout()

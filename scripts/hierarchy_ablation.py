@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""The hierarchy-pays ablation (README, "Does the hierarchy pay?"): arms into study/hierarchy_pays/.
+
+    python scripts/hierarchy_ablation.py                 # train what is missing, then the table
+    python scripts/hierarchy_ablation.py --table-only    # the table of the finished arms only
+    python scripts/hierarchy_ablation.py --no-seeds      # the arms without the seed repeats
+
+Every arm is experiment.py's run on the embedded default (EXPERIMENT_* as for a run) with the
+same cached activations, tokens and seed unless the arm says otherwise: the hierarchical
+variants at the study's lr (1e-3), the same at the frontier's lr (3e-4: every baseline family
+of run_0/frontier.json was trained at it, so this is the one-lr comparison), and the variant
+chosen in SEED_ARMS at seeds 1 and 2. A finished arm whose config.json records exactly its
+configuration is reused (so an interrupted ablation resumes). Then writes, for every finished
+arm, `ablation.json` and `ablation.md`: absorption on both levels, on the base level alone and
+on the concept level alone (SAE-Bench's chain, with the 95% interval over letters), the
+frontier's values at the arm's L0, EV, CE score (SAE-Bench's bf16 average and ours in fp32),
+L0 per level, concepts alive, NMI and sibling NMI against their nulls, the tree-ness of the
+children and sparse probing top-1/top-5 (SAE-Bench's and standardised). Each arm's own folder
+holds everything else (absorption_words.jsonl, concepts.html, ...); plot.py draws the figures:
+`python plot.py --runs_dir=study/hierarchy_pays --out_dir=study/hierarchy_pays/plots`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import experiment as E  # noqa: E402
+from sae_harness.presets import read_run_environment  # noqa: E402
+from sae_harness.run_directory import (EVALUATIONS, atomic_write_json, holds_finished_run,  # noqa: E402
+                                       read_json)
+
+FOLDER = REPO / "study" / "hierarchy_pays"
+VARIANTS = ("tuned_cosine", "topk_base", "concept_reconstructs", "nested_topk", "no_balance")
+FRONTIER_LR = 3e-4
+ARMS: list[tuple[str, str, dict]] = (
+    [(f"run_{i + 1}", variant, {}) for i, variant in enumerate(VARIANTS)]
+    + [(f"run_{i + 6}", variant, {"lr": FRONTIER_LR}) for i, variant in enumerate(VARIANTS)])
+"""(folder, variant, Config overrides): each variant at the study's lr, then at the frontier's."""
+SEED_ARMS: list[tuple[str, str, dict]] = [
+    ("run_11", "concept_reconstructs", {"seed": 1}),
+    ("run_12", "concept_reconstructs", {"seed": 2}),
+]
+"""The variant closest to the goal at the study's lr (chosen from run_1..run_10), at seeds 1 and 2."""
+
+COLUMNS = [  # (column, group, key, format)
+    ("absorption", "absorption", "mean_absorption_fraction_score", ".3f"),
+    ("abs. 95% CI low", "absorption", "mean_absorption_fraction_ci95_low", ".3f"),
+    ("abs. 95% CI high", "absorption", "mean_absorption_fraction_ci95_high", ".3f"),
+    ("abs. base only", "absorption", "base_only_mean_absorption_fraction_score", ".3f"),
+    ("abs. concept only", "absorption", "concept_only_mean_absorption_fraction_score", ".3f"),
+    ("Matryoshka abs. at L0", "vs_baseline", "matryoshka.absorption_fraction.frontier", ".3f"),
+    ("TopK abs. at L0", "vs_baseline", "topk.absorption_fraction.frontier", ".3f"),
+    ("ReLU abs. at L0", "vs_baseline", "relu.absorption_fraction.frontier", ".3f"),
+    ("EV", "training", "explained_variance", ".3f"),
+    ("Matryoshka EV at L0", "vs_baseline", "matryoshka.explained_variance.frontier", ".3f"),
+    ("CE score", "core", "ce_loss_score", ".3f"),
+    ("CE score fp32", "core", "ce_loss_score_fp32", ".4f"),
+    ("L0 base", "training", "l0_base", ".1f"),
+    ("L0 concept", "training", "l0_concept", ".1f"),
+    ("L0 total", "training", "l0_total", ".1f"),
+    ("concepts alive", "hierarchy", "alive_concept_fraction", ".2f"),
+    ("NMI", "hierarchy", "nmi_mean", ".3f"),
+    ("null NMI", "hierarchy", "null_nmi_mean", ".4f"),
+    ("sibling NMI", "hierarchy", "sibling_nmi_mean", ".4f"),
+    ("null sibling NMI", "hierarchy", "null_sibling_nmi_mean", ".4f"),
+    ("top-10 child share", "hierarchy", "tree_top10_child_share", ".3f"),
+    ("coherence", "hierarchy", "concept_coherence_mean", ".3f"),
+    ("null coherence", "hierarchy", "null_concept_coherence_mean", ".3f"),
+    ("SAE top-1", "sparse_probing", "sae_top_1_test_accuracy", ".3f"),
+    ("SAE top-5", "sparse_probing", "sae_top_5_test_accuracy", ".3f"),
+    ("SAE top-1 std.", "sparse_probing", "sae_top_1_test_accuracy_standardised", ".3f"),
+    ("SAE top-5 std.", "sparse_probing", "sae_top_5_test_accuracy_standardised", ".3f"),
+]
+
+
+def arm_row(folder: Path, variant: str, overrides: dict) -> dict:
+    info = read_json(folder / "final_info.json")
+    config = read_json(folder / "config.json")["config"]
+    row = {"run": folder.name, "variant": variant, "lr": config["lr"], "seed": config["seed"]}
+    for column, group, key, _ in COLUMNS:
+        value = info.get(group, {}).get("means", {}).get(key)
+        row[column] = value if isinstance(value, (int, float)) else None
+    return row
+
+
+def markdown(rows: list[dict], machine: str) -> str:
+    head = ["run", "variant", "lr", "seed", *(c for c, *_ in COLUMNS)]
+    lines = [f"Hierarchy-pays ablation on the embedded default ({machine}); "
+             "written by scripts/hierarchy_ablation.py", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["run"], row["variant"], f"{row['lr']:g}", str(row["seed"])]
+        cells += ["–" if row[c] is None else format(row[c], spec) for c, _, _, spec in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table-only", action="store_true", help="train nothing")
+    parser.add_argument("--no-seeds", action="store_true", help="leave SEED_ARMS out")
+    args = parser.parse_args(argv)
+    env = read_run_environment()
+    rows, machine = [], "?"
+    for name, variant, overrides in ARMS + ([] if args.no_seeds else SEED_ARMS):
+        folder = FOLDER / name
+        cfg = E.make_config(variant, env.preset.name, env.training_tokens, overrides)
+        if not holds_finished_run(folder, ("training", *EVALUATIONS), cfg):
+            if args.table_only:
+                print(f"[ablation] {name}: {variant} {overrides} not finished; left out")
+                continue
+            print(f"[ablation] {name}: {variant} {overrides}", flush=True)
+            E.run_experiment(folder, replace(env, variant=variant, overwrite=True), overrides)
+        rows.append(arm_row(folder, variant, overrides))
+        machine = read_json(folder / "config.json")["provenance"].get("device", machine)
+    atomic_write_json(FOLDER / "ablation.json", {"machine": machine, "arms": rows})
+    table = markdown(rows, machine)
+    (FOLDER / "ablation.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
