@@ -25,6 +25,7 @@ The hierarchy metric has no frontier value (the frontier's SAEs have no concept 
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -239,12 +240,17 @@ class SAELensView(nn.Module):
     device, dtype) and `forward_levels` for the held-out statistics; SAE-Lens' own encode and
     decode do the work."""
 
-    def __init__(self, sae, model_name: str, hook_layer: int, context_size: int, architecture: str):
+    def __init__(self, sae, model_name: str, hook_layer: int, context_size: int, architecture: str,
+                 group_widths: tuple[int, ...] = ()):
         from sae_bench.custom_saes.custom_sae_config import CustomSAEConfig
 
         super().__init__()
         self.sae = sae
         self.d_in, self.n_base, self.n_concept = sae.cfg.d_in, sae.cfg.d_sae, 0
+        self.group_widths = tuple(w for w in group_widths if w < self.n_base)
+        """A Matryoshka SAE's inner prefix widths (its groups' ends before the whole dictionary)."""
+        self.kept_latents: int | None = None
+        """`encode` gives only the first kept_latents latents (the rest as 0); None: all."""
         self.dtype, self.device = torch.float32, torch.device("cpu")
         self.cfg = CustomSAEConfig(
             model_name=model_name, d_in=self.d_in, d_sae=self.n_base, hook_layer=hook_layer,
@@ -252,7 +258,20 @@ class SAELensView(nn.Module):
             architecture=architecture, apply_b_dec_to_input=True, dtype="float32", device="cpu")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sae.encode(x.to(self.dtype))
+        z = self.sae.encode(x.to(self.dtype))
+        if self.kept_latents is not None:
+            z = torch.cat([z[..., :self.kept_latents], torch.zeros_like(z[..., self.kept_latents:])], -1)
+        return z
+
+    def level_views(self) -> list[tuple[str, SAELensView]]:
+        """(name, copy) of each inner Matryoshka prefix alone (`first_<w>_only`), as the
+        absorption eval scores them besides the whole dictionary."""
+        views = []
+        for width in self.group_widths:
+            view = copy.deepcopy(self)
+            view.kept_latents = width
+            views.append((f"first_{width}_only", view))
+        return views
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.sae.decode(latents.to(self.dtype))

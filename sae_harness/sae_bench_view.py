@@ -86,6 +86,13 @@ class TwoLevelSAE(nn.Module):
             z2 = torch.zeros_like(z2)
         return torch.cat([z1, z2], dim=-1).reshape(*shape[:-1], -1)
 
+    def level_views(self) -> list[tuple[str, TwoLevelSAE]]:
+        """(name, copy) of each level alone, as the absorption eval scores them besides both."""
+        if not self.n_concept:
+            return []
+        return [("base_only", with_level_silenced(self, "concept")),
+                ("concept_only", with_level_silenced(self, "base"))]
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.to(self.dtype) @ self.W_dec + self.b_dec
 

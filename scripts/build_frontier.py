@@ -94,7 +94,8 @@ def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict) -> P
                 [*MATRYOSHKA_WIDTHS, cfg.d_sae_base] if family == "matryoshka" else None)
         seconds = time.time() - started
         sae = SAELensView(trained, run.preset.model_name, run.preset.hook_layer,
-                          run.preset.context_length, f"sae_lens_{family}").to(run.preset.device)
+                          run.preset.context_length, f"sae_lens_{family}",
+                          MATRYOSHKA_WIDTHS if family == "matryoshka" else ()).to(run.preset.device)
         stats = heldout_statistics(sae, data.heldout)
         run.directory.set_group("training", {**stats, "seconds": seconds, "steps": float(cfg.total_steps),
                                              "k": float(k)}, trainer=f"sae_lens SAETrainer ({family})")

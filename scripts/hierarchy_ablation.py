@@ -45,6 +45,10 @@ ARMS: list[tuple[str, str, dict]] = (
     [(f"run_{i + 1}", variant, {}) for i, variant in enumerate(VARIANTS)]
     + [(f"run_{i + 6}", variant, {"lr": FRONTIER_LR}) for i, variant in enumerate(VARIANTS)])
 """(folder, variant, Config overrides): each variant at the study's lr, then at the frontier's."""
+MATRYOSHKA_POINTS = (40, 80)
+"""SAE-Lens Matryoshka BatchTopK at these k (build_frontier.py's points, at the frontier's lr),
+trained again here to read absorption on its first groups alone (first_128_only_*,
+first_512_only_*) beside the whole dictionary: the per-level reading of the baseline."""
 SEED_ARMS: list[tuple[str, str, dict]] = [
     ("run_11", "concept_reconstructs", {"seed": 1}),
     ("run_12", "concept_reconstructs", {"seed": 2}),
@@ -108,9 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table-only", action="store_true", help="train nothing")
     parser.add_argument("--no-seeds", action="store_true", help="leave SEED_ARMS out")
+    parser.add_argument("--matryoshka", action="store_true",
+                        help="also train and score MATRYOSHKA_POINTS (per-group absorption)")
     args = parser.parse_args(argv)
     env = read_run_environment()
     rows, machine = [], "?"
+    if args.matryoshka and not args.table_only:
+        sys.path.insert(0, str(REPO / "scripts"))
+        from build_frontier import sae_lens_point
+
+        lm_holder: dict = {}
+        for k in MATRYOSHKA_POINTS:
+            sae_lens_point(FOLDER / f"matryoshka_k{k}", env, "matryoshka", k, lm_holder)
     for name, variant, overrides in ARMS + ([] if args.no_seeds else SEED_ARMS):
         folder = FOLDER / name
         cfg = E.make_config(variant, env.preset.name, env.training_tokens, overrides)
@@ -122,8 +135,26 @@ def main(argv: list[str] | None = None) -> int:
             E.run_experiment(folder, replace(env, variant=variant, overwrite=True), overrides)
         rows.append(arm_row(folder, variant, overrides))
         machine = read_json(folder / "config.json")["provenance"].get("device", machine)
-    atomic_write_json(FOLDER / "ablation.json", {"machine": machine, "arms": rows})
+    matryoshka = {}
+    for k in MATRYOSHKA_POINTS:
+        info_path = FOLDER / f"matryoshka_k{k}" / "final_info.json"
+        if info_path.is_file():
+            info = read_json(info_path)
+            matryoshka[f"k{k}"] = {"l0_total": info["training"]["means"].get("l0_total"),
+                                   "explained_variance": info["training"]["means"].get("explained_variance"),
+                                   **{key: value for key, value in info["absorption"]["means"].items()
+                                      if "absorption_fraction" in key}}
+    atomic_write_json(FOLDER / "ablation.json", {"machine": machine, "arms": rows,
+                                                 "matryoshka_by_group": matryoshka})
     table = markdown(rows, machine)
+    if matryoshka:
+        table += "\nSAE-Lens Matryoshka BatchTopK (lr 3e-4), absorption on its first groups alone:\n\n"
+        table += "| point | L0 | EV | absorption (all) | first 128 only | first 512 only |\n|---|---|---|---|---|---|\n"
+        for name, m in matryoshka.items():
+            cells = [m.get(key) for key in ("l0_total", "explained_variance", "mean_absorption_fraction_score",
+                                            "first_128_only_mean_absorption_fraction_score",
+                                            "first_512_only_mean_absorption_fraction_score")]
+            table += f"| {name} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |\n"
     (FOLDER / "ablation.md").write_text(table)
     print(table)
     return 0

@@ -129,8 +129,16 @@ def test_sae_lens_trains_on_our_batches_and_is_seen_as_our_evals_see_an_sae(fami
     with tempfile.TemporaryDirectory() as work:
         sae = train_sae_lens(family, 4, 16, 64, batches, 150, 128, 1e-3, 0, Path(work),
                              [16, 64] if family == "matryoshka" else None)
-    view = SAELensView(sae, "tiny", 1, 32, family)
+    view = SAELensView(sae, "tiny", 1, 32, family, (16, 64) if family == "matryoshka" else ())
     heldout = x[5000:]
+    if family == "matryoshka":  # its first group alone: the absorption eval's per-group view
+        (name, first), = view.level_views()
+        z, z_first = view.encode(heldout[:200]), first.encode(heldout[:200])
+        assert name == "first_16_only" and view.kept_latents is None
+        assert torch.equal(z_first[:, :16], z[:, :16]) and not z_first[:, 16:].any()
+        assert z[:, 16:].any()  # the later groups did fire
+    else:
+        assert view.level_views() == []
     stats = heldout_statistics(view, heldout)
     assert stats["explained_variance"] > 0.3  # it learned from the batches it was fed
     z = view.encode(heldout[:10])

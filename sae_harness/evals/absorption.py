@@ -49,6 +49,7 @@ lowered thresholds; the measurements behind each value are in the README's Bench
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import math
@@ -71,7 +72,6 @@ from sae_harness.evals.absorption_prompts import AbsorptionModelView, locate_wor
 from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, identity_fields, write_eval_output
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
-from sae_harness.sae_bench_view import with_level_silenced
 
 SAE_BENCH_VERSION = "0.6.0"
 """The only sae-bench this eval runs with: the absorption metric changed across versions."""
@@ -199,7 +199,8 @@ def choose_thresholds(k_sparse_results, config, lowered: Thresholds | None) -> t
 
 LEVEL_METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score",
                  "mean_num_split_features")
-"""SAE-Bench's means that are also given for each level alone (base_only_*, concept_only_*)."""
+"""SAE-Bench's means that are also given for each level alone (<view>_*: base_only_* and
+concept_only_* for a two-level SAE, first_<w>_only_* for a Matryoshka SAE's first w latents)."""
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -326,8 +327,9 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
                    words_path: Path | None = None) -> dict[str, float]:
     """Run SAE-Bench's absorption eval, write its JSON to `out_path`, return the means.
 
-    For a two-level SAE the chain also runs on each level alone (the other level's latents
-    silenced in `encode`): the means gain `base_only_*` and `concept_only_*` (LEVEL_METRICS).
+    Where the SAE has `level_views()` the chain also runs on each view (a copy whose `encode`
+    silences the other latents): a two-level SAE's levels give `base_only_*` and
+    `concept_only_*`, a Matryoshka SAE's first groups `first_<w>_only_*` (LEVEL_METRICS).
     `words_path` receives the per-word table of every view (write_word_table). `probes_root`
     keeps the LLM probe across runs; `work_dir` (one per run) receives the per-SAE files. `sizes`
     overrides the preset's (tests use it). Raises AbsorptionNotEvaluable when the eval cannot
@@ -354,10 +356,9 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
     key = probe_key(lm, preset, layer, config, sizes, tokenisation)
     probes_dir = probe_folder(probes_root, key)
 
-    # each view of the SAE: both levels (SAE-Bench's score), then each level alone (ours)
-    views = [("both", None)]
-    if getattr(sae, "n_concept", 0):
-        views += [("base_only", "concept"), ("concept_only", "base")]
+    # each view of the SAE: every latent (SAE-Bench's score), then each level alone (ours: a
+    # two-level SAE's base_only / concept_only, a Matryoshka SAE's first groups)
+    views = [("both", copy.deepcopy(sae)), *(sae.level_views() if hasattr(sae, "level_views") else [])]
 
     # the probes train with autograd (run_eval enables it globally); scikit-learn's warning about
     # letters no probe predicts (precision 0/0) repeats hundreds of times and is not ours to act on
@@ -376,9 +377,9 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
                 + " (the vocabulary or its sample is too small)"
             )
         probe_seconds = time.time() - started
-        for name, silenced in views:
+        for name, level_view in views:
             view_started = time.time()
-            scored[name] = _score_view(with_level_silenced(sae, silenced), view, layer, config, sizes,
+            scored[name] = _score_view(level_view, view, layer, config, sizes,
                                        device, lm.model.cfg.dtype, probes_dir, work_dir / name)
             scored[name]["seconds"] = time.time() - view_started
     k_sparse_results, letters, lowered, details, metrics = (
