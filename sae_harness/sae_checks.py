@@ -1,6 +1,6 @@
 """What the harness holds an SAE to before training it: checked in seconds, before any model work.
 
-    rehearse_training(make_trainer, d_in, device)               # before the model loads
+    rehearse_training(make_trainer, d_in, device, batch_size)   # before the model loads
     kernels, note = check_sae(sae, scaled_batch, HARNESS_READS)  # by the trainer, on its first batch
 
 `rehearse_training` builds the SAE and trainer as experiment.py does, on random rows of the
