@@ -146,6 +146,7 @@ class TwoLevelSAE(nn.Module):
                             f"accepts ({error}); load it with the experiment.py that trained it") from error
         sae = cls(cfg, args["d_in"])
         sae.load_state_dict(state, strict=True)
+        sae.eval()  # a trained SAE (an SAE whose selection differs in training sees it so)
         return sae.stamp_identity(metadata["model_name"], metadata["hook_layer"], metadata["context_size"])
 
 
