@@ -327,3 +327,26 @@ def test_the_parent_child_overlap_is_the_mean_squared_cosine_of_co_firing_decode
     W1, W2 = W_dec1.clone().requires_grad_(), W_dec2.clone().requires_grad_()
     E.co_firing_overlap(out, W1, W2).backward()
     assert W1.grad.abs().sum() > 0 and W2.grad.abs().sum() > 0
+
+
+def test_a_finished_run_is_reused_for_its_configuration_and_one_that_predates_a_new_field(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from sae_harness.run_directory import holds_finished_run, json_round_trip
+
+    cfg = E.make_config("tuned_cosine", "embedded")
+    record = json_round_trip(asdict(cfg))
+    (tmp_path / "final_info.json").write_text(json.dumps({"training": {"means": {}}}))
+
+    def recorded(config):
+        (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+        return holds_finished_run(tmp_path, ("training",), cfg)
+
+    assert recorded(record)
+    assert not recorded({**record, "lr": 3e-4})  # another configuration
+    older = {k: v for k, v in record.items() if k != "parent_child_ortho_coef"}
+    assert recorded(older)  # trained before the field existed: its default, as now
+    assert not holds_finished_run(tmp_path, ("training",), E.make_config("parent_child_orthogonal", "embedded"))
+    assert not recorded({**record, "a_field_config_lacks": 1})
+    assert not holds_finished_run(tmp_path, ("training", "core"), cfg)  # a group missing
