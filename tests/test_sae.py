@@ -350,3 +350,22 @@ def test_a_finished_run_is_reused_for_its_configuration_and_one_that_predates_a_
     assert not holds_finished_run(tmp_path, ("training",), E.make_config("parent_child_orthogonal", "embedded"))
     assert not recorded({**record, "a_field_config_lacks": 1})
     assert not holds_finished_run(tmp_path, ("training", "core"), cfg)  # a group missing
+
+
+def test_an_sae_saved_before_a_buffer_was_added_loads_with_that_buffer_at_its_initial_value(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sae = make_sae(init_scale_concept=1.0)
+    sae.save(tmp_path / "sae", {})
+    path = tmp_path / "sae" / "sae_state.safetensors"
+    state = load_file(path)
+    del state["concept_threshold"]  # as saved by the code before the BatchTopK threshold
+    save_file(state, path)
+    loaded = E.HierarchicalSAE.load(tmp_path / "sae")
+    assert loaded.concept_threshold.item() == -1.0 and not loaded.training
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(loaded(x), sae(x))
+    del state["W_enc2"]  # a parameter is never made up
+    save_file(state, path)
+    with pytest.raises(RuntimeError, match="W_enc2"):
+        E.HierarchicalSAE.load(tmp_path / "sae")
