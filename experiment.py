@@ -192,6 +192,20 @@ class Config:
     """[TopK's selection] Load balancing without an auxiliary loss (DeepSeek-V3's routing bias):
     TopK chooses among positive pre-activations by pre + beta (values unchanged); beta_c moves by
     rate x std(pre) per step towards a firing rate of k/n2. 0: off (TopK as written)."""
+    concept_selection: Literal["topk", "batchtopk"] = "topk"
+    """[objective] 'topk': k concepts every token, as the idea. 'batchtopk' (Bussmann et al.
+    2024, dictionary_learning's BatchTopKSAE): the k x B largest concept pre-activations of the
+    batch, so a token's number varies; after training a threshold (the running mean of the
+    batch's smallest chosen value, decay concept_threshold_decay) replaces the batch."""
+    concept_threshold_decay: float = 0.1
+    """Per step, ~10 steps of memory: the threshold follows the batch's smallest chosen value,
+    which falls over training (dictionary_learning's 0.001 suits 100k+ steps; in a 976-step run
+    it keeps an early value, and eval-mode L0 is then 3-4x k)."""
+    parent_child_ortho_coef: float = 0.0
+    """[objective, off] + coef x the mean squared cosine between the decoder row of each active
+    concept and those of the base latents firing on the same token: OrtSAE's orthogonality
+    penalty (Korznikov et al. 2025, arXiv 2509.22033) on co-firing parent-child pairs, so the
+    base latents that fire with a concept cannot carry its direction (absorb it)."""
 
     # --- bookkeeping -------------------------------------------------------------------------------
     log_every: int = 25  # steps between log lines (the only steps that sync with the device)
@@ -235,7 +249,7 @@ class Config:
 NON_NEGATIVE = ("l1_base", "l1_concept", "lw_base", "lw2_min", "lw2_max", "init_scale_concept",
                 "lr_min_ratio", "weight_decay", "concept_recon_coef", "auxk_alpha", "concept_k", "base_k",
                 "concept_penalty_warmup_fraction", "auxk_k", "min_lr_warmup_steps",
-                "concept_balance_rate")
+                "concept_balance_rate", "parent_child_ortho_coef", "concept_threshold_decay")
 POSITIVE = ("d_sae_base", "concept_ratio", "batch_size", "lr", "init_scale_base", "log_every",
             "lr_restart_period_fraction", "lw2_ramp_fraction", "heldout_tokens",
             "concept_init_base", "auxk_dead_tokens", "training_tokens")
@@ -267,6 +281,10 @@ VARIANTS: dict[str, dict] = {
     "concept_reconstructs": dict(concept_recon_coef=1.0),
     "nested_topk": dict(base_k=50, l1_base=0.0, lw_base=0.0, concept_recon_coef=1.0),
     "no_balance": dict(concept_balance_rate=0.0),
+    # [d] the concept level's L0 free per token (BatchTopK, no load balancing), and co-firing
+    # parent and child decoders held apart (OrtSAE's penalty)
+    "concept_batchtopk": dict(concept_selection="batchtopk", concept_balance_rate=0.0),
+    "parent_child_orthogonal": dict(parent_child_ortho_coef=10.0),
     # a vanilla ReLU SAE with L1, as the AI-Scientist template trains it (no concept level;
     # Adam + the decoder constraint = its ConstrainedAdam, lr 3e-4, batch 2048)
     "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, lw_base=0.0, lw2_min=0.0,
@@ -283,6 +301,8 @@ VARIANT_TITLES = {"tuned_cosine": "Tuned cosine (this idea)",  # names in notes.
                   "concept_reconstructs": "Concept level reconstructs x alone",
                   "nested_topk": "Nested: TopK base, concept level reconstructs x",
                   "no_balance": "Concept TopK without load balancing",
+                  "concept_batchtopk": "BatchTopK concept level, no balancing",
+                  "parent_child_orthogonal": "Co-firing parent/child decoders orthogonal",
                   "baseline": "Baseline (vanilla ReLU SAE)"}
 
 SETTING_SHRINK: dict[str, dict[str, float]] = {
@@ -405,7 +425,7 @@ class HierarchicalSAE(TwoLevelSAE):
     INPUT_SCALED tensors, and saves it with its Config and loads it strictly.
     """
 
-    INPUT_SCALED = ("b_enc1", "b_enc2", "b_dec", "concept_selection_bias")  # input units
+    INPUT_SCALED = ("b_enc1", "b_enc2", "b_dec", "concept_selection_bias", "concept_threshold")
     SCALE_FREE = ("W_enc1", "W_dec1", "W_enc2", "W_dec2")
     """Every parameter and buffer, by how it changes when the input scale is folded in
     (fold_input_scale_; sae_checks.py refuses an SAE whose tensors are not all listed)."""
@@ -415,6 +435,7 @@ class HierarchicalSAE(TwoLevelSAE):
         n_base, n_concept = self.n_base, self.n_concept
         self.concept_k, self.base_k = cfg.concept_k, cfg.base_k
         self.balancing = cfg.concept_balance_rate > 0
+        self.batch_topk = cfg.concept_selection == "batchtopk"
         g = torch.Generator().manual_seed(cfg.seed)
         if cfg.base_init == "xavier_normal":
             sigma_base = cfg.init_scale_base * math.sqrt(2.0 / (d_in + n_base))
@@ -438,6 +459,8 @@ class HierarchicalSAE(TwoLevelSAE):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("concept_selection_bias", torch.zeros(n_concept))
         """beta: shifts TopK's choice among positive concept pre-activations (load balancing)."""
+        self.register_buffer("concept_threshold", torch.full((), -1.0))
+        """BatchTopK's inference threshold on concept pre-activations (-1: not set yet)."""
 
     def forward_levels(self, x: torch.Tensor) -> SAEOutput:
         """Both levels on (B, d) inputs. The products are sae_kernels' exact forms: on a CPU, the
@@ -458,11 +481,27 @@ class HierarchicalSAE(TwoLevelSAE):
             # beta - min(beta) >= 0 keeps every positive candidate ahead of the non-positive ones)
             beta = self.concept_selection_bias
             score = torch.where(pre2 > 0, pre2 + (beta - beta.min()), pre2) if self.balancing else pre2
-            indices = score.topk(self.concept_k, dim=-1, sorted=False).indices
+            if self.batch_topk:  # a varying number a token: (B, widest) slots, empty ones kept at 0
+                chosen = self.batch_topk_choice(score)
+                indices = chosen.float().topk(max(int(chosen.sum(-1).max()), 1), dim=-1).indices
+                keep = chosen.gather(1, indices)
+            else:
+                indices = score.topk(self.concept_k, dim=-1, sorted=False).indices
         values = F.relu(selected_preactivations(z1, self.W_enc2, self.b_enc2, pre2, indices, active))
+        if self.batch_topk:
+            values = values * keep
         x_hat_concept = F.embedding_bag(indices, self.W_dec2, mode="sum",
                                         per_sample_weights=values.to(self.W_dec2.dtype))
         return SAEOutput(x_hat + x_hat_concept, z1, values, indices, active, pre2, x_hat_concept)
+
+    def batch_topk_choice(self, score: torch.Tensor) -> torch.Tensor:
+        """(B, n2) bool: in training the k x B largest positive scores of the batch; after
+        training (eval mode, set once the threshold is learnt) the scores above the threshold."""
+        if not self.training and self.concept_threshold >= 0:
+            return score > self.concept_threshold
+        chosen = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+        chosen[score.flatten().topk(self.concept_k * len(score), sorted=False).indices] = True
+        return chosen.view_as(score) & (score > 0)
 
     # --- constraints -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -491,8 +530,19 @@ class LossTerms(NamedTuple):
     weight_l1_concept: torch.Tensor
     concept_reconstruction: torch.Tensor
     auxk: torch.Tensor
+    parent_child_overlap: torch.Tensor
     l0_base: torch.Tensor
     l0_concept: torch.Tensor
+
+
+def co_firing_overlap(out: SAEOutput, W_dec1: torch.Tensor, W_dec2: torch.Tensor) -> torch.Tensor:
+    """Mean over the (token, active concept) pairs of the mean squared cosine between the
+    concept's decoder row and those of the base latents firing on the token (rows unit norm)."""
+    cosines = W_dec2[out.z2_indices].float() @ W_dec1.float().T  # (B, slots, n1)
+    fired = (out.z1 > 0).float()
+    per_pair = (cosines.pow(2) * fired[:, None, :]).sum(-1) / fired.sum(-1, keepdim=True).clamp_min(1)
+    active = (out.z2_values > 0).float()
+    return (per_pair * active).sum() / active.sum().clamp_min(1)
 
 
 class HierarchicalTrainer(TrainerState):
@@ -542,13 +592,15 @@ class HierarchicalTrainer(TrainerState):
         l1_concept = out.z2_values.sum(-1, dtype=torch.float32).mean() / (math.sqrt(d) * s)
         weight_l1_base = sae.W_enc1.abs().sum(0).mean() / math.sqrt(d)
         weight_l1_concept = sae.W_enc2.abs().sum(0).mean() / math.sqrt(sae.n_base) if sae.n_concept else zero
-        concept_reconstruction = auxk = zero
+        concept_reconstruction = auxk = parent_child_overlap = zero
         if sae.n_concept and cfg.concept_recon_coef:
             concept_reconstruction = (x - out.x_hat_concept.float() - sae.b_dec).pow(2).sum(-1).mean() / (d * s * s)
         if sae.n_concept and cfg.auxk_alpha:
             dead = self.firing_concept.dead(cfg.auxk_dead_tokens)
             if x.device.type != "cpu" or dead.any():  # asking costs a device sync: a CPU asks
                 auxk = self.auxk_loss(x, out, dead)
+        if sae.n_concept and cfg.parent_child_ortho_coef:
+            parent_child_overlap = co_firing_overlap(out, sae.W_dec1, sae.W_dec2)
         warm = schedule.concept_penalty_factor(step)
         weighted = {
             "reconstruction": reconstruction,
@@ -558,6 +610,7 @@ class HierarchicalTrainer(TrainerState):
             "weight_l1_concept": schedule.lw2(step) * warm * weight_l1_concept,
             "concept_reconstruction": cfg.concept_recon_coef * concept_reconstruction,
             "auxk": cfg.auxk_alpha * auxk,
+            "parent_child_overlap": cfg.parent_child_ortho_coef * parent_child_overlap,
         }
         total = sum(weighted.values())
         with torch.no_grad():
@@ -571,7 +624,8 @@ class HierarchicalTrainer(TrainerState):
                           l1_concept=l1_concept, weight_l1_base=weight_l1_base,
                           weight_l1_concept=weight_l1_concept,
                           concept_reconstruction=concept_reconstruction, auxk=auxk,
-                          l0_base=l0_base, l0_concept=l0_concept)
+                          parent_child_overlap=parent_child_overlap, l0_base=l0_base,
+                          l0_concept=l0_concept)
         return terms, weighted, out, active
 
     def auxk_loss(self, x: torch.Tensor, out: SAEOutput, dead: torch.Tensor) -> torch.Tensor:
@@ -610,6 +664,12 @@ class HierarchicalTrainer(TrainerState):
                 fired = out.z2_indices[out.z2_values > 0]
                 counts = whole.counts(torch.bincount(fired, minlength=self.sae.n_concept))
                 self.firing_concept.tick(counts > 0, tokens)
+                if self.sae.batch_topk:  # BatchTopK's inference threshold (dictionary_learning's)
+                    chosen = out.z2_values[out.z2_values > 0]
+                    smallest = chosen.min().float() if chosen.numel() else None
+                    if smallest is not None:
+                        threshold, decay = self.sae.concept_threshold, self.cfg.concept_threshold_decay
+                        threshold.copy_(smallest if threshold < 0 else (1 - decay) * threshold + decay * smallest)
                 if self.cfg.concept_balance_rate:
                     target = self.sae.concept_k / self.sae.n_concept
                     step_size = self.cfg.concept_balance_rate * whole.std(out.z2_pre.float())
@@ -665,6 +725,7 @@ def train_sae(cfg: Config, device: str, data: ActivationData, run: RunDirectory,
         terms = trainer.update(step, x.to(device, non_blocking=True))
         session.step_done(step, terms)
     sae.fold_input_scale_(trainer.input_scale)
+    sae.eval()  # trained: a BatchTopK concept level now selects by its threshold
     return sae, {**session.summary(), **trainer.values(), "plain_autograd": float(trainer.kernels == "plain")}
 
 

@@ -118,16 +118,25 @@ def json_round_trip(obj):
 def holds_finished_run(folder: Path, groups: tuple[str, ...], cfg=None) -> bool:
     """Whether `folder`'s final_info.json has every result group in `groups` and, when `cfg`
     (a Config) is given, its config.json records exactly that configuration: a run that
-    scripts can reuse instead of training it again."""
+    scripts can reuse instead of training it again. A field added to Config after the run
+    counts as recorded at Config's default (a new field's default keeps the old behaviour: the
+    project's rule, held by the 60-step weight digests)."""
     info, config = Path(folder) / FINAL_INFO, Path(folder) / CONFIG
     if not info.exists():
         return False
     groups_held = read_json(info)
     if not all(group in groups_held for group in groups):
         return False
+    if cfg is None:
+        return True
+    if not config.exists():
+        return False
     from dataclasses import asdict
 
-    return cfg is None or (config.exists() and read_json(config)["config"] == json_round_trip(asdict(cfg)))
+    recorded = read_json(config)["config"]
+    wanted, defaults = json_round_trip(asdict(cfg)), json_round_trip(asdict(type(cfg)()))
+    return set(recorded) <= set(wanted) and all(recorded.get(name, defaults[name]) == value
+                                                 for name, value in wanted.items())
 
 
 def finite_means(values: dict[str, Any]) -> tuple[dict[str, float], list[str]]:

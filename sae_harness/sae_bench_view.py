@@ -145,7 +145,11 @@ class TwoLevelSAE(nn.Module):
             raise DataError(f"{directory} was saved with a Config that experiment.py's no longer "
                             f"accepts ({error}); load it with the experiment.py that trained it") from error
         sae = cls(cfg, args["d_in"])
+        buffers = dict(sae.named_buffers())
+        added = set(buffers) - set(state)  # a buffer added to the class after this SAE was saved
+        state = {**{name: buffers[name] for name in added}, **state}  # keeps its initial value
         sae.load_state_dict(state, strict=True)
+        sae.eval()  # a trained SAE (an SAE whose selection differs in training sees it so)
         return sae.stamp_identity(metadata["model_name"], metadata["hook_layer"], metadata["context_size"])
 
 

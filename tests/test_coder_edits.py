@@ -114,21 +114,21 @@ def plain_autograd_trained_the_gain(run: Finished):
 
 CONFIG_LINE = {"concept_k": "    concept_k: int = 10  # active concept latents per token (TopK); 0: none, a vanilla ReLU SAE",
                "batch_size": "    batch_size: int = 2048  # tokens per optimisation step (the idea's and the template's 2048)"}
-TOPK_LINES = ("""            indices = score.topk(self.concept_k, dim=-1, sorted=False).indices
+TOPK_LINES = ("""                indices = score.topk(self.concept_k, dim=-1, sorted=False).indices
         values = F.relu(selected_preactivations(z1, self.W_enc2, self.b_enc2, pre2, indices, active))""")
-BATCH_TOPK_LINES = """            chosen = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-            chosen[score.flatten().topk(self.concept_k * len(x), sorted=False).indices] = True
-            chosen = chosen.view_as(score)  # BatchTopK: k a token on average over the batch
-            width = max(int(chosen.sum(-1).max()), 1)
-            indices = chosen.float().topk(width, dim=-1, sorted=False).indices
-            keep = chosen.gather(1, indices)
+BATCH_TOPK_LINES = """                chosen = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+                chosen[score.flatten().topk(self.concept_k * len(x), sorted=False).indices] = True
+                chosen = chosen.view_as(score)  # BatchTopK: k a token on average over the batch
+                width = max(int(chosen.sum(-1).max()), 1)
+                indices = chosen.float().topk(width, dim=-1, sorted=False).indices
+                keep = chosen.gather(1, indices)
         values = F.relu(selected_preactivations(z1, self.W_enc2, self.b_enc2, pre2, indices, active)) * keep"""
 BASE_LINE = "        z1 = F.relu(centred_encoder(x, self.b_dec, self.W_enc1, self.b_enc1))"
 BUFFER_LINE = '        self.register_buffer("concept_selection_bias", torch.zeros(n_concept))'
 THRESHOLD_BUFFER = BUFFER_LINE + '\n        self.register_buffer("base_threshold", torch.full((n_base,), 0.05))'
 THRESHOLD_FORWARD = ("        pre1 = centred_encoder(x, self.b_dec, self.W_enc1, self.b_enc1)\n"
                      "        z1 = F.relu(pre1) * (pre1 > self.base_threshold)  # JumpReLU")
-SCALED = '    INPUT_SCALED = ("b_enc1", "b_enc2", "b_dec", "concept_selection_bias")  # input units'
+SCALED = '    INPUT_SCALED = ("b_enc1", "b_enc2", "b_dec", "concept_selection_bias", "concept_threshold")'
 LOSS_FIELD = "    auxk: torch.Tensor\n"
 LOSS_WEIGHTED = '            "auxk": cfg.auxk_alpha * auxk,\n'
 LOSS_BUILT = "concept_reconstruction=concept_reconstruction, auxk=auxk,"

@@ -274,3 +274,98 @@ def test_trainer_state_round_trips_and_a_foreign_checkpoint_is_refused_clearly()
     old_format = {k: v for k, v in state.items() if not k.startswith("firing_")}
     with pytest.raises(E.ConfigurationError, match="firing_base.*EXPERIMENT_OVERWRITE=1"):
         trainer().load_state_dict(old_format)
+
+
+def test_batchtopk_concepts_average_k_over_the_batch_and_a_learnt_threshold_serves_after():
+    """concept_selection='batchtopk': in training the k x B largest positive pre-activations of
+    the batch (a varying number a token); the trainer keeps the running smallest chosen value;
+    in eval mode (after training) the concepts above that threshold fire, whatever the batch."""
+    sae = make_sae(init_scale_concept=1.0, concept_selection="batchtopk", concept_balance_rate=0.0)
+    x = torch.randn(200, 32) * 3
+    out = sae.forward_levels(x)
+    per_token = (out.z2_values > 0).sum(-1)
+    assert per_token.sum() == 3 * 200 and per_token.min() < per_token.max()
+    pre = torch.relu(out.z1 @ sae.W_enc2 + sae.b_enc2)
+    kth = pre.flatten().topk(3 * 200).values[-1]
+    z2 = torch.zeros_like(pre).scatter_add(1, out.z2_indices, out.z2_values)
+    assert torch.equal(z2 > 0, pre >= kth)  # exactly the batch's largest
+    torch.testing.assert_close(z2[z2 > 0], pre[z2 > 0])
+
+    cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=200, training_tokens=200 * 5,
+                   matmul_dtype="float32", concept_selection="batchtopk", concept_balance_rate=0.0,
+                   concept_threshold_decay=0.5)
+    trainer = E.HierarchicalTrainer(sae, cfg, x)
+    assert sae.concept_threshold < 0  # not learnt yet
+    smallest = []
+    for step in range(3):
+        with torch.no_grad():
+            chosen = sae.forward_levels(x / trainer.input_scale).z2_values
+        smallest.append(chosen[chosen > 0].min())
+        trainer.update(step, x)
+    # the trainer took the smallest chosen value of each step's forward, before that step's update
+    assert sae.concept_threshold.item() == pytest.approx(
+        (0.5 * (0.5 * smallest[0] + 0.5 * smallest[1]) + 0.5 * smallest[2]).item(), rel=1e-5)
+    sae.eval()
+    one_token = x[:1] / trainer.input_scale
+    out = sae.forward_levels(one_token)
+    pre = out.z1 @ sae.W_enc2 + sae.b_enc2
+    fired = torch.zeros_like(pre).scatter_add(1, out.z2_indices, out.z2_values) > 0
+    assert torch.equal(fired, pre > sae.concept_threshold)
+
+
+def test_the_parent_child_overlap_is_the_mean_squared_cosine_of_co_firing_decoders():
+    W_dec1 = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    W_dec2 = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    z1 = torch.tensor([[1.0, 0, 2.0, 0, 0, 0], [0, 0, 0, 0, 0, 3.0]])
+    out = E.SAEOutput(None, z1, torch.tensor([[1.0, 0.0], [2.0, 5.0]]), torch.tensor([[0, 1], [1, 2]]), None)
+    # token 0: concept 0 (concept 1's slot is empty) with base 0 and 2; token 1: concepts 1, 2 with base 5
+    pairs = [((W_dec2[0] @ W_dec1[0]) ** 2 + (W_dec2[0] @ W_dec1[2]) ** 2) / 2,
+             (W_dec2[1] @ W_dec1[5]) ** 2, (W_dec2[2] @ W_dec1[5]) ** 2]
+    expected = sum(pairs) / 3
+    assert E.co_firing_overlap(out, W_dec1, W_dec2).item() == pytest.approx(expected.item(), rel=1e-6)
+    # and the variant trains it down: its gradient reaches both decoders
+    W1, W2 = W_dec1.clone().requires_grad_(), W_dec2.clone().requires_grad_()
+    E.co_firing_overlap(out, W1, W2).backward()
+    assert W1.grad.abs().sum() > 0 and W2.grad.abs().sum() > 0
+
+
+def test_a_finished_run_is_reused_for_its_configuration_and_one_that_predates_a_new_field(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from sae_harness.run_directory import holds_finished_run, json_round_trip
+
+    cfg = E.make_config("tuned_cosine", "embedded")
+    record = json_round_trip(asdict(cfg))
+    (tmp_path / "final_info.json").write_text(json.dumps({"training": {"means": {}}}))
+
+    def recorded(config):
+        (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+        return holds_finished_run(tmp_path, ("training",), cfg)
+
+    assert recorded(record)
+    assert not recorded({**record, "lr": 3e-4})  # another configuration
+    older = {k: v for k, v in record.items() if k != "parent_child_ortho_coef"}
+    assert recorded(older)  # trained before the field existed: its default, as now
+    assert not holds_finished_run(tmp_path, ("training",), E.make_config("parent_child_orthogonal", "embedded"))
+    assert not recorded({**record, "a_field_config_lacks": 1})
+    assert not holds_finished_run(tmp_path, ("training", "core"), cfg)  # a group missing
+
+
+def test_an_sae_saved_before_a_buffer_was_added_loads_with_that_buffer_at_its_initial_value(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sae = make_sae(init_scale_concept=1.0)
+    sae.save(tmp_path / "sae", {})
+    path = tmp_path / "sae" / "sae_state.safetensors"
+    state = load_file(path)
+    del state["concept_threshold"]  # as saved by the code before the BatchTopK threshold
+    save_file(state, path)
+    loaded = E.HierarchicalSAE.load(tmp_path / "sae")
+    assert loaded.concept_threshold.item() == -1.0 and not loaded.training
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(loaded(x), sae(x))
+    del state["W_enc2"]  # a parameter is never made up
+    save_file(state, path)
+    with pytest.raises(RuntimeError, match="W_enc2"):
+        E.HierarchicalSAE.load(tmp_path / "sae")
