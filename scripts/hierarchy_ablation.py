@@ -41,19 +41,22 @@ from sae_harness.run_directory import (EVALUATIONS, atomic_write_json, holds_fin
 FOLDER = REPO / "study" / "hierarchy_pays"
 VARIANTS = ("tuned_cosine", "topk_base", "concept_reconstructs", "nested_topk", "no_balance")
 FRONTIER_LR = 3e-4
+LATER_VARIANTS = ("concept_batchtopk", "parent_child_orthogonal")
 ARMS: list[tuple[str, str, dict]] = (
     [(f"run_{i + 1}", variant, {}) for i, variant in enumerate(VARIANTS)]
-    + [(f"run_{i + 6}", variant, {"lr": FRONTIER_LR}) for i, variant in enumerate(VARIANTS)])
-"""(folder, variant, Config overrides): each variant at the study's lr, then at the frontier's."""
+    + [(f"run_{i + 6}", variant, {"lr": FRONTIER_LR}) for i, variant in enumerate(VARIANTS)]
+    + [(f"run_{i + 11}", variant, {}) for i, variant in enumerate(LATER_VARIANTS)])
+"""(folder, variant, Config overrides): each variant at the study's lr, then at the frontier's;
+the variants added later at the study's lr."""
 MATRYOSHKA_POINTS = (40, 80)
 """SAE-Lens Matryoshka BatchTopK at these k (build_frontier.py's points, at the frontier's lr),
 trained again here to read absorption on its first groups alone (first_128_only_*,
 first_512_only_*) beside the whole dictionary: the per-level reading of the baseline."""
 SEED_ARMS: list[tuple[str, str, dict]] = [
-    ("run_11", "concept_reconstructs", {"seed": 1}),
-    ("run_12", "concept_reconstructs", {"seed": 2}),
+    ("run_13", "concept_reconstructs", {"seed": 1}),
+    ("run_14", "concept_reconstructs", {"seed": 2}),
 ]
-"""The variant closest to the goal at the study's lr (chosen from run_1..run_10), at seeds 1 and 2."""
+"""The variant closest to the goal (chosen from the arms above), at seeds 1 and 2."""
 
 COLUMNS = [  # (column, group, key, format)
     ("absorption", "absorption", "mean_absorption_fraction_score", ".3f"),
