@@ -111,7 +111,7 @@ def find_runs(runs_dir: Path, labels: dict[str, str]) -> list[Run]:
         if name not in found:
             print(f"{name} ('{labels[name]}' in labels): no {name}/final_info.json in {runs_dir}; not shown")
     names = sorted(found, key=lambda n: (run_number(n) is None, run_number(n) or 0, n))
-    colors = plt.get_cmap("tab10").colors
+    colors = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
     runs = []
     for i, name in enumerate(names):
         record = load_run(found[name])
@@ -120,8 +120,15 @@ def find_runs(runs_dir: Path, labels: dict[str, str]) -> list[Run]:
 
 
 def run_label(record: RunRecord, labels: dict[str, str]) -> str:
-    """The run's entry in `labels`, else its variant's title (config.json), else 'run_i (variant)'."""
-    title = (record.config or {}).get("variant_title")
+    """The run's entry in `labels`, else its variant's title (config.json) with the values a
+    script's overrides changed (e.g. '[lr 0.0003, seed 1]'), else 'run_i (variant)'."""
+    config = record.config or {}
+    title = config.get("variant_title")
+    overridden = [f"{line.split()[0]} {line.split(' -> ')[1].removesuffix(' (overrides)')}"
+                  for line in config.get("changed_from_experiment_py", [])
+                  if line.endswith(" (overrides)") and " -> " in line]  # 'lr 0.001 -> 0.0003 (overrides)'
+    if title and overridden:
+        title = f"{title} [{', '.join(overridden)}]"
     return labels.get(record.name) or title or f"{record.name} ({record.variant})"
 
 

@@ -223,3 +223,20 @@ def test_the_frontier_figure_and_the_equal_l0_columns(tmp_path, monkeypatch):
     assert ev_cell == f"{means['relu.explained_variance.difference']:+.3f} / out / n/a"
     assert row["d absorption vs relu/topk/matryoshka at equal L0"].split(" / ")[0].endswith("~")
     assert dict(zip(header, table_rows(stdout)["run_0"]))["d top-1 vs relu/topk/matryoshka at equal L0"] == "n/a"
+
+
+def test_a_scripts_overrides_are_part_of_the_runs_label(tmp_path):
+    """Arms a script trained with overrides (hierarchy_ablation.py: the same variant at another
+    lr or seed) are told apart by what the overrides changed, read from config.json."""
+    from fixtures_runs import config_json
+
+    run = tmp_path / "run_7"
+    run.mkdir()
+    config = config_json("tuned_cosine", lr=0.0003, seed=1)
+    config["changed_from_experiment_py"] = ["d_sae_base 16384 -> 2048 (embedded setting /8)",
+                                            "lr 0.001 -> 0.0003 (overrides)", "seed 0 -> 1 (overrides)"]
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "final_info.json").write_text(json.dumps({"training": {"means": {"explained_variance": 0.8}}}))
+    record = plot.load_run(run)
+    assert plot.run_label(record, {}) == "Tuned cosine (this idea) [lr 0.0003, seed 1]"
+    assert plot.run_label(record, {"run_7": "mine"}) == "mine"
