@@ -112,23 +112,34 @@ def find_runs(runs_dir: Path, labels: dict[str, str]) -> list[Run]:
             print(f"{name} ('{labels[name]}' in labels): no {name}/final_info.json in {runs_dir}; not shown")
     names = sorted(found, key=lambda n: (run_number(n) is None, run_number(n) or 0, n))
     colors = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
+    records = [load_run(found[name]) for name in names]
+    overrides = [overridden_values(record) for record in records]
     runs = []
-    for i, name in enumerate(names):
-        record = load_run(found[name])
-        runs.append(Run(record, run_label(record, labels), matplotlib.colors.to_hex(colors[i % len(colors)])))
+    for i, (record, values) in enumerate(zip(records, overrides)):
+        # the overridden values that differ between the runs of this variant tell them apart
+        same_variant = [other for r, other in zip(records, overrides) if r.variant == record.variant]
+        telling = [f"{key} {value}" for key, value in values.items()
+                   if len({str(other.get(key)) for other in same_variant}) > 1]
+        runs.append(Run(record, run_label(record, labels, telling),
+                        matplotlib.colors.to_hex(colors[i % len(colors)])))
     return runs
 
 
-def run_label(record: RunRecord, labels: dict[str, str]) -> str:
-    """The run's entry in `labels`, else its variant's title (config.json) with the values a
-    script's overrides changed (e.g. '[lr 0.0003, seed 1]'), else 'run_i (variant)'."""
-    config = record.config or {}
-    title = config.get("variant_title")
-    overridden = [f"{line.split()[0]} {line.split(' -> ')[1].removesuffix(' (overrides)')}"
-                  for line in config.get("changed_from_experiment_py", [])
-                  if line.endswith(" (overrides)") and " -> " in line]  # 'lr 0.001 -> 0.0003 (overrides)'
-    if title and overridden:
-        title = f"{title} [{', '.join(overridden)}]"
+def overridden_values(record: RunRecord) -> dict[str, str]:
+    """The Config values a script's overrides set for the run (config.json's
+    changed_from_experiment_py lines 'lr 0.001 -> 0.0003 (overrides)')."""
+    lines = (record.config or {}).get("changed_from_experiment_py", [])
+    return {line.split()[0]: line.split(" -> ")[1].removesuffix(" (overrides)")
+            for line in lines if line.endswith(" (overrides)") and " -> " in line}
+
+
+def run_label(record: RunRecord, labels: dict[str, str], telling: list[str] = ()) -> str:
+    """The run's entry in `labels`, else its variant's title (config.json) followed by the
+    overridden values that tell it from the other runs of its variant (e.g. '[lr 0.0003, seed
+    1]'), else 'run_i (variant)'."""
+    title = (record.config or {}).get("variant_title")
+    if title and telling:
+        title = f"{title} [{', '.join(telling)}]"
     return labels.get(record.name) or title or f"{record.name} ({record.variant})"
 
 

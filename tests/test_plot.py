@@ -225,18 +225,29 @@ def test_the_frontier_figure_and_the_equal_l0_columns(tmp_path, monkeypatch):
     assert dict(zip(header, table_rows(stdout)["run_0"]))["d top-1 vs relu/topk/matryoshka at equal L0"] == "n/a"
 
 
-def test_a_scripts_overrides_are_part_of_the_runs_label(tmp_path):
-    """Arms a script trained with overrides (hierarchy_ablation.py: the same variant at another
-    lr or seed) are told apart by what the overrides changed, read from config.json."""
+def test_the_overrides_that_tell_runs_apart_are_part_of_their_labels(tmp_path):
+    """Arms a script trained with overrides (hierarchy_ablation.py: one variant at two lrs and
+    seeds) are told apart by the overridden values that differ between the runs of the variant
+    (read from config.json); values they share (a test fixture's sizes) are left out, and so are
+    a lone run's."""
     from fixtures_runs import config_json
 
-    run = tmp_path / "run_7"
-    run.mkdir()
-    config = config_json("tuned_cosine", lr=0.0003, seed=1)
-    config["changed_from_experiment_py"] = ["d_sae_base 16384 -> 2048 (embedded setting /8)",
-                                            "lr 0.001 -> 0.0003 (overrides)", "seed 0 -> 1 (overrides)"]
-    (run / "config.json").write_text(json.dumps(config))
-    (run / "final_info.json").write_text(json.dumps({"training": {"means": {"explained_variance": 0.8}}}))
-    record = plot.load_run(run)
-    assert plot.run_label(record, {}) == "Tuned cosine (this idea) [lr 0.0003, seed 1]"
-    assert plot.run_label(record, {"run_7": "mine"}) == "mine"
+    shared = "d_sae_base 16384 -> 256 (overrides)"
+    for name, changes in (("run_1", [shared]),
+                          ("run_2", [shared, "lr 0.001 -> 0.0003 (overrides)", "seed 0 -> 1 (overrides)"])):
+        (tmp_path / name).mkdir()
+        config = config_json("tuned_cosine")
+        config["changed_from_experiment_py"] = ["batch_size 2048 -> 512 (embedded setting /4)", *changes]
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        (tmp_path / name / "final_info.json").write_text(
+            json.dumps({"training": {"means": {"explained_variance": 0.8}}}))
+    (tmp_path / "run_3").mkdir()  # another variant, alone: its title only
+    config = config_json("cosine_sparsity")
+    config["changed_from_experiment_py"] = [shared, "lr 0.001 -> 0.002 (overrides)"]
+    (tmp_path / "run_3" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "run_3" / "final_info.json").write_text(json.dumps({"training": {"means": {}}}))
+    runs = plot.find_runs(tmp_path, {})
+    assert [run.label for run in runs] == ["Tuned cosine (this idea)",
+                                           "Tuned cosine (this idea) [lr 0.0003, seed 1]",
+                                           "Previous cosine variant"]
+    assert [run.label for run in plot.find_runs(tmp_path, {"run_2": "mine"})][1] == "mine"
