@@ -201,6 +201,11 @@ class Config:
     """Per step, ~10 steps of memory: the threshold follows the batch's smallest chosen value,
     which falls over training (dictionary_learning's 0.001 suits 100k+ steps; in a 976-step run
     it keeps an early value, and eval-mode L0 is then 3-4x k)."""
+    parent_gated: bool = False
+    """[objective, off] A base latent fires only on tokens where its parent fires, its parent
+    being the concept that reads it most (argmax_c |W_enc2[b, c]|, recomputed every forward):
+    H-SAE's gating of children by their parent (Muchane et al. 2025), with the tree read off
+    W_enc2 since here the concepts read the base latents."""
     parent_child_ortho_coef: float = 0.0
     """[objective, off] + coef x the mean squared cosine between the decoder row of each active
     concept and those of the base latents firing on the same token: OrtSAE's orthogonality
@@ -281,10 +286,11 @@ VARIANTS: dict[str, dict] = {
     "concept_reconstructs": dict(concept_recon_coef=1.0),
     "nested_topk": dict(base_k=50, l1_base=0.0, lw_base=0.0, concept_recon_coef=1.0),
     "no_balance": dict(concept_balance_rate=0.0),
-    # [d] the concept level's L0 free per token (BatchTopK, no load balancing), and co-firing
-    # parent and child decoders held apart (OrtSAE's penalty)
+    # [d] the concept level's L0 free per token (BatchTopK, no load balancing), co-firing
+    # parent and child decoders held apart (OrtSAE's penalty), children gated by their parent
     "concept_batchtopk": dict(concept_selection="batchtopk", concept_balance_rate=0.0),
     "parent_child_orthogonal": dict(parent_child_ortho_coef=10.0),
+    "parent_gated": dict(parent_gated=True),
     # a vanilla ReLU SAE with L1, as the AI-Scientist template trains it (no concept level;
     # Adam + the decoder constraint = its ConstrainedAdam, lr 3e-4, batch 2048)
     "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, lw_base=0.0, lw2_min=0.0,
@@ -303,6 +309,7 @@ VARIANT_TITLES = {"tuned_cosine": "Tuned cosine (this idea)",  # names in notes.
                   "no_balance": "Concept TopK without load balancing",
                   "concept_batchtopk": "BatchTopK concept level, no balancing",
                   "parent_child_orthogonal": "Co-firing parent/child decoders orthogonal",
+                  "parent_gated": "Base latents fire only with their parent concept",
                   "baseline": "Baseline (vanilla ReLU SAE)"}
 
 SETTING_SHRINK: dict[str, dict[str, float]] = {
@@ -436,6 +443,7 @@ class HierarchicalSAE(TwoLevelSAE):
         self.concept_k, self.base_k = cfg.concept_k, cfg.base_k
         self.balancing = cfg.concept_balance_rate > 0
         self.batch_topk = cfg.concept_selection == "batchtopk"
+        self.parent_gated = cfg.parent_gated
         g = torch.Generator().manual_seed(cfg.seed)
         if cfg.base_init == "xavier_normal":
             sigma_base = cfg.init_scale_base * math.sqrt(2.0 / (d_in + n_base))
@@ -490,6 +498,15 @@ class HierarchicalSAE(TwoLevelSAE):
         values = F.relu(selected_preactivations(z1, self.W_enc2, self.b_enc2, pre2, indices, active))
         if self.batch_topk:
             values = values * keep
+        if self.parent_gated:  # a child fires only with its parent: z1 and its decoding, gated
+            with torch.no_grad():
+                parent = self.W_enc2.abs().argmax(1)  # (n1,) the concept reading each base latent most
+                fired = torch.zeros(len(x), self.n_concept, dtype=torch.bool, device=x.device)
+                fired.scatter_(1, indices, values > 0)
+                allowed = fired.gather(1, parent.expand(len(x), -1))
+            z1 = z1 * allowed
+            active = ActiveLatents.of(z1)
+            x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)
         x_hat_concept = F.embedding_bag(indices, self.W_dec2, mode="sum",
                                         per_sample_weights=values.to(self.W_dec2.dtype))
         return SAEOutput(x_hat + x_hat_concept, z1, values, indices, active, pre2, x_hat_concept)

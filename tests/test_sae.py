@@ -369,3 +369,18 @@ def test_an_sae_saved_before_a_buffer_was_added_loads_with_that_buffer_at_its_in
     save_file(state, path)
     with pytest.raises(RuntimeError, match="W_enc2"):
         E.HierarchicalSAE.load(tmp_path / "sae")
+
+
+def test_parent_gated_base_latents_fire_only_with_the_concept_that_reads_them_most():
+    sae = make_sae(init_scale_concept=1.0, parent_gated=True)
+    ungated = make_sae(init_scale_concept=1.0)
+    ungated.load_state_dict(sae.state_dict())
+    x = torch.randn(50, 32) * 3
+    out, free = sae.forward_levels(x), ungated.forward_levels(x)
+    parent = sae.W_enc2.abs().argmax(1)
+    fired = torch.zeros(50, sae.n_concept, dtype=torch.bool).scatter(1, out.z2_indices, out.z2_values > 0)
+    allowed = fired[:, parent]
+    torch.testing.assert_close(out.z1, free.z1 * allowed)  # the children of silent parents are off
+    assert torch.equal(out.z2_indices, free.z2_indices)  # the concepts read the ungated base level
+    assert (free.z1 > 0).sum() > (out.z1 > 0).sum() > 0
+    torch.testing.assert_close(out.x_hat, out.z1 @ sae.W_dec1 + sae.b_dec + out.x_hat_concept)
