@@ -51,10 +51,12 @@ ARMS: list[tuple[str, str, dict]] = (
     + [(f"run_{i + 6}", variant, {"lr": FRONTIER_LR}) for i, variant in enumerate(VARIANTS)]
     + [(f"run_{i + 11}", variant, {}) for i, variant in enumerate(LATER_VARIANTS)]
     + [("run_13", "concept_reconstructs", MATCHED_L0), ("run_14", "tuned_cosine", MATCHED_L0)]
-    + [("run_17", "parent_gated", {}), ("run_18", "parent_gated", MATCHED_L0)])
+    + [("run_17", "parent_gated", {}), ("run_18", "parent_gated", MATCHED_L0),
+       ("run_19", "parent_gated", {"l1_base": 0.04})])
 """(folder, variant, Config overrides): each variant at the study's lr, then at the frontier's;
 the variants added later at the study's lr; the two ReLU-based designs at the frontier's lr with
-the L1 that brings their L0 back into the frontier's range; the parent-gated variant at both."""
+the L1 that brings their L0 back into the frontier's range; the parent-gated variant at both, and
+at lr 1e-3 with the L1 that brings its gated base L0 (13 at l1_base 0.1) towards the others'."""
 MATRYOSHKA_POINTS = (40, 80)
 """SAE-Lens Matryoshka BatchTopK at these k (build_frontier.py's points, at the frontier's lr),
 trained again here to read absorption on its first groups alone (first_128_only_*,
