@@ -6,6 +6,7 @@ package holds what it stands on, one step of the data's path per module:
     presets.py          the real and the embedded setting; EXPERIMENT_* environment variables
     preflight.py        checks that a run can load its model and text, before any work
     config_checks.py    impossible Config settings refused with a reason
+    contract.py         what the package reads from experiment.py (HARNESS_READS), checked at start
     text_sources.py     OpenWebText, or text shipped in installed packages
     sae_probes_data.py  the labelled sae-probes datasets: probing suite vs. training text
     language_model.py   the model as a TransformerLens HookedTransformer (GGUF conversion)
@@ -15,6 +16,7 @@ package holds what it stands on, one step of the data's path per module:
     activations.py      packing, residual-stream activations, the on-disk activation cache
     sae_kernels.py      exact, faster forms of the SAE's matmuls (sparse latents, TopK gradient)
     sae_bench_view.py   the SAE as SAE-Bench sees it, and its files
+    sae_checks.py       an edited SAE held to saving, folding and the kernels; the rehearsal
     sae_files.py        the SAE on disk: strict state + SAE-Lens view of the base level
     training_session.py resume, checkpoints, the training log, progress, divergence, stops
     concept_diagnostics.py what decides the concept level's fate, per logged step
@@ -22,10 +24,12 @@ package holds what it stands on, one step of the data's path per module:
     distributed.py      torchrun: ranks, DDP, all-reduced whole-batch figures, rank 0 writes
     checkpoint.py       checkpoint files and graceful stops on SIGINT/SIGTERM
     heldout.py          the trained SAE on held-out tokens (explained variance, L0, dead)
+    heldout_tokens.py   the held-out activations' token ids, recollected by the tokenizer
     evaluations.py      every evaluation of a trained SAE (evals/: one module per eval)
     degeneracy.py       DESIGN 7's checks: is a run's SAE degenerate?
     frontier.py         the baseline frontier (ReLU, SAE-Lens TopK, Matryoshka) and vs_baseline
     notes.py            the lab notebook notes.txt
+    concept_page.py     concepts.html: the concept browser of a run
     experiment_run.py   one run from its checks to its last stderr line
     command_line.py     --out_dir, exit codes and the last stderr line
     run_directory.py    the run directory: atomic files, final_info.json, status, training log
