@@ -190,8 +190,8 @@ EDITS = [
     Edit("a GELU base level (the fold cannot hold)", [(BASE_LINE, BASE_LINE.replace("F.relu", "F.gelu"))],
          refused="not positively homogeneous"),
     Edit("a forward with a shape error", [
-        ("        x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)\n",
-         "        x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)\n"
+        ("        active = ActiveLatents.of(z1)\n        x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)\n",
+         "        active = ActiveLatents.of(z1)\n        x_hat = latent_matmul(z1, self.W_dec1, active, self.b_dec)\n"
          "        x_hat = x_hat + z1[:, :3]\n")],
         refused="failed at experiment.py line"),
     Edit("a tensor that is not registered", [(BUFFER_LINE, BUFFER_LINE + "\n        self.running_l0 = torch.zeros(())")],
