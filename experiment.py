@@ -683,9 +683,9 @@ class HierarchicalTrainer(TrainerState):
                 self.firing_concept.tick(counts > 0, tokens)
                 if self.sae.batch_topk:  # BatchTopK's inference threshold (dictionary_learning's)
                     chosen = out.z2_values[out.z2_values > 0]
-                    smallest = chosen.min().float() if chosen.numel() else None
-                    if smallest is not None:
-                        threshold, decay = self.sae.concept_threshold, self.cfg.concept_threshold_decay
+                    if chosen.numel():
+                        smallest, decay = chosen.min().float(), self.cfg.concept_threshold_decay
+                        threshold = self.sae.concept_threshold
                         threshold.copy_(smallest if threshold < 0 else (1 - decay) * threshold + decay * smallest)
                 if self.cfg.concept_balance_rate:
                     target = self.sae.concept_k / self.sae.n_concept
