@@ -222,3 +222,9 @@ def test_fp32_means_use_sae_benchs_token_mask():
     assert means["ce_loss_score_fp32"] == pytest.approx((8.5 - 4.0) / (8.5 - 1.5))
     assert means["kl_div_score_fp32"] == pytest.approx((5.0 - 1.0) / 5.0)
     assert C.Fp32Losses().means({1}) == {}
+
+
+def test_a_figure_already_in_fp32_is_reused_and_one_in_bf16_recomputed():
+    computed = torch.tensor([1.0, 2.0])
+    assert C.in_fp32(computed, lambda: pytest.fail("an fp32 figure was computed again")) is computed
+    assert C.in_fp32(computed.bfloat16(), lambda: computed * 3).tolist() == [3.0, 6.0]

@@ -241,6 +241,12 @@ def ce_loss_fp32(logits: torch.Tensor, tokens: torch.Tensor, attention_mask=None
     return losses
 
 
+def in_fp32(computed: torch.Tensor, compute) -> torch.Tensor:
+    """A per-token figure in fp32: `computed` (as SAE-Bench got it, in the logits' dtype) where
+    the logits are fp32 already, else `compute()` (an fp32 model's losses are not computed twice)."""
+    return computed if computed.dtype == torch.float32 else compute()
+
+
 class Fp32Losses:
     """The reconstruction batches' per-token CE losses and KLs in fp32 (module docstring), kept
     as SAE-Bench's `get_downstream_reconstruction_metrics` keeps its own, and averaged over the
@@ -322,12 +328,13 @@ class ReconstructionReference:
         resid = self.model(tokens, stop_at_layer=self.layer + 1)
         clean_logits, clean_ce = self.from_hook(resid, tokens, attention_mask)
         ablation_logits, ablation_ce = self.from_hook(torch.zeros_like(resid), tokens, attention_mask)
+        ablation_kl = kl_divergence(clean_logits, ablation_logits)
         entry = {"tokens": tokens, "resid": resid, "attention_mask": attention_mask,
-                 "ce_loss_with_ablation": ablation_ce,
-                 "kl_div_with_ablation": kl_divergence(clean_logits, ablation_logits),
-                 "ce_loss_with_ablation_fp32": ce_loss_fp32(ablation_logits, tokens, attention_mask),
-                 "kl_div_with_ablation_fp32": kl_divergence(clean_logits.float(),
-                                                            ablation_logits.float())}
+                 "ce_loss_with_ablation": ablation_ce, "kl_div_with_ablation": ablation_kl,
+                 "ce_loss_with_ablation_fp32": in_fp32(ablation_ce, lambda: ce_loss_fp32(
+                     ablation_logits, tokens, attention_mask)),
+                 "kl_div_with_ablation_fp32": in_fp32(ablation_kl, lambda: kl_divergence(
+                     clean_logits.float(), ablation_logits.float()))}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
@@ -400,10 +407,13 @@ def get_recons_loss_from_reference(reference: ReconstructionReference, original)
             metrics["ce_loss_with_ablation"] = entry["ce_loss_with_ablation"]
         if compute_kl and compute_ce_loss:  # the same losses in fp32 (Fp32Losses)
             reference.fp32.add(batch_tokens, {
-                "ce_loss_with_sae": ce_loss_fp32(recons_logits, batch_tokens, attention_mask),
-                "ce_loss_without_sae": ce_loss_fp32(clean_logits, batch_tokens, attention_mask),
+                "ce_loss_with_sae": in_fp32(recons_ce, lambda: ce_loss_fp32(
+                    recons_logits, batch_tokens, attention_mask)),
+                "ce_loss_without_sae": in_fp32(clean_ce, lambda: ce_loss_fp32(
+                    clean_logits, batch_tokens, attention_mask)),
                 "ce_loss_with_ablation": entry["ce_loss_with_ablation_fp32"],
-                "kl_div_with_sae": kl_divergence(clean_logits.float(), recons_logits.float()),
+                "kl_div_with_sae": in_fp32(metrics["kl_div_with_sae"], lambda: kl_divergence(
+                    clean_logits.float(), recons_logits.float())),
                 "kl_div_with_ablation": entry["kl_div_with_ablation_fp32"]})
         return metrics
 
