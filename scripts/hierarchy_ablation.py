@@ -99,7 +99,7 @@ COLUMNS = [  # (column, group, key, format)
 ]
 
 
-def arm_row(folder: Path, variant: str, overrides: dict) -> dict:
+def arm_row(folder: Path, variant: str) -> dict:
     info = read_json(folder / "final_info.json")
     config = read_json(folder / "config.json")["config"]
     row = {"run": folder.name, "variant": variant, "lr": config["lr"], "seed": config["seed"]}
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[ablation] {name}: {variant} {overrides}", flush=True)
             E.run_experiment(folder, replace(env, variant=variant, overwrite=True), overrides)
-        rows.append(arm_row(folder, variant, overrides))
+        rows.append(arm_row(folder, variant))
         machine = read_json(folder / "config.json")["provenance"].get("device", machine)
     matryoshka = {}
     for k in MATRYOSHKA_POINTS:

@@ -241,8 +241,8 @@ def write_word_table(path: Path, raw_by_view: dict, n_base: int | None) -> None:
 def _score_view(sae, view, layer: int, config, sizes: AbsorptionSizes, device: str,
                 dtype: torch.dtype, probes_dir: Path, work_dir: Path) -> dict:
     """SAE-Bench's k-sparse probing and feature absorption on one view of the SAE, and the
-    aggregate: {k_sparse, raw, letters, lowered, details, metrics, sae_id, formatted_sae (the
-    copy SAE-Bench scored), k_sparse_seconds}."""
+    aggregate: {raw, letters, lowered, details, metrics, sae_id, formatted_sae (the
+    copy SAE-Bench scored), k_sparse_seconds, f1_by_letter (the LLM probe's F1 per letter)}."""
     import sae_bench.sae_bench_utils.general_utils as general_utils
     from sae_bench.evals.absorption.eval_output import AbsorptionMeanMetrics, AbsorptionResultDetail
     from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
@@ -314,9 +314,9 @@ def _score_view(sae, view, layer: int, config, sizes: AbsorptionSizes, device: s
     )
     if not all(math.isfinite(v) for v in asdict(metrics).values()):
         raise AbsorptionNotEvaluable(f"absorption not evaluated: non-finite metrics {asdict(metrics)}")
-    return {"k_sparse": k_sparse_results, "raw": raw_df, "letters": letters, "lowered": lowered,
+    return {"raw": raw_df, "letters": letters, "lowered": lowered,
             "details": details, "metrics": metrics, "sae_id": sae_id, "formatted_sae": sae,
-            "k_sparse_seconds": k_sparse_seconds}
+            "k_sparse_seconds": k_sparse_seconds, "f1_by_letter": f1_by_letter}
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,10 +382,9 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
             scored[name] = _score_view(level_view, view, layer, config, sizes,
                                        device, lm.model.cfg.dtype, probes_dir, work_dir / name)
             scored[name]["seconds"] = time.time() - view_started
-    k_sparse_results, letters, lowered, details, metrics = (
-        scored["both"][k] for k in ("k_sparse", "letters", "lowered", "details", "metrics"))
+    letters, lowered, details, metrics, f1_by_letter = (
+        scored["both"][k] for k in ("letters", "lowered", "details", "metrics", "f1_by_letter"))
     sae_id, k_sparse_seconds = scored["both"]["sae_id"], scored["both"]["k_sparse_seconds"]
-    f1_by_letter = dict(zip(k_sparse_results["letter"], k_sparse_results["f1_probe"]))
     if words_path is not None:
         write_word_table(words_path, {name: result["raw"] for name, result in scored.items()},
                          getattr(sae, "n_base", None))
