@@ -5,9 +5,11 @@
 Order: our own analyses of the weights and the hierarchy (seconds), then SAE-Bench's core
 metrics, sparse probing and absorption, all on the model object already loaded. Each eval adds
 its group to final_info.json (with its wall time, `seconds`) and writes its full result to
-`run/<eval>.json` (SAE-Bench's own schema for SAE-Bench's evals). An eval that fails leaves its
-group out and its reason in run_status.json and on stdout; one that does not apply (the
-hierarchy of an SAE without a concept level) is recorded as skipped.
+`run/<eval>.json` (SAE-Bench's own schema for SAE-Bench's evals) and everything it prints
+(SAE-Bench's and scikit-learn's lines, progress bars and warnings) to `run/logs/<eval>.log`
+(eval_logs.py); the console gets our own lines. An eval that fails leaves its group out and its
+reason in run_status.json and on stdout, with the path of its log, which ends in the traceback;
+one that does not apply (the hierarchy of an SAE without a concept level) is recorded as skipped.
 
 SAE-Bench's caches of language-model activations and probes live under
 `cache_dir/sae_bench/`, keyed by what determines them, and are reused by later runs.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from sae_harness.eval_logs import LOGS_DIR, eval_log
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
 from sae_harness.run_directory import EVALUATIONS, RunDirectory
@@ -101,10 +104,12 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
                 run.record_outcome("skipped", name, outcome.skipped[name])
                 print(f"[eval] {name}: skipped ({outcome.skipped[name]})")
                 continue
-            print(f"[eval] {name} ...", flush=True)
+            log = run.file(LOGS_DIR) / f"{name}.log"
+            print(f"[eval] {name} ... (its output: {log})", flush=True)
             started = time.time()
             try:
-                means = jobs[name]()
+                with eval_log(log):
+                    means = jobs[name]()
             except KeyboardInterrupt:
                 raise
             except Exception as error:  # recorded, and the next eval still runs
@@ -116,7 +121,7 @@ def evaluate_sae(run: RunDirectory, sae, lm: LanguageModel, preset: Preset, held
                 if name == "absorption":
                     run.file(ABSORPTION_WORDS).unlink(missing_ok=True)
                 run.record_outcome("failures", name, reason)
-                print(f"[eval] {name} FAILED: {reason}", flush=True)
+                print(f"[eval] {name} FAILED: {reason} (full output and traceback: {log})", flush=True)
                 continue
             outcome.done[name] = time.time() - started
             run.set_group(name, {**means, "seconds": outcome.done[name]})

@@ -171,3 +171,14 @@ def test_bad_input_fails_fast_with_one_explaining_last_line(args, env, fragment)
     assert result.returncode != 0
     assert fragment in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists("/tmp/never_written")
+
+
+def test_each_eval_writes_its_whole_output_to_its_log(tiny_run):
+    """SAE-Bench's and scikit-learn's prints go to run/logs/<eval>.log, not the console; a failed
+    eval's log ends in its traceback (eval_logs.py)."""
+    logs = tiny_run / "logs"
+    probing = (logs / "sparse_probing.log").read_text()
+    assert "Test accuracy for" in probing and "[sparse_probing] accuracy LLM / SAE" in probing
+    assert "[core] explained variance" in (logs / "core.log").read_text()
+    absorption = (logs / "absorption.log").read_text()
+    assert "Traceback (most recent call last)" in absorption and "does not suit this tokenizer" in absorption

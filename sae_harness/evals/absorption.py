@@ -65,6 +65,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 
 from sae_harness.cpu_threads import threads_for_phase, thread_count
 from sae_harness.errors import ConfigurationError
+from sae_harness.eval_logs import say
 from sae_harness.evals.absorption_probe import (AbsorptionNotEvaluable, ensure_llm_probe,
                                                 LETTERS, probe_folder, probe_key, seeded,
                                                 split_letter_counts)
@@ -185,8 +186,8 @@ def choose_thresholds(k_sparse_results, config, lowered: Thresholds | None) -> t
         config.min_feats_for_eval = lowered.min_feats_for_eval
         letters = passing_letters(k_sparse_results, lowered.min_GT_probe_f1)
         if len(letters) >= max(lowered.min_feats_for_eval, 2):
-            print(f"[absorption] {why}; thresholds lowered to F1 > {lowered.min_GT_probe_f1}, "
-                  f"at least {lowered.min_feats_for_eval} letters: {len(letters)} letters count")
+            say(f"[absorption] {why}; thresholds lowered to F1 > {lowered.min_GT_probe_f1}, "
+                f"at least {lowered.min_feats_for_eval} letters: {len(letters)} letters count")
             return letters, True
         why += (f"; with the lowered thresholds only {len(letters)} letters have F1 above "
                 f"{lowered.min_GT_probe_f1} (needs {max(lowered.min_feats_for_eval, 2)})")
@@ -363,7 +364,7 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
     # the probes train with autograd (run_eval enables it globally); scikit-learn's warning about
     # letters no probe predicts (precision 0/0) repeats hundreds of times and is not ours to act on
     threads, why = threads_for_phase(sizes.cpu_threads)
-    print(f"[absorption] threads: {threads or torch.get_num_threads()} ({why})")
+    say(f"[absorption] threads: {threads or torch.get_num_threads()} ({why})")
     scored = {}
     with torch.enable_grad(), thread_count(threads), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
@@ -439,10 +440,10 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
     )
     levels = "".join(f", {name.replace('_', ' ')} {means[f'{name}_mean_absorption_fraction_score']:.3f}"
                      for name in scored if name != "both")
-    print(f"[absorption] {len(details)} letters: absorption fraction "
-          f"{means['mean_absorption_fraction_score']:.3f} (95% CI over letters {low:.3f}-{high:.3f}"
-          f"{levels}), full absorption "
-          f"{means['mean_full_absorption_score']:.3f}, split features "
-          f"{means['mean_num_split_features']:.2f}; {seconds:.0f} s "
-          f"(LLM probe {'cached' if probe_cached else f'trained in {probe_seconds:.0f} s'})")
+    say(f"[absorption] {len(details)} letters: absorption fraction "
+        f"{means['mean_absorption_fraction_score']:.3f} (95% CI over letters {low:.3f}-{high:.3f}"
+        f"{levels}), full absorption "
+        f"{means['mean_full_absorption_score']:.3f}, split features "
+        f"{means['mean_num_split_features']:.2f}; {seconds:.0f} s "
+        f"(LLM probe {'cached' if probe_cached else f'trained in {probe_seconds:.0f} s'})")
     return means

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from sae_harness.errors import HarnessError
+from sae_harness.eval_logs import say
 from sae_harness.evals.absorption_prompts import AbsorptionModelView, PromptTokenisation
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
@@ -191,14 +192,14 @@ def ensure_llm_probe(view: AbsorptionModelView, folder: Path, key: dict, layer: 
     if probe_complete(folder, model_name, layer):
         return True
     if folder.exists():  # files removed by hand since: train again
-        print(f"[absorption] LLM probe folder {folder} is incomplete; training it again")
+        say(f"[absorption] LLM probe folder {folder} is incomplete; training it again")
         shutil.rmtree(folder)
     with atomic_folder(folder) as tmp:
         with seeded(config.random_seed):
             words = sample_words(get_alpha_tokens(view.tokenizer), sizes.llm_probe_words,
                                  sizes.min_words_per_letter, random.Random(config.random_seed))
-            print(f"[absorption] training the LLM first-letter probe on {len(words)} words "
-                  f"(once per model, layer and prompt) -> {folder}")
+            say(f"[absorption] training the LLM first-letter probe on {len(words)} words "
+                f"(once per model, layer and prompt) -> {folder}")
             train_llm_probe(view, words, layer, config, device, tmp)
         for memmap in probe_files(tmp, model_name, layer).glob("*_act_tensor.dat"):
             memmap.unlink()

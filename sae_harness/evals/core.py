@@ -80,6 +80,7 @@ from typing import Any
 import torch
 
 from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.eval_logs import say
 from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, flat_means, sae_bench_version
 from sae_harness.language_model import LanguageModel
 from sae_harness.presets import Preset
@@ -459,9 +460,9 @@ def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_p
     store.shuffle_input_dataset(seed=SHUFFLE_SEED)
     tokenizer = lm.tokenizer
     ignore_tokens = {tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id}
-    print(f"[core] {tokens_needed(config)} tokens ({config.batch_size_prompts} x "
-          f"{config.n_eval_reconstruction_batches}+{config.n_eval_sparsity_variance_batches} "
-          f"batches of {config.context_size}) from {len(documents)} documents")
+    say(f"[core] {tokens_needed(config)} tokens ({config.batch_size_prompts} x "
+        f"{config.n_eval_reconstruction_batches}+{config.n_eval_sparsity_variance_batches} "
+        f"batches of {config.context_size}) from {len(documents)} documents")
 
     batches: list[torch.Tensor] = []
     reference = ReconstructionReference(
@@ -485,10 +486,10 @@ def run_core(sae, lm: LanguageModel, preset: Preset, documents: list[str], out_p
              "explained_variance_centered": centered_explained_variance(
                  sae, lm.model, variance_tokens, sae.cfg.hook_layer, ignore_tokens,
                  config.batch_size_prompts)}
-    print(f"[core] explained variance {means['explained_variance_centered']:.3f} (SAE-Bench's "
-          f"formula: {means.get('explained_variance', float('nan')):.4f}), L0 "
-          f"{means.get('l0', float('nan')):.1f}, CE loss score "
-          f"{means.get('ce_loss_score', float('nan')):.3f} (losses in fp32: "
-          f"{means.get('ce_loss_score_fp32', float('nan')):.4f}); {time.time() - started:.0f} s "
-          f"(SAE-independent passes: {reference.hits} batches cached, {reference.misses} computed)")
+    say(f"[core] explained variance {means['explained_variance_centered']:.3f} (SAE-Bench's "
+        f"formula: {means.get('explained_variance', float('nan')):.4f}), L0 "
+        f"{means.get('l0', float('nan')):.1f}, CE loss score "
+        f"{means.get('ce_loss_score', float('nan')):.3f} (losses in fp32: "
+        f"{means.get('ce_loss_score_fp32', float('nan')):.4f}); {time.time() - started:.0f} s "
+        f"(SAE-independent passes: {reference.hits} batches cached, {reference.misses} computed)")
     return means

@@ -72,6 +72,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.eval_logs import say
 from sae_harness.evals.patching import patched
 from sae_harness.evals.sae_bench_results import (
     SAE_BENCH_RELEASE,
@@ -496,9 +497,9 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
 
     folder = artifacts_dir(artifacts_root, config, lm, sae.cfg.hook_name, device)
     cached = [name for name, path in artifact_files(folder, config.dataset_names).items() if path.is_file()]
-    print(f"[sparse_probing] {len(config.dataset_names)} datasets, {config.probe_train_set_size}/"
-          f"{config.probe_test_set_size} texts per task; artifacts {folder} "
-          f"({len(cached)} of {len(config.dataset_names)} datasets cached)")
+    say(f"[sparse_probing] {len(config.dataset_names)} datasets, {config.probe_train_set_size}/"
+        f"{config.probe_test_set_size} texts per task; artifacts {folder} "
+        f"({len(cached)} of {len(config.dataset_names)} datasets cached)")
     sae_encoded: list = []  # what SAE-Bench encodes, for the standardised probes
     with embedded_probing_datasets(), atomic_torch_saves_into(folder), \
             sae_probes_seeded(config.random_seed, sae_encoded), probe_fitting():
@@ -531,7 +532,7 @@ def run_sparse_probing(sae, lm: LanguageModel, preset: Preset, out_path: Path, a
     written[STANDARDISED_KEY] = {"definition": STANDARDISED_DEFINITION, "means": standardised}
     atomic_write_json(out_path, written)
     means.update(standardised)
-    print("[sparse_probing] accuracy LLM / SAE: " + ", ".join(
+    say("[sparse_probing] accuracy LLM / SAE: " + ", ".join(
         f"top-{k} {means.get(f'llm_top_{k}_test_accuracy', float('nan')):.3f} / "
         f"{means.get(f'sae_top_{k}_test_accuracy', float('nan')):.3f} (standardised "
         f"{means.get(f'llm_top_{k}_test_accuracy_standardised', float('nan')):.3f} / "
