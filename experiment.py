@@ -33,22 +33,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sae_harness import distributed
-from sae_harness.activations import ActivationData
-from sae_harness.command_line import run_command
-from sae_harness.concept_diagnostics import concept_diagnostics
-from sae_harness.config_checks import check_config
-from sae_harness.contract import check_contract
+from sae_harness.hardware import distributed
+from sae_harness.data.activations import ActivationData
+from sae_harness.run.command_line import run_command
+from sae_harness.training.concept_diagnostics import concept_diagnostics
+from sae_harness.training.config_checks import check_config
+from sae_harness.training.contract import check_contract
 from sae_harness.errors import ConfigurationError
-from sae_harness.experiment_run import ExperimentRun
-from sae_harness.firing_clock import FiringClock
-from sae_harness.presets import RunEnvironment
-from sae_harness.run_directory import RunDirectory
-from sae_harness.sae_bench_view import TwoLevelSAE
-from sae_harness.sae_checks import check_sae, rehearse_training
-from sae_harness.sae_kernels import (ActiveLatents, centred_encoder, kernel_mode, latent_matmul,
-                                     selected_preactivations)
-from sae_harness.training_session import TrainerState, TrainingSession
+from sae_harness.run.experiment_run import ExperimentRun
+from sae_harness.training.firing_clock import FiringClock
+from sae_harness.data.presets import RunEnvironment
+from sae_harness.records.run_directory import RunDirectory
+from sae_harness.evals.sae_bench_view import TwoLevelSAE
+from sae_harness.training.sae_checks import check_sae, rehearse_training
+from sae_harness.training.sae_kernels import (ActiveLatents, centred_encoder, kernel_mode, latent_matmul,
+                                              selected_preactivations)
+from sae_harness.training.training_session import TrainerState, TrainingSession
 
 
 # === What the harness reads from this file ===================================================
@@ -427,7 +427,7 @@ class SAEOutput(NamedTuple):
 class HierarchicalSAE(TwoLevelSAE):
     """ReLU base level plus a TopK concept level that reads the base latents.
 
-    TwoLevelSAE (sae_harness/sae_bench_view.py) makes it an SAE-Bench custom SAE (`encode` gives
+    TwoLevelSAE (sae_harness/evals/sae_bench_view.py) makes it an SAE-Bench custom SAE (`encode` gives
     concat[z1, z2], `W_dec` is concat[W_dec1, W_dec2]), folds the input scale into its
     INPUT_SCALED tensors, and saves it with its Config and loads it strictly.
     """
@@ -722,7 +722,7 @@ def train_sae(cfg: Config, device: str, data: ActivationData, run: RunDirectory,
     """Train on the activations, resuming from the run's checkpoint if there is one.
 
     Returns the SAE (with the input scale folded in: it reads raw activations) and the
-    training figures. The session (sae_harness/training_session.py) logs, checkpoints and
+    training figures. The session (sae_harness/training/training_session.py) logs, checkpoints and
     stops on SIGINT/SIGTERM; the loop itself is here.
     """
     torch.manual_seed(cfg.seed)
@@ -775,7 +775,7 @@ def run_experiment(out_dir: Path, env: RunEnvironment, overrides: dict | None = 
 
 def main(argv: list[str] | None = None, environment: RunEnvironment | None = None,
          overrides: dict | None = None) -> int:
-    """The command line (sae_harness/command_line.py: exit codes, the last stderr line)."""
+    """The command line (sae_harness/run/command_line.py: exit codes, the last stderr line)."""
     return run_command(run_experiment, __doc__.splitlines()[0], argv, environment, overrides)
 
 

@@ -53,10 +53,11 @@ from matplotlib.ticker import EngFormatter  # noqa: E402
 
 from pydantic import ValidationError  # noqa: E402
 
-from sae_harness.evals.schemas import WeightsOutput  # noqa: E402
+from sae_harness.records.schemas import WeightsOutput  # noqa: E402
+from sae_harness.records.study_table import markdown_table  # noqa: E402
 from sae_harness.evals.sparse_probing import K_VALUES  # noqa: E402
-from sae_harness.run_directory import (BASELINE_RUN, FINAL_INFO, RunRecord,  # noqa: E402
-                                       baseline_run_dir, load_run, run_number)
+from sae_harness.records.run_directory import (BASELINE_RUN, FINAL_INFO, RunRecord,  # noqa: E402
+                                               baseline_run_dir, load_run, run_number)
 
 # Legend labels by run folder; a run without an entry is labelled by its variant's title. Add an
 # entry for each run you make (every run_* folder with a final_info.json is drawn either way).
@@ -652,8 +653,8 @@ FAMILY_STYLE = {"relu": ("ReLU+L1 baseline (ours)", "o-"), "topk": ("TopK (SAE-L
 def plot_frontier(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | None:
     from pydantic import ValidationError
 
-    from sae_harness.evals.schemas import FrontierOutput, read_validated
-    from sae_harness.frontier import frontier_path, headline_values
+    from sae_harness.records.schemas import FrontierOutput, read_validated
+    from sae_harness.records.frontier import frontier_path, headline_values
 
     path = frontier_path(runs[-1].record.path)  # the baseline's frontier, wherever the runs live
     if not path.exists():
@@ -695,87 +696,6 @@ def plot_frontier(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | 
                 f"{frontier.machine})", runs)
     fig.tight_layout(rect=(0, 0.12, 1, 0.94))
     return _save(fig, out_dir, "frontier.png")
-
-
-# =============================================================================================
-# The table
-# =============================================================================================
-def _fmt(value: float | None, spec: str) -> str:
-    if value is None:
-        return "n/a"
-    if spec == "tokens":
-        return EngFormatter(places=1)(value).replace(" ", "")
-    if spec == "%":
-        return f"{value:.1%}"
-    return format(value, spec)
-
-
-TABLE_COLUMNS = ["run", "label", "variant", "steps", "tokens", "EV", "L0 base", "L0 concept",
-                 "SAE top-1", "SAE top-5", "LLM top-1", "LLM / SAE top-1 standardised", "absorption",
-                 "NMI (null)", "dead base", "dead concept", "degenerate"]
-VS_COLUMNS = [("explained_variance", "dEV"), ("absorption_fraction", "d absorption"),
-              ("sae_top_1", "d top-1")]
-"""The vs_baseline differences in the table, one column per metric (families side by side)."""
-VS_FAMILIES = ("relu", "topk", "matryoshka")
-
-
-def vs_baseline_cell(run: Run, metric: str) -> str:
-    """'relu / topk / matryoshka' differences at equal L0; '~' within seed noise, 'out' outside
-    the family's L0 range, 'n/a' without a vs_baseline group."""
-    group = run.record.final_info.get("vs_baseline")
-    if not group:
-        return "n/a"
-    cells = []
-    for family in VS_FAMILIES:
-        value = group["means"].get(f"{family}.{metric}.difference")
-        if value is None:
-            cells.append("out" if family in group.get("out_of_range", {}) else "n/a")
-        else:
-            noise = "~" if f"{family}.{metric}" in group.get("within_seed_noise", []) else ""
-            cells.append(f"{value:+.3f}{noise}")
-    return " / ".join(cells)
-
-
-def table_row(run: Run) -> list[str]:
-    m = run.metric
-    ev, ev_note = m("training", "explained_variance"), ""
-    if ev is None and m("core", "explained_variance_centered") is not None:
-        ev, ev_note = m("core", "explained_variance_centered"), " (core)"
-    nmi, null_nmi = m("hierarchy", "nmi_mean"), m("hierarchy", "null_nmi_mean")
-    llm_std = m("sparse_probing", "llm_top_1_test_accuracy_standardised")
-    sae_std = m("sparse_probing", "sae_top_1_test_accuracy_standardised")
-    return [run.name, run.label, run.record.variant, _fmt(m("training", "steps"), ".0f"),
-            _fmt(m("training", "tokens"), "tokens"), _fmt(ev, ".3f") + ev_note,
-            _fmt(m("training", "l0_base"), ".1f"),
-            _fmt(m("training", "l0_concept"), ".1f") if run.record.has_concept_level else "n/a",
-            _fmt(m("sparse_probing", "sae_top_1_test_accuracy"), ".3f"),
-            _fmt(m("sparse_probing", "sae_top_5_test_accuracy"), ".3f"),
-            _fmt(m("sparse_probing", "llm_top_1_test_accuracy"), ".3f"),
-            f"{_fmt(llm_std, '.3f')} / {_fmt(sae_std, '.3f')}",
-            _fmt(m("absorption", "mean_absorption_fraction_score"), ".3f"),
-            "n/a" if nmi is None else f"{nmi:.3f} ({_fmt(null_nmi, '.4f')})",
-            _fmt(m("training", "dead_fraction_base"), "%"),
-            _fmt(m("training", "dead_fraction_concept"), "%") if run.record.has_concept_level else "n/a",
-            "**yes**" if run.record.degenerate else "no"]
-
-
-def markdown_table(runs: list[Run]) -> str:
-    """The table of every run; a precision column when the runs' numbers come from different
-    dtypes (a bf16 and an fp32 model give different activations, so their numbers differ)."""
-    columns, rows = TABLE_COLUMNS, [table_row(r) for r in runs]
-    if any(r.record.final_info.get("vs_baseline") for r in runs):
-        columns = columns + [f"{title} vs {'/'.join(VS_FAMILIES)} at equal L0" for _, title in VS_COLUMNS]
-        rows = [row + [vs_baseline_cell(r, metric) for metric, _ in VS_COLUMNS]
-                for row, r in zip(rows, runs)]
-    if len({r.record.precision for r in runs}) > 1:
-        columns = columns + ["precision"]
-        rows = [row + [r.record.precision or "n/a"] for row, r in zip(rows, runs)]
-    rows = [columns, ["---"] * len(columns)] + rows
-    lines = ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
-    for run in runs:
-        if run.record.degenerate:
-            lines.append(f"\n{run.name} is degenerate: " + "; ".join(run.record.degeneracy.reasons))
-    return "\n".join(lines)
 
 
 def concept_pages(runs: list[Run], out_dir: Path) -> str:
@@ -829,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: left out {line}")
         print(f"{name}: wrote {path}" if path else f"{name}: no run has the data; no figure")
     print()
-    print(markdown_table(runs))
+    print(markdown_table([(run.record, run.label) for run in runs]))
     links = concept_pages(runs, out_dir)
     if links:
         print()

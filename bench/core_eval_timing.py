@@ -6,7 +6,7 @@ A fresh tuned_cosine SAE (seed 0) is scored twice on the embedded preset's 'cpu'
 first with an empty reference cache (the SAE-independent passes computed), then warm (read
 back), as a first and a second run would. Prints the seconds of each, the process's peak memory
 and the metrics (equal in both). Converts the packaged model on first use (~1-2 min). The heap is
-set up as a run's (EXPERIMENT_CPU_HEAP, sae_harness/cpu_heap.py).
+set up as a run's (EXPERIMENT_CPU_HEAP, sae_harness/hardware/cpu_heap.py).
 """
 
 import argparse
@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import experiment as E  # noqa: E402
-from sae_harness.cpu_heap import reuse_freed_memory  # noqa: E402
+from sae_harness.hardware.cpu_heap import reuse_freed_memory  # noqa: E402
 from sae_harness.evals.core import core_config, run_core, tokens_needed  # noqa: E402
-from sae_harness.evaluations import heldout_documents  # noqa: E402
-from sae_harness.language_model import load_language_model  # noqa: E402
-from sae_harness.presets import PRESETS, default_cache_dir, read_heap_choice  # noqa: E402
+from sae_harness.evals.evaluations import heldout_documents  # noqa: E402
+from sae_harness.data.language_model import load_language_model  # noqa: E402
+from sae_harness.data.presets import PRESETS, default_cache_dir, read_heap_choice  # noqa: E402
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import experiment as E  # noqa: E402
-from sae_harness import distributed  # noqa: E402
-from sae_harness.language_model import torch_dtype  # noqa: E402
+from sae_harness.hardware import distributed  # noqa: E402
+from sae_harness.hardware.precision import torch_dtype  # noqa: E402
 
 steps, batch, d_in, n1, dtype = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 world = distributed.start("cpu")

@@ -68,7 +68,7 @@ def activation_throughput(args, device: str, dtype: torch.dtype) -> None:
     from transformer_lens import HookedTransformer
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from sae_harness.language_model import residual_stream
+    from sae_harness.data.language_model import residual_stream
 
     n_blocks = args.layer + 1  # blocks above the hook never run: building them changes nothing
     config = Gemma2Config(num_hidden_layers=n_blocks, vocab_size=args.vocab)

@@ -8,7 +8,7 @@
 
 Sections:
   matmul       this machine's matmul FLOP/s (fp32 and bf16, 1 thread): the yardstick
-  precision    the run-start probe (sae_harness/precision.py) at the embedded run's shapes: what
+  precision    the run-start probe (sae_harness/hardware/precision.py) at the embedded run's shapes: what
                a run on this machine chooses, and why
   kernels      the SAE's gathered products vs dense ones by density of z1 (the measurement
                behind sae_kernels.SPARSE_DENSITY_MAX)
@@ -99,12 +99,12 @@ def trainers(args, yardstick: dict[str, float]) -> None:
     if not with_bf16:  # at ~1 GFLOP/s a bf16 step takes ~30 s: a run would choose fp32 here
         print(f"bf16 matmuls run at {yardstick['bfloat16'] / 1e9:.1f} GFLOP/s here against fp32 "
               f"{yardstick['float32'] / 1e9:.0f}: our bf16 trainers are left out (a run chooses fp32)")
-    from sae_harness.cpu_heap import GLIBC_TUNABLES_FOR_REUSE
-    from sae_harness.presets import read_heap_choice
+    from sae_harness.hardware.cpu_heap import GLIBC_TUNABLES_FOR_REUSE
+    from sae_harness.data.presets import read_heap_choice
 
     heap = read_heap_choice()
     print(f"CPU heap for every trainer timed: {heap} (EXPERIMENT_CPU_HEAP; a run's default is reuse: "
-          "sae_harness/cpu_heap.py)")
+          "sae_harness/hardware/cpu_heap.py)")
     names = ["dl_standard", "dl_top_k", "saelens_factory:topk", "plain_topk_sparse",
              *[f"trainer_factory:{name.replace('hierarchical', 'hierarchical_fp32')}" for name in ours],
              *([f"trainer_factory:{name}" for name in ours] if with_bf16 else [])]
@@ -153,8 +153,8 @@ def trainers(args, yardstick: dict[str, float]) -> None:
 def precision(args) -> None:
     import torch
 
-    from sae_harness.precision import ProbeShapes, choose_precision, cpu_bf16_flags
-    from sae_harness.provenance import cpu_name
+    from sae_harness.hardware.machine import cpu_bf16_flags, cpu_name
+    from sae_harness.hardware.precision import ProbeShapes, choose_precision
 
     header("precision: the run-start probe at the embedded run's shapes")
     print(f"CPU: {cpu_name()}; native bf16 flags: {cpu_bf16_flags() or 'none'}; "
@@ -172,7 +172,7 @@ def kernels(args, yardstick: dict[str, float]) -> None:
     import torch
     import torch.nn.functional as F
 
-    from sae_harness.sae_kernels import ActiveLatents, latent_matmul
+    from sae_harness.training.sae_kernels import ActiveLatents, latent_matmul
 
     bf16 = yardstick["bfloat16"] > yardstick["float32"]  # else bf16 dense products are hopeless
     header("kernels: z1 @ W (B 1024, n1 2048, d 640), forward + backward, 1 thread, best of 5: "
@@ -218,21 +218,21 @@ def kernels(args, yardstick: dict[str, float]) -> None:
 def activations(args) -> None:
     import torch
 
-    from sae_harness.activations import iter_contexts
-    from sae_harness.language_model import load_language_model, residual_stream
-    from sae_harness.presets import PRESETS, default_cache_dir
-    from sae_harness.text_sources import documents
+    from sae_harness.data.activations import iter_contexts
+    from sae_harness.data.language_model import load_language_model, residual_stream
+    from sae_harness.data.presets import PRESETS, default_cache_dir
+    from sae_harness.data.text_sources import documents
 
     from dataclasses import replace
 
-    from sae_harness.language_model import locate_model
-    from sae_harness.precision import precision_for_run
-    from sae_harness.presets import read_precision
+    from sae_harness.data.language_model import locate_model, model_dimensions
+    from sae_harness.hardware.precision import precision_for_run
+    from sae_harness.data.presets import read_precision
 
     cache = Path(os.environ.get("EXPERIMENT_CACHE") or default_cache_dir())
     preset = PRESETS["embedded"]
     location = locate_model(preset, cache)
-    precision = precision_for_run(preset, location, read_precision(), "auto", 1024, 2048)
+    precision = precision_for_run(preset, model_dimensions(location), read_precision(), "auto", 1024, 2048)
     preset = replace(preset, model_dtype=precision.model_dtype)
     header(f"activations: residual-stream tokens/s, embedded model (Gemma-3-270M, "
            f"{preset.model_dtype} as a run here chooses, CPU)")
@@ -268,7 +268,7 @@ PHASES = ("model_conversion", "model_load", "activations", "training", "weights"
 
 
 def runs(args) -> None:
-    from sae_harness.presets import default_cache_dir
+    from sae_harness.data.presets import default_cache_dir
 
     header(f"runs: embedded experiment, {args.run_tokens} training tokens: {args.variant} with cold "
            f"caches, then {args.second_variant} with warm caches")

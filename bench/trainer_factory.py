@@ -30,7 +30,7 @@ import sys
 import torch
 
 import experiment as E
-from sae_harness.language_model import torch_dtype
+from sae_harness.hardware.precision import torch_dtype
 
 TRAINED_STEPS = 150
 _trained: dict[tuple, "HierarchicalStep"] = {}

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import experiment as E  # noqa: E402
-from sae_harness.presets import read_run_environment  # noqa: E402
-from sae_harness.run_directory import STUDY_DIR, holds_finished_run, read_json  # noqa: E402
+from sae_harness.data.presets import read_run_environment  # noqa: E402
+from sae_harness.records.run_directory import STUDY_DIR, holds_finished_run, read_json  # noqa: E402
 
 REQUIRED = ("training", "core", "sparse_probing", "absorption")
 """An arm counts as done with these groups (the hierarchy of a dead concept level has none)."""

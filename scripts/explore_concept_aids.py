@@ -24,10 +24,10 @@ sys.path.insert(0, str(REPO))
 
 import experiment as E  # noqa: E402
 from sae_harness.evals.hierarchy import hierarchy_consistency  # noqa: E402
-from sae_harness.heldout import heldout_statistics  # noqa: E402
-from sae_harness.experiment_run import ExperimentRun  # noqa: E402
-from sae_harness.presets import read_run_environment  # noqa: E402
-from sae_harness.run_directory import RunDirectory  # noqa: E402
+from sae_harness.evals.heldout import heldout_statistics  # noqa: E402
+from sae_harness.run.experiment_run import ExperimentRun  # noqa: E402
+from sae_harness.data.presets import read_run_environment  # noqa: E402
+from sae_harness.records.run_directory import RunDirectory  # noqa: E402
 
 
 def main(out_path: str, *arms_json: str) -> None:

@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from sae_harness.frontier import FRONTIER_FORMAT, frontier_key
+from sae_harness.records.frontier import FRONTIER_FORMAT, frontier_key
 
 
 K_VALUES = (1, 2, 5, 10, 20, 50)

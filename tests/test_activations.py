@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_harness import activations as A
-from sae_harness.language_model import residual_stream
+from sae_harness.data import activations as A
+from sae_harness.data.language_model import residual_stream
 
 
 def test_contexts_start_with_bos_and_separate_documents_with_eos(tiny_lm):
@@ -55,7 +55,7 @@ def test_the_weights_laid_out_for_the_forward_change_no_output_bit(tiny_lm):
     every forward); the usual contiguous layout gives bitwise the same logits and residuals."""
     import copy
 
-    from sae_harness.language_model import weights_laid_out_for_forward
+    from sae_harness.data.language_model import weights_laid_out_for_forward
 
     preset, lm = tiny_lm
     usual = copy.deepcopy(lm.model)
@@ -142,7 +142,7 @@ def test_prepare_activations_caches_and_reuses(tiny_lm, tmp_path):
     preset, lm = tiny_lm
     first = A.prepare_activations(lm, preset, n_train=600, n_heldout=100, cache_root=tmp_path,
                                   batch_size=100, seed=0)
-    assert not first.cache_hit and first.heldout.shape == (100, 2304)
+    assert not first.cache_hit and first.heldout.shape == (100, lm.model.cfg.d_model)
     second = A.prepare_activations(lm, preset, n_train=600, n_heldout=100, cache_root=tmp_path,
                                    batch_size=100, seed=0)
     assert second.cache_hit and torch.equal(first.heldout, second.heldout)
@@ -153,7 +153,7 @@ def test_prepare_activations_caches_and_reuses(tiny_lm, tmp_path):
 
 def test_content_token_count_is_what_packing_yields(tiny_lm):
     preset, lm = tiny_lm
-    from sae_harness.text_sources import python_docstrings
+    from sae_harness.data.text_sources import python_docstrings
 
     docs = python_docstrings()[:60]
     rows = list(A.iter_contexts(iter(docs), lm.tokenizer, 32))
@@ -185,7 +185,7 @@ def test_a_streamed_hub_text_is_bounded_without_counting(tmp_path):
     from dataclasses import replace
 
     from sae_harness.errors import ConfigurationError
-    from sae_harness.presets import PRESETS
+    from sae_harness.data.presets import PRESETS
 
     def no_tokenizer():
         raise AssertionError("the hub bound needs no tokenizer")

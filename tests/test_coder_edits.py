@@ -24,11 +24,13 @@ import pytest
 import torch
 
 from conftest import REPO
-from sae_harness import experiment_run
-from sae_harness.activations import prepare_activations
-from sae_harness.heldout import heldout_statistics
-from sae_harness.run_directory import read_training_log
+from sae_harness.run import experiment_run
+from sae_harness.data.activations import prepare_activations
+from sae_harness.evals.heldout import heldout_statistics
+from sae_harness.records.run_directory import read_training_log
 from tiny_gemma2 import tiny_environment
+
+pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
 TINY_SHRINK = dict(training_tokens=10_000, d_sae_base=64, batch_size=16, heldout_tokens=128,
                    log_every=5, dead_window_tokens=500, auxk_dead_tokens=1000)

@@ -16,8 +16,10 @@ import torch
 import experiment as E
 from saes import hierarchical_sae
 from sae_harness.evals.concept_contexts import concept_coherence, top_activations
-from sae_harness.run_directory import RunDirectory
+from sae_harness.records.run_directory import RunDirectory
 from tiny_gemma2 import tiny_environment
+
+pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
 TINY = dict(d_sae_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
             log_every=5, dead_window_tokens=2048)
@@ -68,10 +70,10 @@ def test_a_hierarchical_run_writes_its_page_coherence_and_phase_time(page_run):
 
 def test_heldout_tokens_are_the_tokens_of_the_heldout_activations(page_run, tiny_lm, page_cache):
     """Row r of the held-out activations is the model's activation at token ids[r]."""
-    from sae_harness.activations import iter_contexts, prepare_activations, special_token_ids
-    from sae_harness.heldout_tokens import heldout_tokens
-    from sae_harness.language_model import residual_stream
-    from sae_harness.text_sources import documents
+    from sae_harness.data.activations import iter_contexts, prepare_activations, special_token_ids
+    from sae_harness.data.heldout_tokens import heldout_tokens
+    from sae_harness.data.language_model import residual_stream
+    from sae_harness.data.text_sources import documents
 
     preset, lm = tiny_lm
     data = prepare_activations(lm, preset, TINY["training_tokens"], TINY["heldout_tokens"],
@@ -127,7 +129,7 @@ def test_coherence_is_one_for_children_on_the_same_tokens_and_zero_for_disjoint_
 
 
 def test_a_failing_page_is_recorded_and_does_not_stop_the_run(tmp_path, monkeypatch):
-    import sae_harness.experiment_run as experiment_run
+    import sae_harness.run.experiment_run as experiment_run
 
     def broken(*args, **kwargs):
         raise RuntimeError("no tokens for you")

@@ -13,15 +13,17 @@ import pytest
 
 import experiment as E
 from conftest import REPO
-from sae_harness.contract import check_contract, unknown_config_reads
+from sae_harness.training.contract import check_contract, unknown_config_reads
 from sae_harness.errors import ConfigurationError
 
 PACKAGE = REPO / "sae_harness"
-CONFIG_READERS = ("experiment_run.py", "training_session.py")
+CONFIG_READERS = ("run/experiment_run.py", "training/training_session.py")
 """The modules given experiment.py's Config object."""
-RECORD_READERS = ("degeneracy.py", "notes.py", "run_directory.py", "frontier.py")
+RECORD_READERS = ("records/degeneracy.py", "records/notes.py", "records/run_directory.py",
+                  "records/frontier.py")
 """The modules that read config.json's `config` (a dict named cfg)."""
-OUTPUT_READERS = ("heldout.py", "concept_diagnostics.py", "evals/hierarchy.py", "sae_bench_view.py")
+OUTPUT_READERS = ("evals/heldout.py", "training/concept_diagnostics.py", "evals/hierarchy.py",
+                  "evals/sae_bench_view.py")
 """The modules given an SAEOutput (named out)."""
 
 
@@ -74,7 +76,7 @@ def test_the_package_reads_only_declared_sae_output_fields():
 
 
 def test_the_training_session_reads_only_declared_loss_terms():
-    read = keys_read(PACKAGE / "training_session.py", ("values",))
+    read = keys_read(PACKAGE / "training" / "training_session.py", ("values",))
     declared = set(E.HARNESS_READS["LossTerms"]) | {"l0_concept"}  # read with a default
     assert read and read <= declared, f"undeclared loss terms {read - declared}"
 

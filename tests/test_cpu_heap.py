@@ -1,4 +1,4 @@
-"""The CPU heap reuses freed memory for large tensors (sae_harness/cpu_heap.py)."""
+"""The CPU heap reuses freed memory for large tensors (sae_harness/hardware/cpu_heap.py)."""
 
 import os
 import platform
@@ -9,14 +9,16 @@ import pytest
 
 from conftest import REPO
 from sae_harness.errors import ConfigurationError
-from sae_harness.presets import read_heap_choice
+from sae_harness.data.presets import read_heap_choice
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
 FAULTS_SCRIPT = """
 import resource, sys
 import torch
-from sae_harness.cpu_heap import reuse_freed_memory
+from sae_harness.hardware.cpu_heap import reuse_freed_memory
 print(reuse_freed_memory(sys.argv[1]), file=sys.stderr)
 for _ in range(20):  # a training step's (B, n1) latents, 32 MiB. The heap settles within a few
     torch.empty(4096, 2048).fill_(1.0)  # allocations idle, up to ~10 with the cores busy (measured)

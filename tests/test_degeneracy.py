@@ -6,8 +6,8 @@ import json
 import pytest
 
 import fixtures_runs as F
-from sae_harness.degeneracy import (CHANCE_TOLERANCE, check_degeneracy, degeneracy_reasons,
-                                    group_means, is_legacy_final_info)
+from sae_harness.records.degeneracy import (CHANCE_TOLERANCE, check_degeneracy, degeneracy_reasons,
+                                            group_means, is_legacy_final_info)
 
 
 @pytest.fixture
@@ -168,11 +168,10 @@ def test_core_explained_variance_is_judged_by_its_centred_figure(healthy):
     assert not any("SAE-Bench core" in r for r in degeneracy_reasons(good, config))
 
 
-def test_the_seeded_record_kept_in_run_0_is_flagged_degenerate():
-    """run_0/final_info_as_seeded.json is the baseline the project was seeded with, verbatim."""
-    from conftest import REPO
-
-    seeded = json.loads((REPO / "run_0" / "final_info_as_seeded.json").read_text())
+def test_the_seeded_record_is_flagged_degenerate():
+    """The flat AI-Scientist record the project was seeded with (run_0/final_info_as_seeded.json's
+    shape and failure: 0 steps, the wrong layer, every probe at chance), from the fixture."""
+    seeded = json.loads(json.dumps(F.LEGACY_FINAL_INFO))
     assert is_legacy_final_info(seeded)
     reasons = degeneracy_reasons(seeded, None)
     assert reasons[0].startswith("0 training steps (legacy AI-Scientist template result")

@@ -1,5 +1,5 @@
 """torchrun: 2 gloo processes train the single-process SAE (up to float reduction order), rank 0
-alone writes and evaluates, and a SIGTERM'd distributed run resumes (sae_harness/distributed.py)."""
+alone writes and evaluates, and a SIGTERM'd distributed run resumes (sae_harness/hardware/distributed.py)."""
 
 import json
 import os
@@ -13,8 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_harness.distributed import World, world_from_environment
-from sae_harness.run_directory import CHECKPOINT
+from sae_harness.hardware.distributed import World, world_from_environment
+from sae_harness.records.run_directory import CHECKPOINT
+
+pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO / "tests" / "run_tiny_experiment.py"
@@ -71,7 +73,6 @@ def test_two_processes_reach_the_single_process_weights(runs):
     assert set(a) == set(b)
     worst = largest_relative_difference(a, b)
     assert worst < TOLERANCE, f"largest relative weight difference {worst:.2e}"
-    assert worst > 0 or all(torch.equal(a[k], b[k]) for k in b)  # measured, not assumed
     print(f"2 gloo processes vs 1: largest relative weight difference {worst:.2e}")
 
 

@@ -11,9 +11,11 @@ import torch
 
 import experiment as E
 from conftest import REPO
-from sae_harness.heldout import heldout_statistics
-from sae_harness.run_directory import read_training_log
+from sae_harness.evals.heldout import heldout_statistics
+from sae_harness.records.run_directory import read_training_log
 from tiny_gemma2 import tiny_environment
+
+pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
 TINY = dict(d_sae_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
             log_every=5, dead_window_tokens=2048)
@@ -68,8 +70,9 @@ def test_every_eval_runs_and_writes_its_group_and_json(tiny_run):
     # absorption cannot run with the fixture's tokenizer: recorded, not silently missing
     assert "absorption" not in info and not (tiny_run / "absorption.json").exists()
     assert "does not suit this tokenizer" in status["failures"]["absorption"]
-    # the hierarchy group exists, or says why not
-    assert "hierarchy" in info or "hierarchy" in status["failures"]
+    # the hierarchy eval ran on the concept level (hierarchy.json holds a row per alive concept)
+    assert "hierarchy" not in status.get("failures", {}) and 0 < info["hierarchy"]["means"]["nmi_mean"] <= 1
+    assert (tiny_run / "hierarchy.json").is_file()
     assert status["degenerate_reasons"] == info["training"]["degenerate_reasons"]
     notes = (tiny_run.parent / "notes.txt").read_text()
     assert notes.count("--- harness block run_1 begin ") == notes.count("--- harness block run_1 end ---\n") == 1
@@ -88,20 +91,19 @@ def test_training_log_records_every_term_and_the_loss_decreases(tiny_run):
     assert lw2 == sorted(lw2)  # the ramp only rises
 
 
-def test_saved_sae_loads_back_and_reproduces_its_outputs(tiny_run, tiny_lm):
+def test_the_saved_base_level_is_a_standard_sae_lens_sae_computing_z1(tiny_run, tiny_lm):
     preset, lm = tiny_lm
     sae = E.HierarchicalSAE.load(tiny_run / "sae")
     tokens = torch.tensor([lm.tokenizer("Return the value of the attribute. " * 5)["input_ids"][:32]])
     x = lm.model(tokens, stop_at_layer=preset.hook_layer + 1)[0, 1:]  # BOS dropped, as in training
-    again = E.HierarchicalSAE.load(tiny_run / "sae")
-    assert torch.equal(sae.encode(x), again.encode(x))
+    # (that the loaded SAE is the trained one: the held-out statistics test below)
     # the base level alone is a standard SAE-Lens SAE computing z1
     from sae_lens import SAE
     base = SAE.load_from_disk(tiny_run / "sae")
     assert torch.allclose(base.encode(x), sae.encode(x)[:, :sae.n_base], atol=1e-4)
 
 def test_saved_sae_reproduces_the_recorded_heldout_statistics(tiny_run, tiny_lm, tiny_cache):
-    from sae_harness.activations import prepare_activations
+    from sae_harness.data.activations import prepare_activations
 
     preset, lm = tiny_lm
     data = prepare_activations(lm, preset, TINY["training_tokens"], TINY["heldout_tokens"],
@@ -162,15 +164,26 @@ def run_cli(*args, **env):
     ((), {}, "--out_dir"),
     (("--out_dir=x", "--lr=1"), {}, "unrecognized arguments"),
     (("--out_dir=/tmp/never_written",), {"EXPERIMENT_VARIANT": "nope"}, "EXPERIMENT_VARIANT='nope'"),
-    (("--out_dir=/tmp/never_written",), {"EXPERIMENT_PRESET": "moon"}, "EXPERIMENT_PRESET='moon'"),
-    (("--out_dir=/tmp/never_written",), {"EXPERIMENT_TOKENS": "lots"}, "EXPERIMENT_TOKENS='lots'"),
-    (("--out_dir=/tmp/never_written",), {"EXPERIMENT_PRESET": "real"}, "needs a CUDA GPU"),
 ])
 def test_bad_input_fails_fast_with_one_explaining_last_line(args, env, fragment):
+    """As a process: the exit code and the last stderr line (the rest in-process, below)."""
     result = run_cli(*args, **env)
     assert result.returncode != 0
     assert fragment in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists("/tmp/never_written")
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"EXPERIMENT_PRESET": "moon"}, "EXPERIMENT_PRESET='moon'"),
+    ({"EXPERIMENT_TOKENS": "lots"}, "EXPERIMENT_TOKENS='lots'"),
+    ({"EXPERIMENT_PRESET": "real"}, "needs a CUDA GPU"),
+])
+def test_a_bad_environment_variable_stops_the_run_with_one_line(env, fragment, tmp_path, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert E.main([f"--out_dir={tmp_path / 'run_1'}"]) == 2
+    assert fragment in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "run_1").exists()
 
 
 def test_each_eval_writes_its_whole_output_to_its_log(tiny_run):

@@ -24,6 +24,7 @@ import torch
 
 import experiment as E
 from saes import hierarchical_sae
+from tiny_gemma2 import WIDTHS
 from sae_harness.errors import ConfigurationError
 from sae_harness.evals import absorption as A
 from sae_harness.evals import absorption_probe as P
@@ -45,7 +46,7 @@ def letter_tokenizer():
     """A 512-token byte-level BPE (the fixture's recipe) learnt from SAE-Bench's ICL lines for
     words of Python's docstrings, 60 lines per letter: ' has', ' the', ' first', ' letter' and
     the answers ' A'..' Z' become single tokens."""
-    from sae_harness.text_sources import python_docstrings
+    from sae_harness.data.text_sources import python_docstrings
     from tiny_gemma2 import build_tokenizer
 
     words = sorted({w for doc in python_docstrings() for w in re.findall(r"\b[a-zA-Z]{2,12}\b", doc)})
@@ -83,7 +84,7 @@ def letter_lm(tiny_lm):
 
 
 def tiny_sae(seed: int) -> E.HierarchicalSAE:
-    return hierarchical_sae(2304, 256, 64, 4, model_name="google/gemma-2-2b", hook_layer=1,
+    return hierarchical_sae(WIDTHS["d_model"], 256, 64, 4, model_name="google/gemma-2-2b", hook_layer=1,
                              context_size=64, seed=seed)
 
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from saes import hierarchical_sae
-from sae_harness.activations import special_token_ids
+from sae_harness.data.activations import special_token_ids
 from sae_harness.errors import DataError
 from sae_harness.evals import core as C
 from sae_harness.evals.sae_bench_results import read_eval_output
-from sae_harness.language_model import residual_stream
-from sae_harness.text_sources import python_docstrings
-from tiny_gemma2 import tiny_real_preset
+from sae_harness.data.language_model import residual_stream
+from sae_harness.data.text_sources import python_docstrings
+from tiny_gemma2 import WIDTHS, tiny_real_preset
 
 N_BASE, N_CONCEPT = 256, 64
 EXPECTED = {  # SAE-Bench's metric names, flattened, plus the per-level and centred figures
@@ -32,7 +32,7 @@ EXPECTED = {  # SAE-Bench's metric names, flattened, plus the per-level and cent
 
 
 def small_sae(preset, dead_base: int = 0):
-    sae = hierarchical_sae(2304, N_BASE, N_CONCEPT, 4, model_name=preset.model_name,
+    sae = hierarchical_sae(WIDTHS["d_model"], N_BASE, N_CONCEPT, 4, model_name=preset.model_name,
                             hook_layer=preset.hook_layer, context_size=preset.context_length,
                             init_scale_concept=1.0)
     with torch.no_grad():

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from sae_harness.eval_logs import eval_log, say
+from sae_harness.evals.eval_logs import eval_log, say
 
 
 def test_prints_bars_and_warnings_go_to_the_log_and_our_lines_to_both(tmp_path, capsys, monkeypatch):

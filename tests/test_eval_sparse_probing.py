@@ -16,8 +16,8 @@ from saes import hierarchical_sae
 from sae_harness.errors import ConfigurationError, DataError
 from sae_harness.evals import sparse_probing as SP
 from sae_harness.evals.sae_bench_results import read_eval_output
-from sae_harness.sae_probes_data import EMBEDDED_PROBING_SUITE
-from tiny_gemma2 import tiny_real_preset
+from sae_harness.data.sae_probes_data import EMBEDDED_PROBING_SUITE
+from tiny_gemma2 import WIDTHS, tiny_real_preset
 
 # two of the four embedded datasets (5 of the 13 binary tasks) keep the test short; the split of
 # all four is tested without the model below
@@ -30,7 +30,7 @@ METRICS = SAE_BENCH_METRICS | STANDARDISED
 
 
 def small_sae(preset):
-    return hierarchical_sae(2304, 256, 64, 4, model_name=preset.model_name,
+    return hierarchical_sae(WIDTHS["d_model"], 256, 64, 4, model_name=preset.model_name,
                              hook_layer=preset.hook_layer, context_size=preset.context_length,
                              init_scale_concept=1.0)
 
@@ -206,6 +206,7 @@ def test_an_interrupted_artifact_save_leaves_no_file_behind(tmp_path):
     assert torch.save.__module__.startswith("torch")  # the original is back
 
 
+@pytest.mark.e2e  # starts a Python process to get a PID that has exited
 def test_temporaries_of_dead_processes_are_removed(tmp_path):
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import fixtures_runs as F
-from sae_harness.experiment_run import ExperimentRun
-from sae_harness.frontier import (SAELensView, compare_with_frontier, frontier_path,
-                                  interpolate_at_l0, read_frontier, seed_spread,
-                                  train_sae_lens)
-from sae_harness.heldout import heldout_statistics
-from sae_harness.run_directory import RunDirectory
+from sae_harness.run.experiment_run import ExperimentRun
+from sae_harness.records.frontier import (SAELensView, compare_with_frontier, frontier_path,
+                                          interpolate_at_l0, read_frontier, seed_spread,
+                                          train_sae_lens)
+from sae_harness.evals.heldout import heldout_statistics
+from sae_harness.records.run_directory import RunDirectory
 
 
 def test_interpolation_is_linear_in_log_l0_and_never_extrapolates():
@@ -85,13 +85,16 @@ def test_the_frontier_is_read_only_for_its_own_setting(tmp_path):
     assert frontier is None and "does not fit its schema" in why and "l0_total" in why
 
 
-def test_the_committed_frontier_and_vs_baseline_fit_their_schemas():
-    from sae_harness.evals.schemas import FrontierOutput, VsBaselineExtra
-    repo = Path(__file__).resolve().parent.parent
-    frontier = FrontierOutput.model_validate(json.loads((repo / "run_0" / "frontier.json").read_text()))
-    assert {p.family for p in frontier.points} >= {"relu", "topk"}
-    group = json.loads((repo / "study" / "run_2" / "final_info.json").read_text())["vs_baseline"]
-    VsBaselineExtra.model_validate({k: v for k, v in group.items() if k != "means"})
+def test_a_frontier_and_the_vs_baseline_group_it_gives_fit_their_schemas(tmp_path):
+    from sae_harness.records.frontier import compare_with_frontier
+    from sae_harness.records.schemas import FrontierOutput, VsBaselineExtra
+    run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
+    config = json.loads((run / "config.json").read_text())
+    frontier = F.frontier_for(config)
+    assert {p.family for p in FrontierOutput.model_validate(frontier).points} >= {"relu", "topk"}
+    means, extra = compare_with_frontier(json.loads((run / "final_info.json").read_text()), frontier)
+    VsBaselineExtra.model_validate(extra)
+    assert any(name.endswith(".difference") for name in means)
 
 
 def test_the_run_records_vs_baseline_or_says_how_to_make_the_frontier(tmp_path, capsys):
@@ -154,7 +157,7 @@ def test_sae_lens_trains_on_our_batches_and_is_seen_as_our_evals_see_an_sae(fami
 
 
 def test_the_notebook_reads_each_run_against_the_frontier_with_its_noise_marks(tmp_path):
-    from sae_harness.notes import notes_section
+    from sae_harness.records.notes import notes_section
 
     run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")
     assert "Against the baseline" not in notes_section(run)  # no frontier yet: no line

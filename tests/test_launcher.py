@@ -7,7 +7,7 @@ and at the end runs `python plot.py` in the folder.
 
 The coder's edits are textual edits of the copy's experiment.py. The launcher passes no
 arguments, so the runs are routed to the tiny Gemma-2 fixture from outside experiment.py: a
-sitecustomize.py on PYTHONPATH wraps sae_harness.command_line.run_command so that a run with no
+sitecustomize.py on PYTHONPATH wraps sae_harness.run.command_line.run_command so that a run with no
 environment of its own runs on the fixture, with the variant the harness chooses itself
 (read_run_environment: EXPERIMENT_VARIANT, else the default) and test_end_to_end's TINY sizes.
 """
@@ -24,6 +24,8 @@ import pytest
 from conftest import FIXTURES, REPO
 from test_end_to_end import TINY
 
+pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
+
 LAUNCHER_STDERR = 1500  # perform_experiments.MAX_STDERR_OUTPUT: what the coder sees of stderr
 RUN_SECONDS = 600
 
@@ -36,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import conftest  # offline settings and the fixture's HF_HOME, before any Hugging Face import
-import sae_harness.command_line as command_line
+import sae_harness.run.command_line as command_line
 from tiny_gemma2 import build, tiny_environment
 
 _run_command = command_line.run_command

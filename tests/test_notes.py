@@ -7,7 +7,7 @@ import re
 import pytest
 
 import fixtures_runs as F
-from sae_harness.notes import DEFAULT_HEADER, main, notes_section, text_outside_blocks, update_notes
+from sae_harness.records.notes import DEFAULT_HEADER, main, notes_section, text_outside_blocks, update_notes
 
 
 @pytest.fixture

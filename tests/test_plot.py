@@ -197,7 +197,7 @@ def test_the_table_names_the_precision_when_runs_differ_in_it(tmp_path, monkeypa
 def test_the_frontier_figure_and_the_equal_l0_columns(tmp_path, monkeypatch):
     """With run_0/frontier.json and a run's vs_baseline group: frontier.png and the difference
     columns, '~' within seed noise and 'out' outside a family's L0 range."""
-    from sae_harness.frontier import compare_with_frontier
+    from sae_harness.records.frontier import compare_with_frontier
 
     F.write_complete_run(tmp_path / "run_0", "baseline")
     run = F.write_complete_run(tmp_path / "run_2", "tuned_cosine")

@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
-from sae_harness import activations as A
+from sae_harness.data import activations as A
 from sae_harness.errors import ConfigurationError
-from sae_harness.precision import (BF16_MIN_SPEEDUP, MatmulSpeed, Precision, ProbeShapes,
-                                   choose_precision, cpu_bf16_flags, measure_matmul_speed)
-from sae_harness.presets import read_precision
+from sae_harness.hardware.machine import cpu_bf16_flags
+from sae_harness.hardware.precision import (BF16_MIN_SPEEDUP, MatmulSpeed, Precision, ProbeShapes,
+                                            choose_precision, measure_matmul_speed)
+from sae_harness.data.presets import read_precision
 
 SHAPES = ProbeShapes(model=(2048, 640, 2048), sae=(1024, 640, 2048))
 
@@ -92,8 +93,16 @@ def test_the_probe_measures_both_dtypes_quickly_at_the_run_shapes():
     speed = measure_matmul_speed(300, 64, 128)
     assert speed.shape == (256, 64, 128)  # rows capped: matmul speed has levelled off
     assert speed.float32_gflops > 0 and speed.bfloat16_gflops > 0 and speed.threads >= 1
-    flags = cpu_bf16_flags()
-    assert flags is None or all(f in ("avx512_bf16", "amx_bf16", "amx_tile") for f in flags)
+
+
+def test_the_native_bf16_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Some CPU\nflags\t\t: fpu sse2 amx_tile avx2 avx512_bf16\n")
+    assert cpu_bf16_flags(cpuinfo) == ("avx512_bf16", "amx_tile")  # in NATIVE_BF16_FLAGS' order
+    cpuinfo.write_text("model name\t: Zen 2\nflags\t\t: fpu sse2 avx2\n")
+    assert cpu_bf16_flags(cpuinfo) == ()  # readable, none native
+    cpuinfo.write_text("model name\t: no flags line\n")
+    assert cpu_bf16_flags(cpuinfo) is None and cpu_bf16_flags(tmp_path / "absent") is None
 
 
 def test_experiment_precision_is_validated():
@@ -115,18 +124,19 @@ def test_an_fp32_activation_cache_is_never_read_as_a_bf16_one(tmp_path):
     assert fp32.problem() is None and bf16.problem() == "absent"
 
 
-def test_a_machine_keeps_its_verdict_so_every_run_of_a_sweep_uses_one_precision(tiny_gemma2, tmp_path, monkeypatch):
-    import sae_harness.precision as P
-    from sae_harness.language_model import ModelLocation
-    from tiny_gemma2 import tiny_real_preset
+def test_a_machine_keeps_its_verdict_so_every_run_of_a_sweep_uses_one_precision(tmp_path, monkeypatch):
+    from dataclasses import replace
 
-    preset = tiny_real_preset(tiny_gemma2["text"], model_dtype="auto")
-    location = ModelLocation("google/gemma-2-2b", "")
+    import sae_harness.hardware.precision as P
+    from sae_harness.data.presets import PRESETS
+
+    preset = replace(PRESETS["embedded"], model_dtype="auto")
+    dims = (64, 256)  # the model's d_model and d_mlp
     monkeypatch.setattr(P, "measure_matmul_speed", probe(3.0))
-    first = P.precision_for_run(preset, location, "auto", "auto", 128, 256, cache_dir=tmp_path)
+    first = P.precision_for_run(preset, dims, "auto", "auto", 128, 256, cache_dir=tmp_path)
     monkeypatch.setattr(P, "measure_matmul_speed", probe(0.01))  # a probe that would now differ
-    again = P.precision_for_run(preset, location, "auto", "auto", 128, 256, cache_dir=tmp_path)
+    again = P.precision_for_run(preset, dims, "auto", "auto", 128, 256, cache_dir=tmp_path)
     assert first.model_dtype == again.model_dtype == "bfloat16"
     assert "probed on this machine earlier" in again.reason
-    other = P.precision_for_run(preset, location, "auto", "auto", 128, 512, cache_dir=tmp_path)
+    other = P.precision_for_run(preset, dims, "auto", "auto", 128, 512, cache_dir=tmp_path)
     assert other.model_dtype == "float32"  # other shapes: probed afresh

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from sae_harness.provenance import git_state
+from sae_harness.run.provenance import git_state
 
 
 def test_the_notebook_and_run_folders_a_run_writes_do_not_mark_the_code_modified(tmp_path):

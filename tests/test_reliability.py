@@ -15,11 +15,12 @@ import torch
 
 import experiment as E
 from conftest import REPO
-from sae_harness import activations as A
-from sae_harness.checkpoint import Checkpoint
+from sae_harness.data import activations as A
+from sae_harness.training.checkpoint import Checkpoint
 from sae_harness.errors import ConfigurationError, DataError, HarnessError
-from sae_harness.run_directory import CHECKPOINT, RunDirectory
+from sae_harness.records.run_directory import CHECKPOINT, RunDirectory
 from tiny_gemma2 import tiny_environment, tiny_real_preset
+
 
 RUNNER = REPO / "tests" / "run_tiny_experiment.py"
 SHORT = dict(d_sae_base=128, batch_size=64, training_tokens=64 * 60, heldout_tokens=256,
@@ -76,6 +77,7 @@ def uninterrupted(tiny_gemma2, cache_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e
 def test_sigterm_saves_a_checkpoint_and_the_rerun_reaches_the_same_weights(uninterrupted, cache_dir, tmp_path):
     out = tmp_path / "interrupted"
     proc = start(out, cache_dir, step_seconds=0.05)
@@ -99,6 +101,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_reaches_the_same_weights(unint
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
 
 
+@pytest.mark.e2e
 def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(uninterrupted, cache_dir, tmp_path):
     out = tmp_path / "killed"
     proc = start(out, cache_dir, step_seconds=0.05)
@@ -110,13 +113,6 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(uninterrupted, c
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert weights(out) == weights(uninterrupted)
-
-
-def test_same_seed_same_numbers(uninterrupted, tiny_gemma2, cache_dir, tmp_path):
-    env = tiny_environment(tiny_gemma2["text"], cache_dir)
-    E.run_experiment(tmp_path / "again", env, overrides=dict(SHORT))
-    assert training_means(tmp_path / "again") == training_means(uninterrupted)
-    assert weights(tmp_path / "again") == weights(uninterrupted)
 
 
 class FakeData:
@@ -163,6 +159,7 @@ def test_unreadable_checkpoint_is_refused_not_used(tmp_path):
         Checkpoint(path).load()
 
 
+@pytest.mark.e2e
 def test_an_unfinished_run_with_another_configuration_is_not_resumed(uninterrupted, tiny_gemma2, cache_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -207,7 +204,7 @@ def test_a_full_disk_while_caching_is_reported_and_leaves_nothing_behind(tiny_lm
 
 
 def test_a_half_converted_model_is_not_used(tmp_path):
-    from sae_harness.language_model import _checkpoint_complete
+    from sae_harness.data.language_model import _checkpoint_complete
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -220,7 +217,7 @@ def test_a_half_converted_model_is_not_used(tmp_path):
 
 
 def test_a_model_missing_offline_is_refused_before_any_work(tiny_gemma2, tmp_path):
-    from sae_harness.preflight import preflight
+    from sae_harness.data.preflight import preflight
 
     preset = tiny_real_preset(tiny_gemma2["text"], model_name="google/gemma-2-9b")
     with pytest.raises(DataError, match="not in the Hugging Face cache"):
@@ -230,6 +227,7 @@ def test_a_model_missing_offline_is_refused_before_any_work(tiny_gemma2, tmp_pat
         preflight(streamed, tmp_path)
 
 
+@pytest.mark.e2e
 def test_a_failing_eval_loses_nothing_and_the_run_still_finishes(tiny_gemma2, cache_dir, tmp_path, monkeypatch, capsys):
     import sae_harness.evals.core as core
 
@@ -261,7 +259,7 @@ def test_the_conversion_parses_each_gguf_once_and_restores_the_reader(tmp_path):
     import gguf
     import numpy as np
 
-    from sae_harness.language_model import _each_gguf_parsed_once
+    from sae_harness.data.language_model import _each_gguf_parsed_once
 
     path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")

@@ -333,7 +333,7 @@ def test_a_finished_run_is_reused_for_its_configuration_and_one_that_predates_a_
     import json
     from dataclasses import asdict
 
-    from sae_harness.run_directory import holds_finished_run, json_round_trip
+    from sae_harness.records.run_directory import holds_finished_run, json_round_trip
 
     cfg = E.make_config("tuned_cosine", "embedded")
     record = json_round_trip(asdict(cfg))

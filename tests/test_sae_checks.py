@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import experiment as E
 from sae_harness.errors import ConfigurationError
-from sae_harness.sae_checks import check_sae
-from sae_harness.sae_kernels import centred_encoder, kernel_mode
+from sae_harness.training.sae_checks import check_sae
+from sae_harness.training.sae_kernels import centred_encoder, kernel_mode
 
 CFG = E.Config(d_sae_base=256, concept_k=4, init_scale_concept=0.5)
 

@@ -1,11 +1,11 @@
-"""The SAE's fast products (sae_harness/sae_kernels.py) compute what plain autograd computes."""
+"""The SAE's fast products (sae_harness/training/sae_kernels.py) compute what plain autograd computes."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from saes import hierarchical_sae
-from sae_harness.sae_kernels import SPARSE_DENSITY_MAX, ActiveLatents
+from sae_harness.training.sae_kernels import SPARSE_DENSITY_MAX, ActiveLatents
 
 
 def plain_forward(sae, x):
@@ -79,7 +79,7 @@ def test_selected_preactivations_give_autograds_gradients(k, with_support, z_nee
     """W's gradient by the selected entries' z rows (k 4), by z's support (its nonzero entries
     reading rows of the (B, n) gradient) or by one matmul over the selected columns (k 48 of 64:
     what AuxK's entries over the dead latents take); zero gradient entries are left out on a CPU."""
-    from sae_harness.sae_kernels import selected_preactivations
+    from sae_harness.training.sae_kernels import selected_preactivations
 
     torch.manual_seed(0)
     z = F.relu(torch.randn(128, 256) - 2.0)  # ~2% nonzero

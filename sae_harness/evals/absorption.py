@@ -63,16 +63,16 @@ from pathlib import Path
 import torch
 from sklearn.exceptions import UndefinedMetricWarning
 
-from sae_harness.cpu_threads import threads_for_phase, thread_count
+from sae_harness.hardware.cpu_threads import threads_for_phase, thread_count
 from sae_harness.errors import ConfigurationError
-from sae_harness.eval_logs import say
+from sae_harness.evals.eval_logs import say
 from sae_harness.evals.absorption_probe import (AbsorptionNotEvaluable, ensure_llm_probe,
                                                 LETTERS, probe_folder, probe_key, seeded,
                                                 split_letter_counts)
 from sae_harness.evals.absorption_prompts import AbsorptionModelView, locate_word_token
 from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, identity_fields, write_eval_output
-from sae_harness.language_model import LanguageModel
-from sae_harness.presets import Preset
+from sae_harness.data.language_model import LanguageModel
+from sae_harness.data.presets import Preset
 
 SAE_BENCH_VERSION = "0.6.0"
 """The only sae-bench this eval runs with: the absorption metric changed across versions."""
@@ -220,7 +220,7 @@ def write_word_table(path: Path, raw_by_view: dict, n_base: int | None) -> None:
     """Per test word of every view: the letter, the word, the letter's main latents, the
     latent projecting most on the probe and the absorbing latents with their level ('base' or
     'concept'), the absorption fraction and whether absorption is full (JSON lines)."""
-    from sae_harness.run_directory import atomic_write_text
+    from sae_harness.records.run_directory import atomic_write_text
 
     def level(index) -> str:
         return "base" if n_base is None or int(index) < n_base else "concept"

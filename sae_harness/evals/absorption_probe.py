@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from sae_harness.errors import HarnessError
-from sae_harness.eval_logs import say
+from sae_harness.evals.eval_logs import say
 from sae_harness.evals.absorption_prompts import AbsorptionModelView, PromptTokenisation
-from sae_harness.language_model import LanguageModel
-from sae_harness.presets import Preset
-from sae_harness.run_directory import atomic_folder
+from sae_harness.data.language_model import LanguageModel
+from sae_harness.data.presets import Preset
+from sae_harness.records.run_directory import atomic_folder
 
 PROBE_FORMAT_VERSION = 1
 """Bump when the LLM-probe folder's contents or the word selection change (part of its digest)."""

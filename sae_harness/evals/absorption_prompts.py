@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from sae_harness.errors import ConfigurationError
-from sae_harness.run_directory import atomic_path
+from sae_harness.records.run_directory import atomic_path
 
 
 class VocabularyView:

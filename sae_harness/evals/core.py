@@ -80,12 +80,12 @@ from typing import Any
 import torch
 
 from sae_harness.errors import ConfigurationError, DataError
-from sae_harness.eval_logs import say
+from sae_harness.evals.eval_logs import say
 from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, flat_means, sae_bench_version
-from sae_harness.language_model import LanguageModel
-from sae_harness.presets import Preset
+from sae_harness.data.language_model import LanguageModel
+from sae_harness.data.presets import Preset
 from sae_harness.evals.patching import patched
-from sae_harness.run_directory import atomic_path, atomic_write_json
+from sae_harness.records.run_directory import atomic_path, atomic_write_json
 
 SHUFFLE_SEED = 42
 """Seed of the document shuffle (SAE-Bench's multiple_evals uses 42)."""
@@ -193,7 +193,7 @@ def centered_explained_variance(sae, model, tokens: torch.Tensor, layer: int, ig
     The definition of the training group's held-out explained variance, on the tokens of
     SAE-Bench's sparsity/variance batches.
     """
-    from sae_harness.language_model import residual_stream
+    from sae_harness.data.language_model import residual_stream
 
     skip = torch.tensor(sorted(t for t in ignore_tokens if t is not None), device=tokens.device)
     xs, errors = [], 0.0

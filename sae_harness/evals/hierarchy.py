@@ -63,7 +63,7 @@ from typing import NamedTuple
 
 import torch
 
-from sae_harness.evals.schemas import HierarchyOutput, validated
+from sae_harness.records.schemas import HierarchyOutput, validated
 from sae_harness.evals.weights import sample_excluding, strongest_base_latents
 
 FORMAT_VERSION = 1

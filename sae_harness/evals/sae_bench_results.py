@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from sae_harness.run_directory import atomic_path
+from sae_harness.records.run_directory import atomic_path
 
 SAE_BENCH_RELEASE = "hierarchical_sae"
 """`sae_lens_release_id` recorded for our SAE (SAE-Bench lets a custom SAE's release be named

@@ -72,7 +72,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from sae_harness.errors import ConfigurationError, DataError
-from sae_harness.eval_logs import say
+from sae_harness.evals.eval_logs import say
 from sae_harness.evals.patching import patched
 from sae_harness.evals.sae_bench_results import (
     SAE_BENCH_RELEASE,
@@ -80,10 +80,10 @@ from sae_harness.evals.sae_bench_results import (
     identity_fields,
     write_eval_output,
 )
-from sae_harness.language_model import LanguageModel
-from sae_harness.presets import Preset
-from sae_harness.run_directory import atomic_write_json, read_json
-from sae_harness.sae_probes_data import EMBEDDED_PROBING_SUITE, read_dataset
+from sae_harness.data.language_model import LanguageModel
+from sae_harness.data.presets import Preset
+from sae_harness.records.run_directory import atomic_write_json, read_json
+from sae_harness.data.sae_probes_data import EMBEDDED_PROBING_SUITE, read_dataset
 
 K_VALUES = [1, 2, 5, 10, 20, 50]
 """Numbers of SAE latents / residual channels the top-k probes use (both settings)."""

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sae_harness.evals.schemas import WeightsOutput, validated
+from sae_harness.records.schemas import WeightsOutput, validated
 
 FORMAT_VERSION = 1
 THRESHOLDS = {"1e-4": 1e-4, "1e-3": 1e-3, "1e-2": 1e-2}

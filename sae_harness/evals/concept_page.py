@@ -35,9 +35,9 @@ import torch
 from sae_harness.evals.concept_contexts import TopActivations
 from sae_harness.evals.hierarchy import MIN_FIRINGS
 from sae_harness.evals.weights import strongest_base_latents
-from sae_harness.frontier import vs_baseline_summary
-from sae_harness.heldout_tokens import HeldoutTokens
-from sae_harness.run_directory import read_json
+from sae_harness.records.frontier import vs_baseline_summary
+from sae_harness.data.heldout_tokens import HeldoutTokens
+from sae_harness.records.run_directory import read_json
 
 PAGE = "concepts.html"
 TOP_M = 5
@@ -402,7 +402,7 @@ def build_concept_page(directory, sae, tokenizer, preset, heldout: torch.Tensor,
     Returns (page bytes, coherence means)."""
     from sae_harness.evals.concept_contexts import (COHERENCE_DEFINITIONS, concept_coherence,
                                                     top_activations)
-    from sae_harness.heldout_tokens import heldout_tokens
+    from sae_harness.data.heldout_tokens import heldout_tokens
 
     tokens = heldout_tokens(tokenizer, preset, len(heldout))
     top = top_activations(sae, heldout, k)

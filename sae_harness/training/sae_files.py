@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_harness.errors import DataError
-from sae_harness.run_directory import atomic_folder
+from sae_harness.records.run_directory import atomic_folder
 
 STATE_WEIGHTS = "sae_state.safetensors"
 STATE_DESCRIPTION = "sae_state.json"

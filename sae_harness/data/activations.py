@@ -31,10 +31,11 @@ import torch
 from tqdm import tqdm
 
 from sae_harness.errors import ConfigurationError, DataError
-from sae_harness.language_model import LanguageModel, residual_stream, torch_dtype
-from sae_harness.presets import EMBEDDED_TEXT, Preset
-from sae_harness.run_directory import atomic_write_json
-from sae_harness.text_sources import documents, text_fingerprint
+from sae_harness.data.language_model import LanguageModel, residual_stream
+from sae_harness.hardware.precision import torch_dtype
+from sae_harness.data.presets import EMBEDDED_TEXT, Preset
+from sae_harness.records.run_directory import atomic_write_json
+from sae_harness.data.text_sources import documents, text_fingerprint
 
 PACKING_VERSION = 1
 """Bump when packing or filtering changes: it is part of the cache key."""
@@ -116,7 +117,7 @@ def text_tokens_available(preset: Preset, tokenizer_source, cache_dir: Path, tok
     kept under `cache_dir/text_tokens`; a streamed hub dataset has a known upper bound or none.
     `tokenizer_source()` returns the tokenizer, called only when a count is needed.
     """
-    from sae_harness.text_sources import HUB_TEXT_TOKENS, text_fingerprint
+    from sae_harness.data.text_sources import HUB_TEXT_TOKENS, text_fingerprint
 
     if preset.text_dataset != EMBEDDED_TEXT and not Path(preset.text_dataset).exists():
         bound = HUB_TEXT_TOKENS.get(preset.text_dataset)
@@ -138,7 +139,7 @@ def text_tokens_available(preset: Preset, tokenizer_source, cache_dir: Path, tok
 def check_token_budget(preset: Preset, n_train: int, n_heldout: int, cache_dir: Path,
                        tokenizer_source, tokenizer_id: str) -> None:
     """Refuse, before any model work, a budget the preset's text cannot supply."""
-    from sae_harness.text_sources import EMBEDDED_TOKENS_FLOOR
+    from sae_harness.data.text_sources import EMBEDDED_TOKENS_FLOOR
 
     need = n_train + n_heldout
     if preset.text_dataset == EMBEDDED_TEXT and need <= EMBEDDED_TOKENS_FLOOR:

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from sae_harness.errors import DataError
-from sae_harness.presets import Preset
-from sae_harness.run_directory import atomic_folder
+from sae_harness.hardware.precision import torch_dtype
+from sae_harness.data.presets import Preset
+from sae_harness.records.run_directory import atomic_folder
 
 GGUF_CONVERSION_VERSION = 1
 """Bump when the conversion changes: it is part of the converted checkpoint's directory name."""
@@ -45,12 +46,6 @@ class LanguageModel:
     def tokenizer(self):
         return self.model.tokenizer
 
-
-def torch_dtype(name: str) -> torch.dtype:
-    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-    if name not in dtypes:
-        raise DataError(f"unknown dtype {name!r}; use one of {sorted(dtypes)}")
-    return dtypes[name]
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from sae_harness import distributed
-from sae_harness.checkpoint import TrainingInterrupted
+from sae_harness.hardware import distributed
+from sae_harness.training.checkpoint import TrainingInterrupted
 from sae_harness.errors import HarnessError
-from sae_harness.presets import RunEnvironment, read_run_environment
-from sae_harness.run_directory import RunDirectory
+from sae_harness.data.presets import RunEnvironment, read_run_environment
+from sae_harness.records.run_directory import RunDirectory
 
 
 def parse_out_dir(argv: list[str] | None, description: str) -> Path:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from sae_harness.errors import DataError
-from sae_harness.presets import EMBEDDED_TEXT, Preset
+from sae_harness.data.presets import EMBEDDED_TEXT, Preset
 
 
 def _offline() -> bool:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from sae_harness.eval_logs import LOGS_DIR, eval_log
-from sae_harness.language_model import LanguageModel
-from sae_harness.presets import Preset
-from sae_harness.run_directory import EVALUATIONS, RunDirectory
-from sae_harness.text_sources import documents
+from sae_harness.evals.eval_logs import LOGS_DIR, eval_log
+from sae_harness.data.language_model import LanguageModel
+from sae_harness.data.presets import Preset
+from sae_harness.records.run_directory import EVALUATIONS, RunDirectory
+from sae_harness.data.text_sources import documents
 
 ABSORPTION_WORDS = "absorption_words.jsonl"
 """The absorption eval's per-word table, every view of the SAE (evals/absorption.py)."""

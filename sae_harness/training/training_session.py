@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sae_harness import distributed
-from sae_harness.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
+from sae_harness.hardware import distributed
+from sae_harness.training.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
 from sae_harness.errors import ConfigurationError, HarnessError
-from sae_harness.run_directory import CHECKPOINT, TRAINING_LOG, RunDirectory, TrainingLog
+from sae_harness.records.run_directory import CHECKPOINT, TRAINING_LOG, RunDirectory, TrainingLog
 
 
 class TrainerState:

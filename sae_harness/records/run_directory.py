@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sae_harness.degeneracy import DegeneracyCheck, check_degeneracy, group_means, is_legacy_final_info
+from sae_harness.records.degeneracy import DegeneracyCheck, check_degeneracy, group_means, is_legacy_final_info
 from sae_harness.errors import ConfigurationError
 
 FINAL_INFO = "final_info.json"

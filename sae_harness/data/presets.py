@@ -29,9 +29,9 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sae_harness.cpu_heap import HEAP_CHOICES
+from sae_harness.hardware.cpu_heap import HEAP_CHOICES
 from sae_harness.errors import ConfigurationError
-from sae_harness.run_directory import EVALUATIONS
+from sae_harness.records.run_directory import EVALUATIONS
 
 OPENWEBTEXT = "Skylion007/openwebtext"
 """The real setting's text: the id SAE-Bench's core eval uses; loads with datasets<4."""
@@ -202,7 +202,7 @@ def read_choice(name: str, choices: tuple[str, ...], default: str, hint: str,
 
 def read_precision(environ: dict[str, str] | None = None) -> str:
     """EXPERIMENT_PRECISION, validated ('auto' when unset)."""
-    from sae_harness.precision import PRECISIONS
+    from sae_harness.hardware.precision import PRECISIONS
 
     return read_choice("EXPERIMENT_PRECISION", PRECISIONS, "auto",
                        "leave it unset to let the machine decide", environ)

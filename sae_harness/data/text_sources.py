@@ -20,8 +20,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 from sae_harness.errors import DataError
-from sae_harness.presets import EMBEDDED_TEXT, OPENWEBTEXT, Preset
-from sae_harness import sae_probes_data
+from sae_harness.data.presets import EMBEDDED_TEXT, OPENWEBTEXT, Preset
+from sae_harness.data import sae_probes_data
 
 MIN_DOCUMENT_CHARS = 200
 """Shorter texts (names, one-line prompts) are poor training documents; they are skipped."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from sae_harness.errors import ConfigurationError
-from sae_harness.provenance import cpu_name
+from sae_harness.hardware.machine import cpu_bf16_flags, cpu_name
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 """Values of EXPERIMENT_PRECISION, of Preset.model_dtype and of Config.matmul_dtype."""
@@ -47,8 +47,6 @@ BF16_MIN_SPEEDUP = 1.25
 keeps more precision; real CPUs are far from this line: ~2.7x with native bf16, ~0.005x
 without, so noise in the probe does not flip the choice)."""
 
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
-"""/proc/cpuinfo flags of x86 CPUs that compute bf16 matmuls natively."""
 
 PROBE_MAX_ROWS = 256
 """Rows timed at most: matmul speed has levelled off by then, and the probe stays short."""
@@ -111,8 +109,6 @@ class Precision:
     @property
     def sae_torch_dtype(self):
         """sae_matmul_dtype as the torch dtype a trainer takes."""
-        from sae_harness.language_model import torch_dtype
-
         return torch_dtype(self.sae_matmul_dtype)
 
     def record(self) -> dict:
@@ -136,18 +132,6 @@ class Precision:
                    warning=record.get("warning"))
 
 
-def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...] | None:
-    """The native-bf16 flags of this CPU (Linux); None when the flags cannot be read."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            flags = set(line.split(":", 1)[1].split())
-            return tuple(f for f in NATIVE_BF16_FLAGS if f in flags)
-    return None
-
 
 def _seconds_per_matmul(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
     for _ in range(WARMUP_CALLS):  # kernel selection and JIT, tile set-up, first-touch of the output
@@ -158,6 +142,13 @@ def _seconds_per_matmul(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float
         a @ b
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+    if name not in dtypes:
+        raise ConfigurationError(f"unknown dtype {name!r}; use one of {sorted(dtypes)}")
+    return dtypes[name]
 
 
 def measure_matmul_speed(m: int, k: int, n: int, repeats: int = 3) -> MatmulSpeed:
@@ -258,10 +249,10 @@ def choose_precision(device: str, requested: str, model_dtype: str, matmul_dtype
                      tuple(flags or ()), speeds, warning)
 
 
-def precision_for_run(preset, location, requested: str, matmul_dtype: str, batch_size: int,
+def precision_for_run(preset, model_dims: tuple[int, int], requested: str, matmul_dtype: str, batch_size: int,
                       d_sae: int, earlier: dict | None = None, cache_dir: Path | None = None
                       ) -> Precision:
-    """The precision of one run of `preset` (model at `location`, an SAE of base width `d_sae`
+    """The precision of one run of `preset` (a model of `model_dims` (d_model, d_mlp), an SAE of base width `d_sae`
     trained on batches of `batch_size`).
 
     `earlier`: the record of an earlier attempt of the same run, whose dtypes a resumed run
@@ -272,9 +263,7 @@ def precision_for_run(preset, location, requested: str, matmul_dtype: str, batch
     if earlier is not None and requested in ("auto", earlier.get("requested")):
         kept = Precision.from_record(earlier)
         return replace(kept, reason=f"kept from the earlier attempt of this run: {kept.reason}")
-    from sae_harness.language_model import model_dimensions
-
-    d_model, d_mlp = model_dimensions(location)
+    d_model, d_mlp = model_dims
     shapes = ProbeShapes(model=(preset.llm_batch_size * preset.context_length, d_model, d_mlp),
                          sae=(batch_size, d_model, d_sae))
     path = None
@@ -293,7 +282,7 @@ def precision_for_run(preset, location, requested: str, matmul_dtype: str, batch
             pass
     precision = choose_precision(preset.device, requested, preset.model_dtype, matmul_dtype, shapes)
     if path is not None:
-        from sae_harness.run_directory import atomic_write_json
+        from sae_harness.records.run_directory import atomic_write_json
 
         atomic_write_json(path, precision.record())
     return precision

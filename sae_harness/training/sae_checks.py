@@ -42,10 +42,10 @@ from pathlib import Path
 
 import torch
 
-from sae_harness import distributed
-from sae_harness.contract import missing_sae_attributes
+from sae_harness.hardware import distributed
+from sae_harness.training.contract import missing_sae_attributes
 from sae_harness.errors import ConfigurationError, HarnessError
-from sae_harness.sae_kernels import kernel_mode
+from sae_harness.training.sae_kernels import kernel_mode
 
 CHECK_ROWS = 64
 """Rows of the first batch the checks run on."""

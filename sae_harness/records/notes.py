@@ -23,7 +23,7 @@ run (its own `## Run 1: ...` sections), before the run or after it.
 
 Runs are read by run_directory.load_run, as plot.py reads them.
 
-    python -m sae_harness.notes run_0 run_1 ...   (re)writes those runs' blocks in the notes.txt
+    python -m sae_harness.records.notes run_0 run_1 ...   (re)writes those runs' blocks in the notes.txt
                                                   beside each run (--notes names another file)
 """
 
@@ -35,10 +35,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sae_harness.degeneracy import LEGACY_TEMPLATE_KEYS
-from sae_harness.frontier import vs_baseline_summary
-from sae_harness.run_directory import (NOTEBOOK, RunRecord, atomic_write_text, baseline_run_dir,
-                                        load_run, run_number)
+from sae_harness.records.degeneracy import LEGACY_TEMPLATE_KEYS
+from sae_harness.records.frontier import vs_baseline_summary
+from sae_harness.records.run_directory import (NOTEBOOK, RunRecord, atomic_write_text, baseline_run_dir,
+                                               load_run, run_number)
 
 HEADLINE_METRICS: list[tuple[str, str, str]] = [
     # (name in notes' Results and plot's table, group, metric in that group's means)

@@ -35,8 +35,8 @@ import torch.nn as nn
 
 from pydantic import ValidationError
 
-from sae_harness.evals.schemas import FrontierOutput, VsBaselineExtra, validated
-from sae_harness.run_directory import BASELINE_RUN, baseline_run_dir, read_json
+from sae_harness.records.schemas import FrontierOutput, VsBaselineExtra, validated
+from sae_harness.records.run_directory import BASELINE_RUN, baseline_run_dir, read_json
 
 FRONTIER_FILE = "frontier.json"
 FRONTIER_FORMAT = 1
@@ -340,9 +340,9 @@ def train_sae_lens(family: str, k: int, d_in: int, d_sae: int, batches, steps: i
 
 
 def main(argv: list[str]) -> int:
-    """python -m sae_harness.frontier run_i ...: (re)write the runs' vs_baseline groups, e.g.
+    """python -m sae_harness.records.frontier run_i ...: (re)write the runs' vs_baseline groups, e.g.
     for runs finished before the frontier was built."""
-    from sae_harness.run_directory import RunDirectory
+    from sae_harness.records.run_directory import RunDirectory
 
     for name in argv:
         for line in record_vs_baseline(RunDirectory(Path(name))):

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from sae_harness.errors import ConfigurationError, DataError
-from sae_harness.sae_files import load_sae_files, save_sae_files
+from sae_harness.training.sae_files import load_sae_files, save_sae_files
 
 
 class TwoLevelSAE(nn.Module):

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from sae_harness.activations import iter_contexts, special_token_ids
+from sae_harness.data.activations import iter_contexts, special_token_ids
 from sae_harness.errors import DataError
-from sae_harness.presets import Preset
-from sae_harness.text_sources import documents
+from sae_harness.data.presets import Preset
+from sae_harness.data.text_sources import documents
 
 
 @dataclass

@@ -34,24 +34,24 @@ from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from sae_harness import distributed
-from sae_harness.activations import ActivationData, check_token_budget, prepare_activations
-from sae_harness.checkpoint import Checkpoint
-from sae_harness.concept_page import PAGE as CONCEPT_PAGE, build_concept_page
-from sae_harness.cpu_heap import reuse_freed_memory
-from sae_harness.degeneracy import degeneracy_reasons
+from sae_harness.hardware import distributed
+from sae_harness.data.activations import ActivationData, check_token_budget, prepare_activations
+from sae_harness.training.checkpoint import Checkpoint
+from sae_harness.evals.concept_page import PAGE as CONCEPT_PAGE, build_concept_page
+from sae_harness.hardware.cpu_heap import reuse_freed_memory
+from sae_harness.records.degeneracy import degeneracy_reasons
 from sae_harness.errors import ConfigurationError
-from sae_harness.evaluations import evaluate_sae
-from sae_harness.frontier import record_vs_baseline
-from sae_harness.heldout import heldout_statistics, training_warnings
-from sae_harness.language_model import (LanguageModel, load_language_model, load_tokenizer,
-                                        locate_model, model_dimensions, tokenizer_id)
-from sae_harness.notes import update_notes
-from sae_harness.precision import Precision, precision_for_run
-from sae_harness.preflight import preflight
-from sae_harness.presets import RunEnvironment
-from sae_harness.provenance import provenance
-from sae_harness.run_directory import CHECKPOINT, CONFIG, NOTEBOOK, RunDirectory, json_round_trip, read_json
+from sae_harness.evals.evaluations import evaluate_sae
+from sae_harness.records.frontier import record_vs_baseline
+from sae_harness.evals.heldout import heldout_statistics, training_warnings
+from sae_harness.data.language_model import (LanguageModel, load_language_model, load_tokenizer,
+                                             locate_model, model_dimensions, tokenizer_id)
+from sae_harness.records.notes import update_notes
+from sae_harness.hardware.precision import Precision, precision_for_run
+from sae_harness.data.preflight import preflight
+from sae_harness.data.presets import RunEnvironment
+from sae_harness.run.provenance import provenance
+from sae_harness.records.run_directory import CHECKPOINT, CONFIG, NOTEBOOK, RunDirectory, json_round_trip, read_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ class ExperimentRun:
 
         self.location = locate_model(self.preset, env.cache_dir)
         self.phases["model_conversion"] = self.location.seconds
-        self.precision = precision_for_run(self.preset, self.location, env.precision,
+        self.precision = precision_for_run(self.preset, model_dimensions(self.location), env.precision,
                                            cfg.matmul_dtype, cfg.batch_size, cfg.d_sae_base,
                                            earlier, env.cache_dir)
         self.preset = replace(self.preset, model_dtype=self.precision.model_dtype)
