@@ -12,13 +12,10 @@ set up as a run's (EXPERIMENT_CPU_HEAP, sae_harness/hardware/cpu_heap.py).
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 

@@ -10,11 +10,9 @@ on rank 0, one JSON line: global training tokens per second over the timed steps
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import experiment as E  # noqa: E402
 from sae_harness.hardware import distributed  # noqa: E402
 from sae_harness.hardware.precision import torch_dtype  # noqa: E402

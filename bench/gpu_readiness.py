@@ -21,7 +21,6 @@ H200, most of it building the model).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 PEAK_BF16_FLOPS = 790e12
 """Dense bf16 matmul rate assumed for the ideal figures (an H200/H100, measured ~790 TFLOP/s)."""

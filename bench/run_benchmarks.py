@@ -348,7 +348,6 @@ def main() -> None:
         argv = [a for a in sys.argv[1:] if a != "--emulate-no-bf16"]
         raise SystemExit(subprocess.run([sys.executable, __file__, *argv],
                                         env={**os.environ, **NO_BF16_ENV}).returncode)
-    sys.path.insert(0, str(REPO))
     only = set(args.only or SECTIONS)
 
     header("matmul yardstick, 1 thread (best of 5, CPU time)")

@@ -31,8 +31,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 import experiment as E
 from sae_harness.records.schemas import FrontierOutput, validated
 from sae_harness.evals.evaluations import evaluate_sae

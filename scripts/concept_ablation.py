@@ -30,8 +30,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 import experiment as E  # noqa: E402
 from sae_harness.data.presets import read_run_environment  # noqa: E402
 from sae_harness.records.run_directory import STUDY_DIR, holds_finished_run, read_json  # noqa: E402

@@ -20,8 +20,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 import experiment as E  # noqa: E402
 from sae_harness.evals.hierarchy import hierarchy_consistency  # noqa: E402
 from sae_harness.evals.heldout import heldout_statistics  # noqa: E402

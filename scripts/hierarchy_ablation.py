@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 import experiment as E  # noqa: E402
 from sae_harness.data.presets import read_run_environment  # noqa: E402
 from sae_harness.records.run_directory import (EVALUATIONS, atomic_write_json, holds_finished_run,  # noqa: E402
@@ -155,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         return second_budget(env, args.table_only, args.frontier_k)
     rows, machine = [], "?"
     if args.matryoshka and not args.table_only:
-        sys.path.insert(0, str(REPO / "scripts"))
         from build_frontier import sae_lens_point
 
         lm_holder: dict = {}
@@ -191,7 +187,6 @@ def second_budget(env, table_only: bool, frontier_k: str) -> int:
             print(f"[ablation] {folder.name}/{name}: {variant} {overrides}", flush=True)
             E.run_experiment(arm, replace(env, variant=variant, overwrite=True), overrides)
     if not table_only:  # the frontier at this budget; its build records every arm's vs_baseline
-        sys.path.insert(0, str(REPO / "scripts"))
         import build_frontier
 
         build_frontier.main(["topk", "matryoshka", "--no-seeds", f"--k={frontier_k}",

@@ -14,8 +14,6 @@ os.environ["HF_HOME"] = str(FIXTURES / "hf_home")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 import pytest  # noqa: E402
 

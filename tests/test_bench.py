@@ -1,16 +1,12 @@
 """The benchmark scripts run (figures are printed, never asserted: timings are not tests)."""
 
 import re
-import sys
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO
 
 pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
-
-sys.path.insert(0, str(REPO / "bench"))
 
 
 def test_gpu_readiness_script_runs_at_toy_size_on_cpu(tiny_gemma2, capsys, monkeypatch):

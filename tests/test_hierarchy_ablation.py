@@ -2,12 +2,8 @@
 trains nothing (an arm that is not finished, or finished with another configuration, is left out)."""
 
 import json
-import sys
 from dataclasses import asdict
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 def test_the_table_reads_each_finished_arm_and_leaves_the_rest_out(tmp_path, monkeypatch, capsys):
