@@ -3,6 +3,9 @@
 
     python scripts/build_frontier.py            # the embedded default; EXPERIMENT_* as for a run
     python scripts/build_frontier.py relu --no-seeds   # some families only, no seed runs
+    python scripts/build_frontier.py topk matryoshka --no-seeds --k=20,40 --root=DIR
+                                                # SAE-Lens points at these k into DIR/ (a
+                                                # second budget's frontier; DIR is its run_0)
 
 Trains, on the study's activations, tokens and eval sizes:
   relu        experiment.py's `baseline` variant at l1_base in RELU_L1 (run_0's setting among them)
@@ -116,11 +119,20 @@ def point_record(family: str, name: str, parameter: dict, seed: int, folder: Pat
             if folder.is_relative_to(REPO) else str(folder)}
 
 
+def option(argv: list[str], name: str) -> str | None:
+    """The value of `--name=value` in argv, or None."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
+    return values[-1] if values else None
+
+
 def main(argv: list[str]) -> None:
     seeds_wanted = "--no-seeds" not in argv
     wanted = [a for a in argv if not a.startswith("--")] or ["relu", "topk", "matryoshka"]
+    k_wanted = option(argv, "k")
+    topk_k, matryoshka_k = ((TOPK_K, MATRYOSHKA_K) if k_wanted is None else
+                            (tuple(int(k) for k in k_wanted.split(",")),) * 2)
     env = read_run_environment({"EXPERIMENT_PRESET": "embedded", **os.environ})
-    root = REPO / "run_0"
+    root = Path(option(argv, "root") or REPO / "run_0").resolve()
     points_dir = root / "frontier"
     started = time.time()
     points, lm_holder = [], {}
@@ -129,7 +141,7 @@ def main(argv: list[str]) -> None:
         folder = our_point(points_dir / f"relu_l1_{l1:g}", env, "baseline", {"l1_base": l1},
                            reuse=root if l1 == base_l1 else None)
         points.append(point_record("relu", f"relu_l1_{l1:g}", {"l1_base": l1}, 0, folder))
-    for family, ks in (("topk", TOPK_K), ("matryoshka", MATRYOSHKA_K)):
+    for family, ks in (("topk", topk_k), ("matryoshka", matryoshka_k)):
         for k in ks if family in wanted else ():
             folder = sae_lens_point(points_dir / f"{family}_k{k}", env, family, k, lm_holder)
             points.append(point_record(family, f"{family}_k{k}", {"k": k}, 0, folder))
@@ -159,8 +171,10 @@ def main(argv: list[str]) -> None:
     atomic_write_json(root / FRONTIER_FILE, validated(FrontierOutput, frontier))
     print(f"[frontier] {len(points)} points and {sum(map(len, seeds.values()))} seed runs -> "
           f"{root / FRONTIER_FILE} in {time.time() - started:.0f} s")
-    made_before = sorted(REPO.glob("run_[0-9]*")) + sorted((REPO / STUDY_DIR).glob("run_[0-9]*"))
-    for run in made_before:  # the runs made before the frontier (the loop's, the study's) read it now
+    made_before = ([*sorted(REPO.glob("run_[0-9]*")), *sorted((REPO / STUDY_DIR).glob("run_[0-9]*"))]
+                   if root == REPO / "run_0" else sorted(root.parent.glob("run_[0-9]*")))
+    for run in made_before:  # the runs made before the frontier (the loop's, the study's, or
+        # those beside another root) read it now
         if (run / "final_info.json").exists() and (run / "config.json").exists():
             for line in record_vs_baseline(RunDirectory(run)):
                 print(f"{run.name}: {line}")

@@ -4,6 +4,9 @@
     python scripts/hierarchy_ablation.py                 # train what is missing, then the table
     python scripts/hierarchy_ablation.py --table-only    # the table of the finished arms only
     python scripts/hierarchy_ablation.py --no-seeds      # the arms without the seed repeats
+    EXPERIMENT_TOKENS=2000000 python scripts/hierarchy_ablation.py --second-budget
+        # SECOND_BUDGET_ARMS at that budget into study/hierarchy_pays/tokens_2000000/, then its
+        # own TopK and Matryoshka frontier (SAE-Lens, at --frontier-k) in tokens_2000000/run_0/
 
 Every arm is experiment.py's run on the embedded default (EXPERIMENT_* as for a run) with the
 same cached activations, tokens and seed unless the arm says otherwise: the hierarchical
@@ -68,6 +71,19 @@ SEED_ARMS: list[tuple[str, str, dict]] = [
 """The design that absorbed least at both lrs (concept_reconstructs: 0.317 vs tuned_cosine's
 0.444 at 1e-3, 0.093 vs 0.098 at 3e-4), at the frontier's lr and matched L0, seeds 1 and 2."""
 
+SECOND_BUDGET_ARMS: list[tuple[str, str, dict]] = [
+    ("run_1", "concept_reconstructs", MATCHED_L0),
+    ("run_2", "concept_reconstructs", {**MATCHED_L0, "seed": 1}),
+    ("run_3", "concept_reconstructs", {**MATCHED_L0, "seed": 2}),
+    ("run_4", "tuned_cosine", MATCHED_L0),
+]
+"""The second budget (issue: SAE-Bench warns that undertrained SAEs score low on absorption):
+the best design at 3 seeds and the idea's default variant, both at the frontier's lr and the
+matched L1, against a TopK and Matryoshka frontier trained at the same budget."""
+SECOND_BUDGET_FRONTIER_K = "20,40"
+"""At 2M tokens the matched arms' total L0 falls to ~25-30 (base L0 ~18 at a third of the run),
+between the k20 and k40 points."""
+
 COLUMNS = [  # (column, group, key, format)
     ("absorption", "absorption", "mean_absorption_fraction_score", ".3f"),
     ("abs. 95% CI low", "absorption", "mean_absorption_fraction_ci95_low", ".3f"),
@@ -109,9 +125,9 @@ def arm_row(folder: Path, variant: str) -> dict:
     return row
 
 
-def markdown(rows: list[dict], machine: str) -> str:
+def markdown(rows: list[dict], machine: str, setting: str) -> str:
     head = ["run", "variant", "lr", "seed", *(c for c, *_ in COLUMNS)]
-    lines = [f"Hierarchy-pays ablation on the embedded default ({machine}); "
+    lines = [f"Hierarchy-pays ablation on {setting} ({machine}); "
              "written by scripts/hierarchy_ablation.py", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -127,8 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-seeds", action="store_true", help="leave SEED_ARMS out")
     parser.add_argument("--matryoshka", action="store_true",
                         help="also train and score MATRYOSHKA_POINTS (per-group absorption)")
+    parser.add_argument("--second-budget", action="store_true",
+                        help="SECOND_BUDGET_ARMS and their frontier at EXPERIMENT_TOKENS")
+    parser.add_argument("--frontier-k", default=SECOND_BUDGET_FRONTIER_K,
+                        help="the second budget's TopK and Matryoshka k (comma-separated)")
     args = parser.parse_args(argv)
     env = read_run_environment()
+    if args.second_budget:
+        if env.training_tokens is None:
+            raise SystemExit("error: --second-budget needs EXPERIMENT_TOKENS (e.g. EXPERIMENT_TOKENS=2000000)")
+        return second_budget(env, args.table_only, args.frontier_k)
     rows, machine = [], "?"
     if args.matryoshka and not args.table_only:
         sys.path.insert(0, str(REPO / "scripts"))
@@ -148,18 +172,56 @@ def main(argv: list[str] | None = None) -> int:
             E.run_experiment(folder, replace(env, variant=variant, overwrite=True), overrides)
         rows.append(arm_row(folder, variant))
         machine = read_json(folder / "config.json")["provenance"].get("device", machine)
+    write_tables(FOLDER, rows, machine, [FOLDER / f"matryoshka_k{k}" for k in MATRYOSHKA_POINTS],
+                 "the embedded default")
+    return 0
+
+
+def second_budget(env, table_only: bool, frontier_k: str) -> int:
+    """SECOND_BUDGET_ARMS at env's token budget, then its TopK/Matryoshka frontier, then the table."""
+    folder = FOLDER / f"tokens_{env.training_tokens}"
+    rows, machine = [], "?"
+    for name, variant, overrides in SECOND_BUDGET_ARMS:
+        arm = folder / name
+        cfg = E.make_config(variant, env.preset.name, env.training_tokens, overrides)
+        if not holds_finished_run(arm, ("training", *EVALUATIONS), cfg):
+            if table_only:
+                print(f"[ablation] {name}: {variant} {overrides} not finished; left out")
+                continue
+            print(f"[ablation] {folder.name}/{name}: {variant} {overrides}", flush=True)
+            E.run_experiment(arm, replace(env, variant=variant, overwrite=True), overrides)
+    if not table_only:  # the frontier at this budget; its build records every arm's vs_baseline
+        sys.path.insert(0, str(REPO / "scripts"))
+        import build_frontier
+
+        build_frontier.main(["topk", "matryoshka", "--no-seeds", f"--k={frontier_k}",
+                             f"--root={folder / 'run_0'}"])
+    for name, variant, overrides in SECOND_BUDGET_ARMS:
+        if (folder / name / "final_info.json").is_file():
+            rows.append(arm_row(folder / name, variant))
+            machine = read_json(folder / name / "config.json")["provenance"].get("device", machine)
+    write_tables(folder, rows, machine, sorted((folder / "run_0" / "frontier").glob("matryoshka_k*")),
+                 f"the embedded default at {env.training_tokens:,} training tokens")
+    return 0
+
+
+def write_tables(folder: Path, rows: list[dict], machine: str, matryoshka_folders: list[Path],
+                 setting: str) -> None:
+    """ablation.json and ablation.md in `folder`: the arms' rows, then the Matryoshka points'
+    absorption on their first groups alone."""
     matryoshka = {}
-    for k in MATRYOSHKA_POINTS:
-        info_path = FOLDER / f"matryoshka_k{k}" / "final_info.json"
+    for point in matryoshka_folders:
+        info_path = point / "final_info.json"
         if info_path.is_file():
             info = read_json(info_path)
-            matryoshka[f"k{k}"] = {"l0_total": info["training"]["means"].get("l0_total"),
-                                   "explained_variance": info["training"]["means"].get("explained_variance"),
-                                   **{key: value for key, value in info["absorption"]["means"].items()
-                                      if "absorption_fraction" in key}}
-    atomic_write_json(FOLDER / "ablation.json", {"machine": machine, "arms": rows,
+            training = info["training"]["means"]
+            matryoshka[point.name.removeprefix("matryoshka_")] = {
+                "l0_total": training.get("l0_total"), "explained_variance": training.get("explained_variance"),
+                **{key: value for key, value in info["absorption"]["means"].items()
+                   if "absorption_fraction" in key}}
+    atomic_write_json(folder / "ablation.json", {"machine": machine, "setting": setting, "arms": rows,
                                                  "matryoshka_by_group": matryoshka})
-    table = markdown(rows, machine)
+    table = markdown(rows, machine, setting)
     if matryoshka:
         table += "\nSAE-Lens Matryoshka BatchTopK (lr 3e-4), absorption on its first groups alone:\n\n"
         table += "| point | L0 | EV | absorption (all) | first 128 only | first 512 only |\n|---|---|---|---|---|---|\n"
@@ -168,9 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "first_128_only_mean_absorption_fraction_score",
                                             "first_512_only_mean_absorption_fraction_score")]
             table += f"| {name} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |\n"
-    (FOLDER / "ablation.md").write_text(table)
+    (folder / "ablation.md").write_text(table)
     print(table)
-    return 0
 
 
 if __name__ == "__main__":
