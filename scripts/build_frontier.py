@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the baseline frontier and the seed spread into run_0/ (sae_harness/frontier.py).
+"""Build the baseline frontier and the seed spread into run_0/ (sae_harness/records/frontier.py).
 
     python scripts/build_frontier.py            # the embedded default; EXPERIMENT_* as for a run
     python scripts/build_frontier.py relu --no-seeds   # some families only, no seed runs
