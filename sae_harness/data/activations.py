@@ -17,7 +17,6 @@ training tokens come from the documents after them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,12 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sae_harness.errors import ConfigurationError, DataError
 from sae_harness.data.language_model import LanguageModel, residual_stream
-from sae_harness.hardware.precision import torch_dtype
 from sae_harness.data.presets import EMBEDDED_TEXT, Preset
-from sae_harness.records.run_directory import atomic_write_json
 from sae_harness.data.text_sources import documents, text_fingerprint
+from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.hardware.precision import torch_dtype
+from sae_harness.records.cache_keys import key_digest
+from sae_harness.records.run_directory import atomic_write_json
 
 PACKING_VERSION = 1
 """Bump when packing or filtering changes: it is part of the cache key."""
@@ -124,8 +124,7 @@ def text_tokens_available(preset: Preset, tokenizer_source, cache_dir: Path, tok
         return (bound, f"{preset.text_dataset} holds at most about {bound:.3g} tokens") if bound else None
     key = {"text": text_fingerprint(preset), "tokenizer": tokenizer_id,
            "context_length": preset.context_length, "packing_version": PACKING_VERSION}
-    path = Path(cache_dir) / "text_tokens" / (
-        hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+    path = Path(cache_dir) / "text_tokens" / (key_digest(key) + ".json")
     try:
         return json.loads(path.read_text())["tokens"], "counted earlier"
     except (OSError, ValueError, KeyError):
@@ -186,8 +185,7 @@ class ActivationSpec:
     packing_version: int = PACKING_VERSION
 
     def digest(self) -> str:
-        text = json.dumps(self.__dict__, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+        return key_digest(self.__dict__)
 
 
 def _numpy_storage(dtype: str):

@@ -18,7 +18,6 @@ inside says what it was trained on) and reused by every later run.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import random
@@ -30,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_harness.errors import HarnessError
-from sae_harness.evals.eval_logs import say
-from sae_harness.evals.absorption_prompts import AbsorptionModelView, PromptTokenisation
 from sae_harness.data.language_model import LanguageModel
 from sae_harness.data.presets import Preset
+from sae_harness.errors import HarnessError
+from sae_harness.evals.absorption_prompts import AbsorptionModelView, PromptTokenisation
+from sae_harness.evals.eval_logs import say
+from sae_harness.records.cache_keys import key_digest
 from sae_harness.records.run_directory import atomic_folder
 
 PROBE_FORMAT_VERSION = 1
@@ -98,7 +98,7 @@ def probe_key(lm: LanguageModel, preset: Preset, layer: int, config, sizes,
 
 
 def probe_folder(probes_root: Path, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = key_digest(key, length=16)
     name = key["transformer_lens_name"].replace("/", "_")
     return Path(probes_root) / f"{name}-layer{key['layer']}-{digest}"
 
@@ -147,7 +147,10 @@ def train_llm_probe(view: AbsorptionModelView, words: list[str], layer: int, con
         save_probe_and_data,
         train_linear_probe_for_task,
     )
-    from sae_bench.evals.absorption.prompting import create_icl_prompt, first_letter_formatter
+    from sae_bench.evals.absorption.prompting import (
+        create_icl_prompt,
+        first_letter_formatter,
+    )
 
     formatter = first_letter_formatter()
     train_words, test_words = split_words(words, random.Random(config.random_seed))

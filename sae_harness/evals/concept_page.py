@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from sae_harness.records.numbers import finite_number
 from sae_harness.evals.concept_contexts import TopActivations
 from sae_harness.evals.hierarchy import MIN_FIRINGS
 from sae_harness.evals.weights import strongest_base_latents
@@ -66,9 +67,8 @@ HEADLINE = [("EV", "training", "explained_variance", ".3f"), ("L0 base", "traini
 
 def _number(value, digits: int = 4):
     """A JSON-safe rounded float (None for NaN or a missing value)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return None
-    return round(float(value), digits)
+    number = finite_number(value)
+    return None if number is None else round(number, digits)
 
 
 def _contexts(values: torch.Tensor, rows: torch.Tensor, column: int) -> list[list]:
@@ -141,8 +141,8 @@ def concept_page_data(run_dir: Path, sae, top: TopActivations, tokens: HeldoutTo
                         + ", ".join(f"{b} ({len(base[b]['readers'])})" for b in hubs[:8]))
     headline = []
     for label, group, key, spec in HEADLINE:
-        value = info.get(group, {}).get("means", {}).get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
+        value = finite_number(info.get(group, {}).get("means", {}).get(key))
+        if value is not None:
             headline.append([label, format(value, spec)])
     return {
         "run": run_dir.name, "variant": config.get("variant_title") or config.get("variant", ""),

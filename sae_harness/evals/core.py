@@ -68,7 +68,6 @@ own function.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import warnings
 from contextlib import contextmanager
@@ -79,13 +78,18 @@ from typing import Any
 
 import torch
 
-from sae_harness.errors import ConfigurationError, DataError
-from sae_harness.evals.eval_logs import say
-from sae_harness.evals.sae_bench_results import SAE_BENCH_RELEASE, flat_means, sae_bench_version
 from sae_harness.data.language_model import LanguageModel
 from sae_harness.data.presets import Preset
+from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.evals.eval_logs import say
 from sae_harness.evals.patching import patched
-from sae_harness.records.run_directory import atomic_path, atomic_write_json
+from sae_harness.evals.sae_bench_results import (
+    SAE_BENCH_RELEASE,
+    flat_means,
+    sae_bench_version,
+)
+from sae_harness.records.cache_keys import keyed_folder
+from sae_harness.records.run_directory import atomic_path
 
 SHUFFLE_SEED = 42
 """Seed of the document shuffle (SAE-Bench's multiple_evals uses 42)."""
@@ -349,12 +353,7 @@ def reference_folder(root: Path, lm: LanguageModel, hook_name: str) -> Path:
            "dtype": str(lm.model.cfg.dtype).replace("torch.", ""), "hook_name": hook_name,
            "reference_version": REFERENCE_VERSION, "sae_bench": version("sae-bench"),
            "torch": torch.__version__}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(root) / digest
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "key.json").is_file():
-        atomic_write_json(folder / "key.json", key)
-    return folder
+    return keyed_folder(root, key)
 
 
 @contextmanager

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from sae_harness.records.degeneracy import DEAD_LEVEL_WARNING
+
 
 @torch.no_grad()
 def heldout_statistics(sae, x: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
@@ -42,7 +44,7 @@ def heldout_statistics(sae, x: torch.Tensor, batch_size: int = 4096) -> dict[str
     }
 
 
-def training_warnings(stats: dict, sae, dead_limit: float = 0.9) -> list[str]:
+def training_warnings(stats: dict, sae, dead_limit: float = DEAD_LEVEL_WARNING) -> list[str]:
     """Signs of a level that did not learn (worth knowing, and a reason of its own in DESIGN 7's
     checks when a concept level is entirely dead)."""
     warnings = []

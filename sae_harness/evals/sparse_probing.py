@@ -56,7 +56,6 @@ The SAE is evaluated in its own dtype (our SAE's `encode` casts inputs to fp32);
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -71,6 +70,9 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
+from sae_harness.data.language_model import LanguageModel
+from sae_harness.data.presets import Preset
+from sae_harness.data.sae_probes_data import EMBEDDED_PROBING_SUITE, read_dataset
 from sae_harness.errors import ConfigurationError, DataError
 from sae_harness.evals.eval_logs import say
 from sae_harness.evals.patching import patched
@@ -80,10 +82,8 @@ from sae_harness.evals.sae_bench_results import (
     identity_fields,
     write_eval_output,
 )
-from sae_harness.data.language_model import LanguageModel
-from sae_harness.data.presets import Preset
+from sae_harness.records.cache_keys import keyed_folder
 from sae_harness.records.run_directory import atomic_write_json, read_json
-from sae_harness.data.sae_probes_data import EMBEDDED_PROBING_SUITE, read_dataset
 
 K_VALUES = [1, 2, 5, 10, 20, 50]
 """Numbers of SAE latents / residual channels the top-k probes use (both settings)."""
@@ -174,12 +174,7 @@ def artifacts_dir(artifacts_root: Path, config, lm: LanguageModel, hook_name: st
         "device": torch.device(device).type,
         "sae_bench": version("sae-bench"),
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(artifacts_root) / digest
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "key.json").is_file():
-        atomic_write_json(folder / "key.json", key)
-    return folder
+    return keyed_folder(artifacts_root, key)
 
 
 # --------------------------------------------------------------------------------------------

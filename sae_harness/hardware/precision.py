@@ -26,7 +26,6 @@ forces both. A forced bf16 on a CPU where it measured slower gets a one-line war
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -38,6 +37,7 @@ import torch
 
 from sae_harness.errors import ConfigurationError
 from sae_harness.hardware.machine import cpu_bf16_flags, cpu_name
+from sae_harness.records.cache_keys import key_digest
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 """Values of EXPERIMENT_PRECISION, of Preset.model_dtype and of Config.matmul_dtype."""
@@ -272,8 +272,7 @@ def precision_for_run(preset, model_dims: tuple[int, int], requested: str, matmu
                "torch": torch.__version__, "threads": torch.get_num_threads(),
                "shapes": asdict(shapes), "requested": requested, "model_dtype": preset.model_dtype,
                "matmul_dtype": matmul_dtype, "isa_limits": {name: os.environ.get(name) for name in ISA_VARIABLES}}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        path = Path(cache_dir) / "precision" / f"{digest}.json"
+        path = Path(cache_dir) / "precision" / f"{key_digest(key)}.json"
         try:
             found = Precision.from_record(json.loads(path.read_text()))
             return replace(found, reason=f"{found.reason} [probed on this machine earlier; delete "

@@ -21,9 +21,10 @@ Two shapes of final_info.json are read:
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Iterator, NamedTuple
+
+from sae_harness.records.numbers import finite_number
 
 CHANCE_TOLERANCE = 0.02
 """A probe accuracy within this distance of 0.5 counts as chance. SAE-Bench averages balanced
@@ -69,14 +70,6 @@ class DegeneracyCheck(NamedTuple):
 # =============================================================================================
 # Reading either shape of final_info.json
 # =============================================================================================
-def _number(value: Any) -> float | None:
-    """A finite float, or None for anything else (None, strings, bools, NaN, inf)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _is_group(value: Any) -> bool:
     return isinstance(value, dict) and isinstance(value.get("means"), dict)
 
@@ -102,14 +95,14 @@ def _legacy_means(flat: dict) -> dict[str, dict[str, float]]:
     """Our groups from a legacy flat dict: training steps/loss and any SAE-Bench metrics in it."""
     groups: dict[str, dict[str, float]] = {}
     training = {}
-    if _number(flat.get("training_steps")) is not None:
-        training["steps"] = _number(flat["training_steps"])
-    if _number(flat.get("final_loss")) is not None:
-        training["final_loss"] = _number(flat["final_loss"])
+    if finite_number(flat.get("training_steps")) is not None:
+        training["steps"] = finite_number(flat["training_steps"])
+    if finite_number(flat.get("final_loss")) is not None:
+        training["final_loss"] = finite_number(flat["final_loss"])
     if training:
         groups["training"] = training
     for path, value in _leaves(flat):
-        number, name = _number(value), path[-1]
+        number, name = finite_number(value), path[-1]
         if number is None or _LEGACY_CONFIG_BLOCKS & set(path[:-1]):
             continue
         if PROBE_METRIC.match(name):
@@ -136,7 +129,7 @@ def group_means(final_info: dict) -> dict[str, dict[str, float]]:
     groups = {}
     for name, value in final_info.items():
         if _is_group(value):
-            groups[name] = {k: n for k, v in value["means"].items() if (n := _number(v)) is not None}
+            groups[name] = {k: n for k, v in value["means"].items() if (n := finite_number(v)) is not None}
     flat = {k: v for k, v in final_info.items() if not _is_group(v)}
     if (LEGACY_TEMPLATE_KEYS | SAE_BENCH_KEYS) & flat.keys():
         for name, means in _legacy_means(flat).items():
@@ -156,7 +149,7 @@ def _find_key(obj: Any, key: str) -> Any:
 
 def _legacy_sae_layer(flat: dict) -> int | None:
     """The layer of the SAE that SAE-Bench evaluated: hook_layer, else blocks.L in hook_name."""
-    layer = _number(_find_key(flat, "hook_layer"))
+    layer = finite_number(_find_key(flat, "hook_layer"))
     if layer is not None:
         return int(layer)
     hook_name = _find_key(flat, "hook_name")
@@ -190,13 +183,13 @@ def read_run_facts(final_info: dict, config: dict | None = None) -> RunFacts:
     cfg = (config or {}).get("config") if isinstance(config, dict) else None
     cfg = cfg or {}
     width = next((int(c) for c in (cfg.get("d_sae_base"), means.get("training", {}).get("d_sae_base"))
-                  if _number(c)), None)
-    concept = cfg["concept_k"] > 0 if _number(cfg.get("concept_k")) is not None else None
+                  if finite_number(c)), None)
+    concept = cfg["concept_k"] > 0 if finite_number(cfg.get("concept_k")) is not None else None
     trained = (config or {}).get("preset", {}).get("hook_layer") if isinstance(config, dict) else None
     note = evaluated = None
     if is_legacy_final_info(final_info):
         width = width or next((int(c) for c in (final_info.get("dict_size"), _find_key(final_info, "d_sae"))
-                               if _number(c)), None)
+                               if finite_number(c)), None)
         concept = False
         loss = final_info.get("final_loss", "absent")
         steps = final_info.get("training_steps")
@@ -205,7 +198,7 @@ def read_run_facts(final_info: dict, config: dict | None = None) -> RunFacts:
         if "training_steps" not in final_info and loss is None:  # nothing says it trained at all
             means.setdefault("training", {})["steps"] = 0.0
             note = "legacy final_info: no training_steps and final_loss is null"
-        trained = _number(final_info.get("layer"))
+        trained = finite_number(final_info.get("layer"))
         evaluated = _legacy_sae_layer(final_info)
     return RunFacts(means, width, concept, note, None if trained is None else int(trained), evaluated)
 
@@ -213,9 +206,16 @@ def read_run_facts(final_info: dict, config: dict | None = None) -> RunFacts:
 # =============================================================================================
 # The checks
 # =============================================================================================
+# The dead-level thresholds, all read on the held-out tokens (the fraction of a level's latents
+# that never fire there). The training-time warning is another measurement (latents silent over
+# the last dead_window_tokens of training) with its own threshold, experiment.py's
+# Config.dead_warning_fraction, which the coder may edit.
+DEAD_LEVEL_WARNING = 0.9
+"""A level with more than this fraction dead gets a warning in the run's output and record."""
 NEARLY_DEAD = 0.95
 """A concept level with at least this fraction of its latents never firing on the held-out
-tokens is (nearly) entirely dead: the SAE is a ReLU SAE with an unused second dictionary."""
+tokens is (nearly) entirely dead: the SAE is a ReLU SAE with an unused second dictionary, and
+the run is flagged degenerate (DESIGN 7)."""
 
 
 def check_degeneracy(final_info: dict, config: dict | None = None) -> DegeneracyCheck:

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from pydantic import ValidationError
 
+from sae_harness.records.numbers import finite_number
 from sae_harness.records.schemas import FrontierOutput, VsBaselineExtra, validated
 from sae_harness.records.run_directory import BASELINE_RUN, baseline_run_dir, read_json
 
@@ -58,9 +59,9 @@ def headline_values(final_info: dict) -> dict[str, float]:
     """The headline metrics a run's final_info.json holds (missing ones left out)."""
     values = {}
     for name, (group, key) in HEADLINE_METRICS.items():
-        value = final_info.get(group, {}).get("means", {}).get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            values[name] = float(value)
+        value = finite_number(final_info.get(group, {}).get("means", {}).get(key))
+        if value is not None:
+            values[name] = value
     return values
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sae_harness.records.numbers import finite_number
 from sae_harness.records.degeneracy import DegeneracyCheck, check_degeneracy, group_means, is_legacy_final_info
 from sae_harness.errors import ConfigurationError
 
@@ -143,15 +143,11 @@ def finite_means(values: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """Metrics as floats, with non-finite or non-numeric ones removed (their names returned)."""
     kept, dropped = {}, []
     for name, value in values.items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
+        number = finite_number(value)
+        if number is None:
             dropped.append(name)
-            continue
-        if math.isfinite(number):
-            kept[name] = number
         else:
-            dropped.append(name)
+            kept[name] = number
     return kept, dropped
 
 

@@ -1,0 +1,49 @@
+"""The helpers every cache and every record reader share: the cache-key digest and the test of
+a finite number."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sae_harness.records.cache_keys import key_digest, keyed_folder
+from sae_harness.records.numbers import finite_number
+from sae_harness.records.run_directory import finite_means
+
+
+def test_the_digest_is_the_sha256_of_the_sorted_json_so_existing_caches_keep_their_names():
+    # sha256 of '{"layer": 5, "model": "gemma"}' (sha256sum), first 20 and 16 hex digits
+    assert key_digest({"model": "gemma", "layer": 5}) == "c361dbd7b57a9e6c2430"
+    assert key_digest({"layer": 5, "model": "gemma"}, length=16) == "c361dbd7b57a9e6c"
+
+
+def test_any_changed_input_changes_the_digest():
+    key = {"model": "gemma", "layer": 5, "versions": {"torch": "2.14.1"}}
+    changed = [{**key, "layer": 6}, {**key, "versions": {"torch": "2.14.2"}}, {**key, "extra": None}]
+    assert len({key_digest(k) for k in [key, *changed]}) == 4
+
+
+def test_a_keyed_folder_holds_its_key_and_is_the_same_folder_next_time(tmp_path):
+    key = {"model": "gemma", "layer": 5}
+    folder = keyed_folder(tmp_path, key)
+    assert folder == tmp_path / key_digest(key) and folder.is_dir()
+    assert json.loads((folder / "key.json").read_text()) == key
+    (folder / "entry").write_text("kept")
+    assert keyed_folder(tmp_path, dict(reversed(list(key.items())))) == folder
+    assert (folder / "entry").read_text() == "kept"
+
+
+@pytest.mark.parametrize("value, expected", [
+    (3, 3.0), (0.25, 0.25), (np.float32(0.5), 0.5), (np.int64(7), 7.0), (torch.tensor(1.5), 1.5),
+    (None, None), (True, None), ("0.5", None), (math.nan, None), (math.inf, None),
+    (-math.inf, None), (np.float64("nan"), None), ([1.0], None), ({"a": 1}, None),
+])
+def test_finite_number(value, expected):
+    assert finite_number(value) == expected
+
+
+def test_a_result_group_keeps_its_finite_numbers_and_names_the_rest():
+    kept, dropped = finite_means({"ev": 0.9, "l0": np.float32(12.0), "loss": math.nan, "oops": "x"})
+    assert kept == {"ev": 0.9, "l0": 12.0} and sorted(dropped) == ["loss", "oops"]
