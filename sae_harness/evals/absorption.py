@@ -323,6 +323,142 @@ def _score_view(sae, view, layer: int, config, sizes: AbsorptionSizes, device: s
 # --------------------------------------------------------------------------------------------
 # The eval
 # --------------------------------------------------------------------------------------------
+@dataclass
+class _AbsorptionSetup:
+    """What every view of the SAE is scored with: SAE-Bench's config, the prompt tokenisation,
+    the model view that serves prompt activations, and the LLM probe's key and folder."""
+    config: object
+    sizes: AbsorptionSizes
+    tokenisation: object
+    view: AbsorptionModelView
+    key: dict
+    probes_dir: Path
+    layer: int
+    device: str
+
+
+@dataclass
+class _ProbePhase:
+    """How the LLM probe was had (trained or cached), its words per split, the thread count."""
+    cached: bool
+    seconds: float
+    split_counts: dict
+    threads: int
+    why_threads: str
+
+
+def _absorption_setup(sae, lm: LanguageModel, preset: Preset, probes_root: Path,
+                      sizes: AbsorptionSizes) -> _AbsorptionSetup:
+    layer = sae.cfg.hook_layer
+    if layer != preset.hook_layer or sae.cfg.d_in != lm.model.cfg.d_model:
+        raise ConfigurationError(
+            f"the SAE reads layer {layer} (d_in {sae.cfg.d_in}) but the preset's model is hooked at "
+            f"layer {preset.hook_layer} (d_model {lm.model.cfg.d_model}); evaluate it with its own model"
+        )
+    config = absorption_config(lm, preset, sizes)
+    tokenisation = locate_word_token(lm.tokenizer, config.prompt_template)
+    config.prompt_token_pos = tokenisation.word_token_pos
+    view = AbsorptionModelView(lm.model, layer, set(tokenisation.excluded_tokens))
+    key = probe_key(lm, preset, layer, config, sizes, tokenisation)
+    return _AbsorptionSetup(config, sizes, tokenisation, view, key, probe_folder(probes_root, key),
+                            layer, str(lm.model.cfg.device))
+
+
+def _require_every_letter(split_counts: dict) -> None:
+    missing = {split: [c for c in LETTERS if not split_counts[split][c]] for split in split_counts}
+    if any(missing.values()):
+        raise AbsorptionNotEvaluable(
+            "absorption not evaluated: letters without words in the LLM probe's "
+            + "; ".join(f"{split} split: {', '.join(ls)}" for split, ls in missing.items() if ls)
+            + " (the vocabulary or its sample is too small)"
+        )
+
+
+def _probe_and_score_views(setup: _AbsorptionSetup, views: list, work_dir: Path, dtype,
+                           started: float) -> tuple[dict, _ProbePhase]:
+    """Train (or reuse) the LLM probe, then run SAE-Bench's chain on each view of the SAE."""
+    # the probes train with autograd (run_eval enables it globally); scikit-learn's warning about
+    # letters no probe predicts (precision 0/0) repeats hundreds of times and is not ours to act on
+    threads, why = threads_for_phase(setup.sizes.cpu_threads)
+    say(f"[absorption] threads: {threads or torch.get_num_threads()} ({why})")
+    scored = {}
+    with torch.enable_grad(), thread_count(threads), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
+        cached = ensure_llm_probe(setup.view, setup.probes_dir, setup.key, setup.layer, setup.config,
+                                  setup.sizes, setup.device)
+        counts = split_letter_counts(setup.probes_dir, setup.view.cfg.model_name, setup.layer)
+        _require_every_letter(counts)
+        probe = _ProbePhase(cached, time.time() - started, counts, threads or torch.get_num_threads(), why)
+        for name, level_view in views:
+            view_started = time.time()
+            scored[name] = _score_view(level_view, setup.view, setup.layer, setup.config, setup.sizes,
+                                       setup.device, dtype, setup.probes_dir, work_dir / name)
+            scored[name]["seconds"] = time.time() - view_started
+    return scored, probe
+
+
+def _sae_bench_output(setup: _AbsorptionSetup, scored: dict, probe: _ProbePhase, seconds: float):
+    """SAE-Bench's AbsorptionEvalOutput of every latent's view, with our extras unstructured."""
+    from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput, AbsorptionMetricCategories
+    from sae_bench.sae_bench_utils import get_eval_uuid
+
+    both, config, sizes = scored["both"], setup.config, setup.sizes
+    defaults = type(config)()
+    return AbsorptionEvalOutput(
+        eval_config=config,
+        eval_id=get_eval_uuid(),
+        datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+        eval_result_metrics=AbsorptionMetricCategories(mean=both["metrics"]),
+        eval_result_details=both["details"],
+        eval_result_unstructured={
+            "harness": "sae_harness.evals.absorption (SAE-Bench's functions on a loaded model)",
+            "thresholds_lowered": both["lowered"],
+            "sae_bench_default_thresholds": {"min_GT_probe_f1": defaults.min_GT_probe_f1,
+                                             "min_feats_for_eval": defaults.min_feats_for_eval},
+            "llm_probe_f1_by_letter": {k: float(v) for k, v in both["f1_by_letter"].items()},
+            "letters_passing_f1": both["letters"],
+            "llm_probe_folder": setup.probes_dir.name,
+            "llm_probe_words": sizes.llm_probe_words,
+            "llm_probe_split_words": {split: sum(c.values()) for split, c in probe.split_counts.items()},
+            "prompt_token_pos_sae_bench_default": defaults.prompt_token_pos,
+            "excluded_vocabulary_words": sorted(setup.tokenisation.excluded_tokens.values()),
+            "vocabulary_words": setup.tokenisation.words,
+            "seconds": {"tokenizer_check_and_llm_probe": probe.seconds,
+                        "k_sparse_probing": both["k_sparse_seconds"],
+                        "total": seconds, "llm_probe_cached": probe.cached},
+            "prompt_activation_batches": {"read_from_cache": setup.view.remembered,
+                                          "computed": setup.view.computed},
+            "cpu_threads": {"threads": probe.threads, "why": probe.why_threads},
+            "levels_alone": {name: {**asdict(result["metrics"]), "seconds": result["seconds"]}
+                             for name, result in scored.items() if name != "both"},
+        },
+        **identity_fields(both["formatted_sae"], both["sae_id"]),
+    )
+
+
+def _absorption_means(config, scored: dict, probe: _ProbePhase, seconds: float) -> dict[str, float]:
+    """final_info's absorption means: SAE-Bench's, the 95% interval over letters, each view's."""
+    both = scored["both"]
+    means = {name: float(value) for name, value in asdict(both["metrics"]).items()}
+    low, high = bootstrap_interval([d.mean_absorption_fraction for d in both["details"]],
+                                   config.random_seed)
+    means.update(mean_absorption_fraction_ci95_low=low, mean_absorption_fraction_ci95_high=high)
+    for name in scored:
+        if name != "both":
+            level = asdict(scored[name]["metrics"])
+            means.update({f"{name}_{metric}": float(level[metric]) for metric in LEVEL_METRICS})
+            means[f"{name}_seconds"] = scored[name]["seconds"]
+    means.update(
+        letters_evaluated=float(len(both["details"])),
+        thresholds_lowered=float(both["lowered"]),
+        min_GT_probe_f1=float(config.min_GT_probe_f1),
+        min_feats_for_eval=float(config.min_feats_for_eval),
+        llm_probe_cached=float(probe.cached),
+        seconds=seconds,
+    )
+    return means
+
+
 def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probes_root: Path,
                    work_dir: Path, *, sizes: AbsorptionSizes | None = None,
                    words_path: Path | None = None) -> dict[str, float]:
@@ -337,113 +473,25 @@ def run_absorption(sae, lm: LanguageModel, preset: Preset, out_path: Path, probe
     give a result (nothing is written then).
     """
     require_sae_bench_version()
-    from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput, AbsorptionMetricCategories
-    from sae_bench.sae_bench_utils import get_eval_uuid
-
     started = time.time()
-    sizes = sizes or absorption_sizes(preset)
-    out_path, work_dir = Path(out_path), Path(work_dir)
-    layer = sae.cfg.hook_layer
-    if layer != preset.hook_layer or sae.cfg.d_in != lm.model.cfg.d_model:
-        raise ConfigurationError(
-            f"the SAE reads layer {layer} (d_in {sae.cfg.d_in}) but the preset's model is hooked at "
-            f"layer {preset.hook_layer} (d_model {lm.model.cfg.d_model}); evaluate it with its own model"
-        )
-    device = str(lm.model.cfg.device)
-    config = absorption_config(lm, preset, sizes)
-    tokenisation = locate_word_token(lm.tokenizer, config.prompt_template)
-    config.prompt_token_pos = tokenisation.word_token_pos
-    view = AbsorptionModelView(lm.model, layer, set(tokenisation.excluded_tokens))
-    key = probe_key(lm, preset, layer, config, sizes, tokenisation)
-    probes_dir = probe_folder(probes_root, key)
-
+    setup = _absorption_setup(sae, lm, preset, probes_root, sizes or absorption_sizes(preset))
     # each view of the SAE: every latent (SAE-Bench's score), then each level alone (ours: a
     # two-level SAE's base_only / concept_only, a Matryoshka SAE's first groups)
     views = [("both", copy.deepcopy(sae)), *(sae.level_views() if hasattr(sae, "level_views") else [])]
-
-    # the probes train with autograd (run_eval enables it globally); scikit-learn's warning about
-    # letters no probe predicts (precision 0/0) repeats hundreds of times and is not ours to act on
-    threads, why = threads_for_phase(sizes.cpu_threads)
-    say(f"[absorption] threads: {threads or torch.get_num_threads()} ({why})")
-    scored = {}
-    with torch.enable_grad(), thread_count(threads), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
-        probe_cached = ensure_llm_probe(view, probes_dir, key, layer, config, sizes, device)
-        counts = split_letter_counts(probes_dir, view.cfg.model_name, layer)
-        missing = {split: [c for c in LETTERS if not counts[split][c]] for split in counts}
-        if any(missing.values()):
-            raise AbsorptionNotEvaluable(
-                "absorption not evaluated: letters without words in the LLM probe's "
-                + "; ".join(f"{split} split: {', '.join(ls)}" for split, ls in missing.items() if ls)
-                + " (the vocabulary or its sample is too small)"
-            )
-        probe_seconds = time.time() - started
-        for name, level_view in views:
-            view_started = time.time()
-            scored[name] = _score_view(level_view, view, layer, config, sizes,
-                                       device, lm.model.cfg.dtype, probes_dir, work_dir / name)
-            scored[name]["seconds"] = time.time() - view_started
-    letters, lowered, details, metrics, f1_by_letter = (
-        scored["both"][k] for k in ("letters", "lowered", "details", "metrics", "f1_by_letter"))
-    sae_id, k_sparse_seconds = scored["both"]["sae_id"], scored["both"]["k_sparse_seconds"]
+    scored, probe = _probe_and_score_views(setup, views, Path(work_dir), lm.model.cfg.dtype, started)
     if words_path is not None:
         write_word_table(words_path, {name: result["raw"] for name, result in scored.items()},
                          getattr(sae, "n_base", None))
     seconds = time.time() - started
-    defaults = type(config)()
-    output = AbsorptionEvalOutput(
-        eval_config=config,
-        eval_id=get_eval_uuid(),
-        datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
-        eval_result_metrics=AbsorptionMetricCategories(mean=metrics),
-        eval_result_details=details,
-        eval_result_unstructured={
-            "harness": "sae_harness.evals.absorption (SAE-Bench's functions on a loaded model)",
-            "thresholds_lowered": lowered,
-            "sae_bench_default_thresholds": {"min_GT_probe_f1": defaults.min_GT_probe_f1,
-                                             "min_feats_for_eval": defaults.min_feats_for_eval},
-            "llm_probe_f1_by_letter": {k: float(v) for k, v in f1_by_letter.items()},
-            "letters_passing_f1": letters,
-            "llm_probe_folder": probes_dir.name,
-            "llm_probe_words": sizes.llm_probe_words,
-            "llm_probe_split_words": {split: sum(c.values()) for split, c in counts.items()},
-            "prompt_token_pos_sae_bench_default": defaults.prompt_token_pos,
-            "excluded_vocabulary_words": sorted(tokenisation.excluded_tokens.values()),
-            "vocabulary_words": tokenisation.words,
-            "seconds": {"tokenizer_check_and_llm_probe": probe_seconds,
-                        "k_sparse_probing": k_sparse_seconds,
-                        "total": seconds, "llm_probe_cached": probe_cached},
-            "prompt_activation_batches": {"read_from_cache": view.remembered,
-                                          "computed": view.computed},
-            "cpu_threads": {"threads": threads or torch.get_num_threads(), "why": why},
-            "levels_alone": {name: {**asdict(result["metrics"]), "seconds": result["seconds"]}
-                             for name, result in scored.items() if name != "both"},
-        },
-        **identity_fields(scored["both"]["formatted_sae"], sae_id),
-    )
-    write_eval_output(output, out_path)
-    means = {name: float(value) for name, value in asdict(metrics).items()}
-    low, high = bootstrap_interval([d.mean_absorption_fraction for d in details], config.random_seed)
-    means.update(mean_absorption_fraction_ci95_low=low, mean_absorption_fraction_ci95_high=high)
-    for name in scored:
-        if name != "both":
-            level = asdict(scored[name]["metrics"])
-            means.update({f"{name}_{metric}": float(level[metric]) for metric in LEVEL_METRICS})
-            means[f"{name}_seconds"] = scored[name]["seconds"]
-    means.update(
-        letters_evaluated=float(len(details)),
-        thresholds_lowered=float(lowered),
-        min_GT_probe_f1=float(config.min_GT_probe_f1),
-        min_feats_for_eval=float(config.min_feats_for_eval),
-        llm_probe_cached=float(probe_cached),
-        seconds=seconds,
-    )
+    write_eval_output(_sae_bench_output(setup, scored, probe, seconds), Path(out_path))
+    means = _absorption_means(setup.config, scored, probe, seconds)
     levels = "".join(f", {name.replace('_', ' ')} {means[f'{name}_mean_absorption_fraction_score']:.3f}"
                      for name in scored if name != "both")
-    say(f"[absorption] {len(details)} letters: absorption fraction "
-        f"{means['mean_absorption_fraction_score']:.3f} (95% CI over letters {low:.3f}-{high:.3f}"
+    say(f"[absorption] {len(scored['both']['details'])} letters: absorption fraction "
+        f"{means['mean_absorption_fraction_score']:.3f} (95% CI over letters "
+        f"{means['mean_absorption_fraction_ci95_low']:.3f}-{means['mean_absorption_fraction_ci95_high']:.3f}"
         f"{levels}), full absorption "
         f"{means['mean_full_absorption_score']:.3f}, split features "
         f"{means['mean_num_split_features']:.2f}; {seconds:.0f} s "
-        f"(LLM probe {'cached' if probe_cached else f'trained in {probe_seconds:.0f} s'})")
+        f"(LLM probe {'cached' if probe.cached else f'trained in {probe.seconds:.0f} s'})")
     return means

@@ -217,6 +217,53 @@ def _firings(sae, activations: torch.Tensor, batch_size: int):
 
 
 @torch.no_grad()
+def _firing_counts(sae, activations: torch.Tensor, batch_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many tokens each base latent and each concept latent fires on."""
+    n_base_fired = torch.zeros(sae.n_base, dtype=torch.long, device=sae.device)
+    n_concept_fired = torch.zeros(sae.n_concept, dtype=torch.long, device=sae.device)
+    for base_fires, _, concepts in _firings(sae, activations, batch_size):
+        n_base_fired += base_fires.sum(0)
+        n_concept_fired += torch.bincount(concepts, minlength=sae.n_concept)
+    return n_base_fired, n_concept_fired
+
+
+def _count_cofirings(sae, activations: torch.Tensor, batch_size: int, alive: torch.Tensor,
+                     counter: CoFiringCounter) -> None:
+    """Add the co-firings of the alive concepts (counter row i: alive[i]) with their partners."""
+    row_of = torch.full((sae.n_concept,), -1, dtype=torch.long)
+    row_of[alive] = torch.arange(len(alive))
+    row_of = row_of.to(sae.device)
+    for base_fires, tokens, concepts in _firings(sae, activations, batch_size):
+        rows = row_of[concepts]
+        keep = rows >= 0
+        counter.add(base_fires, tokens[keep], rows[keep])
+
+
+def _concept_rows(sae, alive: torch.Tensor, top: torch.Tensor, real: PairInformation,
+                  null: list[PairInformation], siblings: torch.Tensor, null_siblings: torch.Tensor,
+                  tokens: int) -> list[dict]:
+    """hierarchy.json's row of each alive concept: its top base latents, their weights and
+    firing rates, the information figures and the null's mean for the same concept."""
+    weights = sae.W_enc2.detach().cpu().double()[top, alive.unsqueeze(1)]  # (A, m) signed
+    base_rate = real.base_firings.double() / tokens
+    null_per_concept = {name: torch.stack([getattr(n, name).double().reshape(len(alive), -1).mean(1)
+                                           for n in null]).mean(0)
+                        for name in ("mi", "nmi", "h_b_given_c", "p_b_given_c", "leakage")}
+    return [
+        {"concept": int(c), "firings": int(real.concept_firings[i]),
+         "firing_rate": real.concept_firings[i].item() / tokens,
+         "top_base": top[i].tolist(), "top_weights": weights[i].tolist(),
+         "top_base_firing_rate": base_rate[i].tolist(),
+         "mi": real.mi[i].tolist(), "nmi": real.nmi[i].tolist(),
+         "h_b_given_c": real.h_b_given_c[i].tolist(), "p_b_given_c": real.p_b_given_c[i].tolist(),
+         "leakage": real.leakage[i].item(), "sibling_nmi": siblings[i].item(),
+         "null_sibling_nmi_mean": null_siblings[:, i].mean().item(),
+         **{f"null_{name}_mean": values[i].item() for name, values in null_per_concept.items()}}
+        for i, c in enumerate(alive.tolist())
+    ]
+
+
 def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null: int = 5,
                           seed: int = 0, batch_size: int = 4096, min_firings: int = MIN_FIRINGS
                           ) -> tuple[dict[str, float], dict]:
@@ -234,12 +281,7 @@ def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null
     if top_m < 1 or n_null < 1:
         raise ValueError(f"top_m={top_m} and n_null={n_null} must be at least 1")
 
-    # pass 1: who is alive
-    n_base_fired = torch.zeros(sae.n_base, dtype=torch.long, device=sae.device)
-    n_concept_fired = torch.zeros(sae.n_concept, dtype=torch.long, device=sae.device)
-    for base_fires, _, concepts in _firings(sae, activations, batch_size):
-        n_base_fired += base_fires.sum(0)
-        n_concept_fired += torch.bincount(concepts, minlength=sae.n_concept)
+    n_base_fired, n_concept_fired = _firing_counts(sae, activations, batch_size)  # pass 1
     alive = (n_concept_fired >= min_firings).nonzero().squeeze(1).cpu()
     if len(alive) == 0:
         raise ValueError(f"no concept latent fires {min_firings} times on the "
@@ -257,15 +299,7 @@ def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null
         raise ValueError(f"too few alive base latents ({len(alive_base)}) for a null of {m} "
                          f"random base latents per concept: {error}") from error
     counter = CoFiringCounter(torch.stack([top, *nulls], dim=1), n_base_fired)
-
-    # pass 2: co-firing counts of alive concepts with their partners
-    row_of = torch.full((sae.n_concept,), -1, dtype=torch.long)
-    row_of[alive] = torch.arange(len(alive))
-    row_of = row_of.to(sae.device)
-    for base_fires, tokens, concepts in _firings(sae, activations, batch_size):
-        rows = row_of[concepts]
-        keep = rows >= 0
-        counter.add(base_fires, tokens[keep], rows[keep])
+    _count_cofirings(sae, activations, batch_size, alive, counter)  # pass 2
 
     real = counter.information(0)
     null = [counter.information(g) for g in range(1, n_null + 1)]
@@ -281,23 +315,7 @@ def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null
     means["tokens"] = float(counter.tokens)
     means.update(tree_shape(top, alive_base, n_null, seed))
 
-    weights = sae.W_enc2.detach().cpu().double()[top, alive.unsqueeze(1)]  # (A, m) signed
-    base_rate = real.base_firings.double() / counter.tokens
-    null_per_concept = {name: torch.stack([getattr(n, name).double().reshape(len(alive), -1).mean(1)
-                                           for n in null]).mean(0)
-                        for name in ("mi", "nmi", "h_b_given_c", "p_b_given_c", "leakage")}
-    concepts = [
-        {"concept": int(c), "firings": int(real.concept_firings[i]),
-         "firing_rate": real.concept_firings[i].item() / counter.tokens,
-         "top_base": top[i].tolist(), "top_weights": weights[i].tolist(),
-         "top_base_firing_rate": base_rate[i].tolist(),
-         "mi": real.mi[i].tolist(), "nmi": real.nmi[i].tolist(),
-         "h_b_given_c": real.h_b_given_c[i].tolist(), "p_b_given_c": real.p_b_given_c[i].tolist(),
-         "leakage": real.leakage[i].item(), "sibling_nmi": siblings[i].item(),
-         "null_sibling_nmi_mean": null_siblings[:, i].mean().item(),
-         **{f"null_{name}_mean": values[i].item() for name, values in null_per_concept.items()}}
-        for i, c in enumerate(alive.tolist())
-    ]
+    concepts = _concept_rows(sae, alive, top, real, null, siblings, null_siblings, counter.tokens)
     details = {
         "format_version": FORMAT_VERSION, "definitions": _DEFINITIONS,
         "parameters": {"top_m": m, "n_null": n_null, "seed": seed, "min_firings": min_firings,

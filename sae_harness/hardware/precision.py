@@ -208,14 +208,7 @@ def choose_precision(device: str, requested: str, model_dtype: str, matmul_dtype
         return Precision(model, sae, requested, f"{how}: model {model}, SAE matmuls {sae}", device,
                          native, tuple(flags or ()), {})
 
-    measure = measure or measure_matmul_speed
-    speeds, contradicted = {}, {}
-    for name, shape in (("model", shapes.model), ("sae", shapes.sae)):
-        speeds[name] = measure(*shape)
-        if native is not None and (speeds[name].bf16_speedup >= BF16_MIN_SPEEDUP) != native:
-            # the flags and the measurement disagree: a noisy timing or a real limit (an ISA cap
-            # such as ONEDNN_MAX_CPU_ISA); a second measurement decides
-            contradicted[name], speeds[name] = speeds[name], measure(*shape)
+    speeds, contradicted = _measure_both(shapes, measure or measure_matmul_speed, native)
     chosen, why = {}, []
     for name, pinned in (("model", model_dtype), ("sae", matmul_dtype)):
         speed = speeds[name]
@@ -236,17 +229,36 @@ def choose_precision(device: str, requested: str, model_dtype: str, matmul_dtype
         "no native bf16 flag" if flags is not None else "CPU flags unknown")
     reason = f"cpu, {flag_text}: " + "; ".join(why)
 
+    return Precision(chosen["model"], chosen["sae"], requested, reason, device, native,
+                     tuple(flags or ()), speeds, _slow_bf16_warning(chosen, speeds, requested))
+
+
+def _measure_both(shapes: ProbeShapes, measure: Callable[[int, int, int], MatmulSpeed],
+                  native: bool | None) -> tuple[dict[str, MatmulSpeed], dict[str, MatmulSpeed]]:
+    """The model's and the SAE's matmul speeds; where a probe contradicts the CPU's flags, the
+    second measurement (returned in the first dict; the contradicted one in the second)."""
+    speeds, contradicted = {}, {}
+    for name, shape in (("model", shapes.model), ("sae", shapes.sae)):
+        speeds[name] = measure(*shape)
+        if native is not None and (speeds[name].bf16_speedup >= BF16_MIN_SPEEDUP) != native:
+            # the flags and the measurement disagree: a noisy timing or a real limit (an ISA cap
+            # such as ONEDNN_MAX_CPU_ISA); a second measurement decides
+            contradicted[name], speeds[name] = speeds[name], measure(*shape)
+    return speeds, contradicted
+
+
+def _slow_bf16_warning(chosen: dict[str, str], speeds: dict[str, MatmulSpeed],
+                       requested: str) -> str | None:
+    """A warning when bf16 was forced or pinned where the probe measured it slower than fp32."""
     slow = [name for name in ("model", "sae")
             if chosen[name] == "bfloat16" and speeds[name].bf16_speedup < 1]
-    warning = None
-    if slow:
-        worst = min(speeds[name].bf16_speedup for name in slow)
-        warning = (f"bf16 was forced ({'EXPERIMENT_PRECISION' if requested != 'auto' else 'pinned'}) "
-                   f"on a CPU where bf16 matmuls ran {1 / worst:.0f}x slower than fp32 ("
-                   + "; ".join(f"{name}: {speeds[name].describe()}" for name in slow)
-                   + "); expect a very slow run, or set EXPERIMENT_PRECISION=auto")
-    return Precision(chosen["model"], chosen["sae"], requested, reason, device, native,
-                     tuple(flags or ()), speeds, warning)
+    if not slow:
+        return None
+    worst = min(speeds[name].bf16_speedup for name in slow)
+    return (f"bf16 was forced ({'EXPERIMENT_PRECISION' if requested != 'auto' else 'pinned'}) "
+            f"on a CPU where bf16 matmuls ran {1 / worst:.0f}x slower than fp32 ("
+            + "; ".join(f"{name}: {speeds[name].describe()}" for name in slow)
+            + "); expect a very slow run, or set EXPERIMENT_PRECISION=auto")
 
 
 def precision_for_run(preset, model_dims: tuple[int, int], requested: str, matmul_dtype: str, batch_size: int,

@@ -218,23 +218,20 @@ tokens is (nearly) entirely dead: the SAE is a ReLU SAE with an unused second di
 the run is flagged degenerate (DESIGN 7)."""
 
 
-def check_degeneracy(final_info: dict, config: dict | None = None) -> DegeneracyCheck:
-    """Every DESIGN 7 check that the run's files allow, with the ones they do not allow listed."""
-    facts = read_run_facts(final_info, config)
-    means = facts.means
-    training, core = means.get("training", {}), means.get("core", {})
-    reasons: list[str] = []
-    unchecked: list[str] = []
-    detail = f" ({facts.training_note})" if facts.training_note else ""
+def _training_detail(facts: RunFacts) -> str:
+    return f" ({facts.training_note})" if facts.training_note else ""
 
-    # --- training steps --------------------------------------------------------------------
-    steps = training.get("steps")
+
+def _check_training_steps(facts: RunFacts, reasons: list[str], unchecked: list[str]) -> None:
+    steps = facts.means.get("training", {}).get("steps")
     if steps is not None and steps < 1:
-        reasons.append(f"0 training steps{detail}")
+        reasons.append(f"0 training steps{_training_detail(facts)}")
     elif steps is None:
         unchecked.append("training steps unknown (no training group)")
 
-    # --- base-level L0 ---------------------------------------------------------------------
+
+def _check_base_l0(facts: RunFacts, reasons: list[str], unchecked: list[str]) -> None:
+    training, core = facts.means.get("training", {}), facts.means.get("core", {})
     n1 = facts.base_width
     l0_base, source = training.get("l0_base"), "held-out tokens"
     if l0_base is None and facts.has_concept_level is False:
@@ -251,26 +248,30 @@ def check_degeneracy(final_info: dict, config: dict | None = None) -> Degeneracy
     else:
         unchecked.append("base L0 unknown (no training l0_base)")
 
-    # --- a concept level that does not fire ------------------------------------------------
-    dead_concept = training.get("dead_fraction_concept")
+
+def _check_concept_level_fires(facts: RunFacts, reasons: list[str], unchecked: list[str]) -> None:
+    dead_concept = facts.means.get("training", {}).get("dead_fraction_concept")
     if facts.has_concept_level and dead_concept is not None and dead_concept >= NEARLY_DEAD:
         reasons.append(f"concept level (nearly) entirely dead: {dead_concept:.1%} of its latents "
                        f"never fire on held-out tokens")
 
-    # --- explained variance ----------------------------------------------------------------
+
+def _check_explained_variance(facts: RunFacts, reasons: list[str], unchecked: list[str]) -> None:
     # core: the centred figure where present (SAE-Bench 0.6.0's own divides by an uncentred
     # moment and can stay near 1 for any SAE; see evals/core.py)
+    training, core = facts.means.get("training", {}), facts.means.get("core", {})
     core_ev = "explained_variance_centered" if "explained_variance_centered" in core else "explained_variance"
     for group, key, where in (("training", "explained_variance", "held-out tokens"),
                               ("core", core_ev, "SAE-Bench core")):
-        ev = means.get(group, {}).get(key)
+        ev = facts.means.get(group, {}).get(key)
         if ev is not None and ev < 0:
             reasons.append(f"explained variance {ev:.3f} < 0 on {where}")
     if "explained_variance" not in training and core_ev not in core:
         unchecked.append("explained variance unknown (neither training nor core has it)")
 
-    # --- probes at chance ------------------------------------------------------------------
-    probes = {k: v for k, v in means.get("sparse_probing", {}).items()
+
+def _check_probes_above_chance(facts: RunFacts, reasons: list[str], unchecked: list[str]) -> None:
+    probes = {k: v for k, v in facts.means.get("sparse_probing", {}).items()
               if k.startswith("sae_") and PROBE_METRIC.match(k)}
     if probes and all(abs(v - 0.5) <= CHANCE_TOLERANCE for v in probes.values()):
         ks = sorted(int(m.group(3)) for k in probes if (m := PROBE_METRIC.match(k)).group(3))
@@ -281,11 +282,28 @@ def check_degeneracy(final_info: dict, config: dict | None = None) -> Degeneracy
     elif not probes:
         unchecked.append("probe accuracies unknown (no sparse_probing SAE accuracies)")
 
-    # --- the SAE that was evaluated is not the one that was trained ------------------------
+
+def _check_evaluated_layer(facts: RunFacts, reasons: list[str], unchecked: list[str]) -> None:
+    """The SAE that SAE-Bench evaluated is the one that was trained (its layer)."""
     if facts.trained_layer is not None and facts.evaluated_layer is not None \
             and facts.trained_layer != facts.evaluated_layer:
         reasons.append(f"the SAE was trained on layer {facts.trained_layer} but SAE-Bench evaluated "
-                       f"an SAE at hook_layer {facts.evaluated_layer}{detail}")
+                       f"an SAE at hook_layer {facts.evaluated_layer}{_training_detail(facts)}")
+
+
+DEGENERACY_CHECKS = (_check_training_steps, _check_base_l0, _check_concept_level_fires,
+                     _check_explained_variance, _check_probes_above_chance, _check_evaluated_layer)
+"""DESIGN 7's checks, in the order their reasons are listed. Each adds a reason when the run
+fails it, or a line to `unchecked` when the run's files do not allow it."""
+
+
+def check_degeneracy(final_info: dict, config: dict | None = None) -> DegeneracyCheck:
+    """Every DESIGN 7 check that the run's files allow, with the ones they do not allow listed."""
+    facts = read_run_facts(final_info, config)
+    reasons: list[str] = []
+    unchecked: list[str] = []
+    for check in DEGENERACY_CHECKS:
+        check(facts, reasons, unchecked)
     return DegeneracyCheck(reasons, unchecked)
 
 
