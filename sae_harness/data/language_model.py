@@ -106,7 +106,7 @@ def _each_gguf_parsed_once():
 
     transformers parses the GGUF's metadata anew for the tokenizer, its config, the model's
     config and the weights; parsing Gemma-3's 262k-token vocabulary field by field was most of
-    the conversion (~3 x 10 s of its ~55 s on a 2-core Xeon). The reader only reads its
+    the conversion (docs/BENCHMARKS.md, "Figures behind the code's choices"). The reader only reads its
     memory-mapped file, so sharing it changes nothing in what is converted."""
     import gguf
 
@@ -274,8 +274,8 @@ def weights_laid_out_for_forward(model) -> int:
     To match Hugging Face's nn.Linear bitwise, TransformerLens hands F.linear contiguous
     (out, in) weights: the gated MLP's `W.T.contiguous()`, attention's rearranged W_Q / W_K / W_V
     ("h d_model d_head -> (h d_head) d_model") and W_O (".. -> d_model (h d_head)"), each a fresh
-    copy of the weight in every forward (without them the embedded model's forward ran 1.14x
-    faster in bf16, 1.09x in fp32, on a 2-core Xeon). Stored so that those views are contiguous already, the same values reach the same
+    copy of the weight in every forward (the forward's gain without them: docs/BENCHMARKS.md, "Figures behind the code's choices").
+    Stored so that those views are contiguous already, the same values reach the same
     kernel in the same layout: every output is bitwise what it was (tests/test_activations.py);
     only the copies are gone. Weights that are not TransformerLens' usual parameters are left."""
     moved = 0

@@ -359,7 +359,8 @@ def reference_folder(root: Path, lm: LanguageModel, hook_name: str) -> Path:
 @contextmanager
 def unembedding_stored_transposed(model):
     """TransformerLens' Unembed copies W_U.T to a contiguous tensor in every forward (0.67 GB in
-    fp32 for Gemma's 262k-token vocabulary, ~1 s each, 20 forwards per core eval). Stored as the
+    fp32 for Gemma's 262k-token vocabulary, 20 forwards per core eval; its cost in
+    docs/BENCHMARKS.md). Stored as the
     transpose of a contiguous (vocabulary, d) tensor, W_U.T is contiguous already and the copy
     costs nothing: the same values and the same product. The usual layout is restored after."""
     W_U = model.unembed.W_U

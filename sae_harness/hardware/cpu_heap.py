@@ -4,20 +4,16 @@ glibc's malloc serves a request above its mmap threshold (at most 32 MiB) with a
 and unmaps it again at free. Every (4096, 2048) fp32 tensor of a training step is 32 MiB plus
 torch's alignment, just above the largest threshold, and core's logits are 0.5 GB a batch, so
 they were new pages in every step and every forward, each zero-filled by the kernel on first
-touch. Measured on a 2-core AMD EPYC (Zen 4, no native bf16), fp32:
-  * perf_ref's training step (d_in 256, base 2048 + 512, batch 4096, 1 thread): 55,000 page
-    faults and 0.12 s of system time a step; with freed memory reused none, and the step 15-19%
-    faster (dictionary_learning's trainers in the same process gain as much);
-  * a warm embedded run (baseline variant): 309 -> 261 s (core 135 -> 96 s, sparse probing
-    33 -> 24 s), 18.7M -> 1.8M page faults, peak resident memory 6.96 -> 7.43 GB, every
-    figure equal.
+touch. Reusing freed memory removes those page faults: the training step gets faster and a warm
+embedded run shorter, for some peak memory, every figure equal (docs/BENCHMARKS.md, "Figures
+behind the code's choices").
 
 `reuse_freed_memory()` asks glibc (mallopt) to serve every size from its heap (M_MMAP_MAX 0)
 and to give memory back to the kernel only when 2 GiB at the heap's top lie unused
 (M_TRIM_THRESHOLD): what torch's own CPU launcher gets from jemalloc or tcmalloc
 (`torch.backends.xeon.run_cpu`), without preloading a library. A block freed in the middle of
 the heap is reused by the next request that fits; what the heap keeps costs the run some peak
-memory (+0.5 GB above). Where the heap cannot grow, glibc still maps memory, so no request
+memory. Where the heap cannot grow, glibc still maps memory, so no request
 fails for it.
 
 EXPERIMENT_CPU_HEAP=system keeps glibc's defaults; GLIBC_TUNABLES that set malloc's own

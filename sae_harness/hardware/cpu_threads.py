@@ -1,9 +1,10 @@
 """How many CPU threads a long phase should use: measured at its start, not assumed.
 
 torch's OpenMP threads wait for each other at every parallel region. On an idle machine all
-cores help (2 threads: 55-60 absorption prompts/s against 35-38 on 1, 2-core AMD EPYC); when
-other processes keep a core busy, the waiting dominates (4-19 prompts/s on 2 threads, 35-38 on
-1). `threads_for_phase` looks at what the other processes used over a short window and picks.
+cores help; when other processes keep a core busy, the waiting dominates, and two threads can
+be several times slower than one (the absorption eval's prompt rates in docs/BENCHMARKS.md,
+"Figures behind the code's choices").
+`threads_for_phase` looks at what the other processes used over a short window and picks.
 """
 
 from __future__ import annotations

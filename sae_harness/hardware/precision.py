@@ -5,18 +5,17 @@
 On CUDA both run in bf16. On a CPU, bf16 is chosen only where it is really faster here: a
 short probe times one matmul of each dtype at the run's own shapes (the language model's MLP
 input projection for a forward batch, the SAE's encoder for a training batch). CPUs with native
-bf16 (AVX512_BF16, AMX) ran them 2-3x faster in bf16 than in fp32; CPUs without it (x86 before
-Zen 4 / Sapphire Rapids) ran bf16 ~200x slower (0.4-0.7 GFLOP/s against 75-150), so a wrong
-guess costs hours. The CPU's flags are read and recorded beside the measurement; the
-measurement decides.
+bf16 (AVX512_BF16, AMX) run them a few times faster in bf16 than in fp32; CPUs without it (x86
+before Zen 4 / Sapphire Rapids) run bf16 two orders of magnitude slower, so a wrong guess costs
+hours (the rates: docs/BENCHMARKS.md, "Figures behind the code's choices"). The CPU's flags
+are read and recorded beside the measurement; the measurement decides.
 
 The probe takes a fraction of a second: fp32 at the full shape, then bf16 on a slice of rows
 first, and at the full shape only if the slice is not already far slower than fp32. Each timing is
-the best of a few calls after WARMUP_CALLS untimed ones: in fresh processes on a Xeon with AMX
-the slice's first three bf16 calls ran ~10, 140-260 and ~520 GFLOP/s (steady ~550), and one
-early call, timed alone, once made a run there choose an fp32 model (5.5 GFLOP/s measured,
-0.018x fp32). Where the verdict contradicts the
-CPU's flags (native bf16 measured slower, or no flag and bf16 measured faster) the probe measures
+the best of a few calls after WARMUP_CALLS untimed ones: in a fresh process with AMX the first
+bf16 calls run far below the steady rate, and one early call, timed alone, once made a run
+choose an fp32 model there (the warm-up rates in the same section). Where the verdict
+contradicts the CPU's flags (native bf16 measured slower, or no flag and bf16 measured faster) the probe measures
 once more and that second measurement decides; the reason line shows both.
 
 `requested` is EXPERIMENT_PRECISION (auto | float32 | bfloat16): auto lets the rule above

@@ -40,11 +40,11 @@ DENSITY_SAMPLE_ROWS = 256
 would cost as much as a tenth of the step)."""
 DENSE_MATMUL_ADVANTAGE = 8
 """How many times more multiply-adds a second a dense matmul does than embedding_bag's gathered
-rows (fp32, 1 thread, AMD EPYC Zen 4: ~25-30 GMAC/s against ~3): picks the form of W's gradient
-in the selected pre-activations' backward."""
+rows (fp32, 1 thread; the measured rates are in docs/BENCHMARKS.md, "Figures behind the code's choices"): picks the form of
+W's gradient in the selected pre-activations' backward."""
 SPARSE_DENSITY_MAX = 0.1
 """z1 at most this dense takes the gathered path: where the gathered products stop being faster
-than the dense ones (`bench/run_benchmarks.py --only kernels`; figures in README, "Benchmarks")."""
+than the dense ones (`bench/run_benchmarks.py --only kernels`; figures in docs/BENCHMARKS.md)."""
 
 
 KERNEL_MODES = ("exact", "plain", "sparse")
@@ -154,7 +154,7 @@ def latent_matmul(z: torch.Tensor, W: torch.Tensor, active: ActiveLatents | None
     """
     if active is None:
         return z @ W if bias is None else torch.addmm(bias, z, W)
-    if not W.is_contiguous():  # embedding_bag on strided rows is ~70x slower (measured: 190 ms vs 3)
+    if not W.is_contiguous():  # embedding_bag on strided rows is far slower (docs/BENCHMARKS.md)
         W = W.contiguous()
     # in W's dtype: fp32 in training (autocast leaves embedding_bag alone), the model's dtype
     # when an eval casts the SAE to it (absorption)
