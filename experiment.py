@@ -16,9 +16,9 @@ or is printed at start with why it differs. The machinery it stands on (model, a
 directory, checkpoints, evaluations) lives in sae_harness/.
 
 The SAE, for an input x in R^d scaled by one scalar so that E||x||^2 = d:
-    base level (n1 latents)     z1 = ReLU((x - b_dec) W_enc1 + b_enc1)
-    concept level (n2 = n1/4)   z2 = TopK_k(ReLU(z1 W_enc2 + b_enc2))     reads base latents
-    reconstruction              x_hat = z1 W_dec1 + z2 W_dec2 + b_dec     decoder rows unit norm
+    base level (n_base latents)       z1 = ReLU((x - b_dec) W_enc1 + b_enc1)
+    concept level (n_base/4 latents)  z2 = TopK_k(ReLU(z1 W_enc2 + b_enc2))     reads base latents
+    reconstruction                    x_hat = z1 W_dec1 + z2 W_dec2 + b_dec     decoder rows unit norm
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ HARNESS_READS = {
         "batch_size": "the activation batches and the training session's token counts",
         "seed": "the order of the activation batches",
         "concept_k": "notes, plots and degeneracy checks (0: no concept level)",
-        "d_sae_base": "the precision probe's shapes and the degeneracy checks",
+        "n_base": "the precision probe's shapes and the degeneracy checks",
         "matmul_dtype": "the precision choice",
         "log_every": "the training session's log steps",
         "checkpoint_every_steps": "the training session's checkpoints",
@@ -102,12 +102,12 @@ class Config:
     variant: str = DEFAULT_VARIANT  # the VARIANTS entry this came from; recorded, not acted on
 
     # --- shape ---------------------------------------------------------------------------------
-    d_sae_base: int = 16384  # n1, the base-level width (latents)
-    concept_ratio: int = 4  # n2 = n1 / concept_ratio concept latents
+    n_base: int = 16384  # the base-level width (latents; the idea's n1, SAE-Lens' d_sae)
+    concept_ratio: int = 4  # n_concept = n_base / concept_ratio concept latents (the idea's n2)
     concept_k: int = 10  # active concept latents per token (TopK); 0: none, a vanilla ReLU SAE
     base_k: int = 0
     """[objective, off] > 0: a TopK base level, the base_k largest ReLU latents a token (as
-    SAE-Lens' and OpenAI's TopK SAEs; k sets the sparsity, so l1_base and lw_base go to 0)."""
+    SAE-Lens' and OpenAI's TopK SAEs; k sets the sparsity, so l1_base and weight_l1_base go to 0)."""
 
     # --- loss --------------------------------------------------------------------------------
     # Every term is scale-free, so a lambda means the same at any width and for any model.
@@ -115,21 +115,23 @@ class Config:
     #   reconstruction  ||x - x_hat||^2 / (d s^2)       (the fraction of variance unexplained)
     #   l1_base         l1_base * |z1|_1 / (sqrt(d) s)  (activations in units of the input's std)
     #   l1_concept      l1_concept * |z2|_1 / (sqrt(d) s)
-    #   lw_base         lw_base * mean over base latents of |W_enc1[:, i]|_1 / sqrt(d)
-    #   lw2(t)          lw2(t) * mean over concepts of |W_enc2[:, c]|_1 / sqrt(n1)
+    #   weight_l1_base     weight_l1_base * mean over base latents of |W_enc1[:, i]|_1 / sqrt(d)
+    #                      (the idea's lw1)
+    #   weight_l1_concept  c(t) * mean over concepts of |W_enc2[:, c]|_1 / sqrt(n_base), the
+    #                      coefficient c(t) rising from weight_l1_concept_min to _max (the idea's lw2(t))
     # (a dense unit-norm weight vector costs ~0.8 lambda whatever its length; a sparse one less)
     l1_base: float = 0.1
     l1_concept: float = 0.35
-    lw_base: float = 0.02
-    lw2_min: float = 0.001
-    lw2_max: float = 0.12
-    lw2_ramp_fraction: float = 5 / 12
-    """T as a fraction of the run: lw2 rises from lw2_min to lw2_max along a half cosine over T
-    steps, then stays (the idea's T = 5000 of a 12,000-step run)."""
+    weight_l1_base: float = 0.02
+    weight_l1_concept_min: float = 0.001
+    weight_l1_concept_max: float = 0.12
+    weight_l1_concept_ramp_fraction: float = 5 / 12
+    """T as a fraction of the run: c(t) rises from weight_l1_concept_min to weight_l1_concept_max
+    along a half cosine over T steps, then stays (the idea's T = 5000 of a 12,000-step run)."""
 
     # --- initialisation ----------------------------------------------------------------------------
     base_init: Literal["xavier_normal", "dictionary_learning"] = "xavier_normal"
-    """'xavier_normal': W_enc1 ~ N(0, init_scale_base^2 2/(d+n1)); 'dictionary_learning': encoder
+    """'xavier_normal': W_enc1 ~ N(0, init_scale_base^2 2/(d+n_base)); 'dictionary_learning': encoder
     columns of norm ~0.1 (the template's zero init cannot train). W_dec1 tied to W_enc1."""
     init_scale_base: float = 1.0  # gain on the base level's sigma
     init_scale_concept: float = 0.001  # sigma of W_enc2's entries (W_dec2: random unit rows)
@@ -174,7 +176,7 @@ class Config:
     """[objective] l1_concept on the TopK activations, as the idea; no trusted TopK trainer has it
     (OpenAI, dictionary_learning, sparsify, SAE-Lens: k sets the sparsity). It kills the level."""
     concept_penalty_warmup_fraction: float = 0.0
-    """[optimisation, off] l1_concept and lw2(t) rise from 0 over this fraction of the run's
+    """[optimisation, off] l1_concept and weight_l1_concept's c(t) rise from 0 over this fraction of the run's
     steps, as SAE-Lens' l1_warm_up_steps and dictionary_learning's sparsity warm-up (1000)."""
     concept_recon_coef: float = 0.0
     """[objective, off] + coef * ||x - (z2 W_dec2 + b_dec)||^2 / (d s^2): the concept level's own
@@ -191,7 +193,7 @@ class Config:
     concept_balance_rate: float = 0.03
     """[TopK's selection] Load balancing without an auxiliary loss (DeepSeek-V3's routing bias):
     TopK chooses among positive pre-activations by pre + beta (values unchanged); beta_c moves by
-    rate x std(pre) per step towards a firing rate of k/n2. 0: off (TopK as written)."""
+    rate x std(pre) per step towards a firing rate of k/n_concept. 0: off (TopK as written)."""
     concept_selection: Literal["topk", "batchtopk"] = "topk"
     """[objective] 'topk': k concepts every token, as the idea. 'batchtopk' (Bussmann et al.
     2024, dictionary_learning's BatchTopKSAE): the k x B largest concept pre-activations of the
@@ -221,7 +223,7 @@ class Config:
 
     @property
     def n_concept(self) -> int:
-        return self.d_sae_base // self.concept_ratio if self.concept_k else 0
+        return self.n_base // self.concept_ratio if self.concept_k else 0
 
     @property
     def total_steps(self) -> int:
@@ -233,17 +235,17 @@ class Config:
     def problems(self) -> list[str]:
         """Settings that cannot work together (check_config adds the signs and Literal choices)."""
         found = []
-        if self.lw2_max < self.lw2_min:
-            found.append(f"lw2_max={self.lw2_max} is below lw2_min={self.lw2_min}")
+        if self.weight_l1_concept_max < self.weight_l1_concept_min:
+            found.append(f"weight_l1_concept_max={self.weight_l1_concept_max} is below weight_l1_concept_min={self.weight_l1_concept_min}")
         if self.concept_k > 0 and self.concept_ratio > 0:
-            if self.d_sae_base % self.concept_ratio:
-                found.append(f"d_sae_base={self.d_sae_base} is not divisible by concept_ratio={self.concept_ratio}")
+            if self.n_base % self.concept_ratio:
+                found.append(f"n_base={self.n_base} is not divisible by concept_ratio={self.concept_ratio}")
             elif self.concept_k > self.n_concept:
                 found.append(f"concept_k={self.concept_k} exceeds the {self.n_concept} concept latents")
         if self.batch_size > self.training_tokens:
             found.append(f"batch_size={self.batch_size} exceeds training_tokens={self.training_tokens}")
-        if self.base_k > self.d_sae_base:
-            found.append(f"base_k={self.base_k} exceeds d_sae_base={self.d_sae_base}")
+        if self.base_k > self.n_base:
+            found.append(f"base_k={self.base_k} exceeds n_base={self.n_base}")
         if self.lr_restart_mult < 1:
             found.append(f"lr_restart_mult={self.lr_restart_mult} must be at least 1")
         if not 0 < self.lr_warmup_fraction <= 1:
@@ -251,12 +253,12 @@ class Config:
         return found
 
 
-NON_NEGATIVE = ("l1_base", "l1_concept", "lw_base", "lw2_min", "lw2_max", "init_scale_concept",
+NON_NEGATIVE = ("l1_base", "l1_concept", "weight_l1_base", "weight_l1_concept_min", "weight_l1_concept_max", "init_scale_concept",
                 "lr_min_ratio", "weight_decay", "concept_recon_coef", "auxk_alpha", "concept_k", "base_k",
                 "concept_penalty_warmup_fraction", "auxk_k", "min_lr_warmup_steps",
                 "concept_balance_rate", "parent_child_ortho_coef", "concept_threshold_decay")
-POSITIVE = ("d_sae_base", "concept_ratio", "batch_size", "lr", "init_scale_base", "log_every",
-            "lr_restart_period_fraction", "lw2_ramp_fraction", "heldout_tokens",
+POSITIVE = ("n_base", "concept_ratio", "batch_size", "lr", "init_scale_base", "log_every",
+            "lr_restart_period_fraction", "weight_l1_concept_ramp_fraction", "heldout_tokens",
             "concept_init_base", "auxk_dead_tokens", "training_tokens")
 """Fields whose sign is checked (a name Config lacks is refused, never skipped)."""
 
@@ -264,7 +266,7 @@ AS_WRITTEN = dict(l1_on_topk=True, concept_penalty_warmup_fraction=0.0, concept_
                   auxk_alpha=0.0, concept_init="random", concept_balance_rate=0.0,
                   min_lr_warmup_steps=1, lr=3e-4)
 """Every concept-level aid off and the idea's lr: the idea exactly as written."""
-PREVIOUS_COSINE = dict(concept_k=12, l1_concept=0.3, lw2_max=0.1, init_scale_concept=0.002,
+PREVIOUS_COSINE = dict(concept_k=12, l1_concept=0.3, weight_l1_concept_max=0.1, init_scale_concept=0.002,
                        lr_schedule="cosine")
 """The previous cosine variant's differences from this idea."""
 
@@ -272,7 +274,7 @@ VARIANTS: dict[str, dict] = {
     # this idea (tuned penalties, smaller concept init, warm-restart cosine LR) with the aids
     # that keep its concept level alive and lr 1e-3: Config's defaults
     "tuned_cosine": {},
-    # the previous cosine variant (cosine-annealed lw2, single cosine LR decay), same aids
+    # the previous cosine variant (cosine-annealed weight_l1_concept, single cosine LR decay), same aids
     "cosine_sparsity": PREVIOUS_COSINE,
     # both exactly as the idea writes them
     "tuned_cosine_as_written": AS_WRITTEN,
@@ -282,9 +284,9 @@ VARIANTS: dict[str, dict] = {
     # concept level reconstructing x on its own at equal weight (Matryoshka's prefix loss, H-SAE's
     # parent-only term at weight 1), both, and TopK without load balancing; base_k 50 keeps the
     # total L0 at tuned_cosine's ~60
-    "topk_base": dict(base_k=50, l1_base=0.0, lw_base=0.0),
+    "topk_base": dict(base_k=50, l1_base=0.0, weight_l1_base=0.0),
     "concept_reconstructs": dict(concept_recon_coef=1.0),
-    "nested_topk": dict(base_k=50, l1_base=0.0, lw_base=0.0, concept_recon_coef=1.0),
+    "nested_topk": dict(base_k=50, l1_base=0.0, weight_l1_base=0.0, concept_recon_coef=1.0),
     "no_balance": dict(concept_balance_rate=0.0),
     # [d] the concept level's L0 free per token (BatchTopK, no load balancing), co-firing
     # parent and child decoders held apart (OrtSAE's penalty), children gated by their parent
@@ -293,8 +295,8 @@ VARIANTS: dict[str, dict] = {
     "parent_gated": dict(parent_gated=True),
     # a vanilla ReLU SAE with L1, as the AI-Scientist template trains it (no concept level;
     # Adam + the decoder constraint = its ConstrainedAdam, lr 3e-4, batch 2048)
-    "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, lw_base=0.0, lw2_min=0.0,
-                     lw2_max=0.0, base_init="dictionary_learning", lr_schedule="constant",
+    "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, weight_l1_base=0.0, weight_l1_concept_min=0.0,
+                     weight_l1_concept_max=0.0, base_init="dictionary_learning", lr_schedule="constant",
                      optimizer="adam", lr=3e-4, auxk_alpha=0.0, concept_balance_rate=0.0),
 }
 """Each variant as a change from Config's defaults."""
@@ -315,7 +317,7 @@ VARIANT_TITLES = {"tuned_cosine": "Tuned cosine (this idea)",  # names in notes.
 SETTING_SHRINK: dict[str, dict[str, float]] = {
     "real": {},  # Gemma-2-2B on CUDA: Config as written
     # Gemma-3-270M on a CPU: the same experiment with these fields divided by these factors
-    "embedded": dict(training_tokens=100, d_sae_base=8, batch_size=4, heldout_tokens=4,
+    "embedded": dict(training_tokens=100, n_base=8, batch_size=4, heldout_tokens=4,
                      log_every=2.5, dead_window_tokens=10, auxk_dead_tokens=10),
 }
 """The one place where a setting changes Config: each field divided by its factor (rounded), so
@@ -361,14 +363,14 @@ def make_config(variant: str | None = None, setting: str = "real", training_toke
 
 
 # === Schedules =============================================================================
-def lw2_at(step: int, lw2_min: float, lw2_max: float, ramp_steps: int) -> float:
-    """lw2(t) = min + (max - min) * (1 - cos(pi * min(t, T) / T)) / 2."""
+def cosine_ramp(step: int, low: float, high: float, ramp_steps: int) -> float:
+    """c(t) = low + (high - low) * (1 - cos(pi * min(t, T) / T)) / 2, T = ramp_steps."""
     t = min(step, ramp_steps) / ramp_steps
-    return lw2_min + (lw2_max - lw2_min) * (1 - math.cos(math.pi * t)) / 2
+    return low + (high - low) * (1 - math.cos(math.pi * t)) / 2
 
 
 class StepSchedule:
-    """Learning-rate factor and lw2 per step; the schedule lengths are Config's fractions of this
+    """Learning-rate factor and the concept-weight penalty's coefficient per step; the schedule lengths are Config's fractions of this
     run's steps (at least one step each)."""
 
     def __init__(self, cfg: Config):
@@ -377,16 +379,18 @@ class StepSchedule:
 
         self.cfg, self.total_steps = cfg, cfg.total_steps
         self.warmup = min(max(steps(cfg.lr_warmup_fraction), cfg.min_lr_warmup_steps), cfg.total_steps)
-        self.lw2_ramp = steps(cfg.lw2_ramp_fraction)
+        self.weight_l1_concept_ramp = steps(cfg.weight_l1_concept_ramp_fraction)
         self.restart_period = steps(cfg.lr_restart_period_fraction)
-        # steps over which l1_concept and lw2 rise from 0 (0: none)
+        # steps over which l1_concept and weight_l1_concept rise from 0 (0: none)
         self.penalty_warmup = steps(cfg.concept_penalty_warmup_fraction) if cfg.concept_penalty_warmup_fraction else 0
 
-    def lw2(self, step: int) -> float:
-        return lw2_at(step, self.cfg.lw2_min, self.cfg.lw2_max, self.lw2_ramp)
+    def weight_l1_concept_coef(self, step: int) -> float:
+        """c(t), the coefficient of the L1 of W_enc2 (the idea's lw2(t))."""
+        return cosine_ramp(step, self.cfg.weight_l1_concept_min, self.cfg.weight_l1_concept_max,
+                           self.weight_l1_concept_ramp)
 
     def concept_penalty_factor(self, step: int) -> float:
-        """The factor on l1_concept and lw2(t): linear from 0 to 1 over the penalty warm-up."""
+        """The factor on l1_concept and weight_l1_concept: linear from 0 to 1 over the penalty warm-up."""
         return min(1.0, step / self.penalty_warmup) if self.penalty_warmup else 1.0
 
     def lr_factor(self, step: int) -> float:
@@ -416,11 +420,11 @@ class StepSchedule:
 # === The SAE ===============================================================================
 class SAEOutput(NamedTuple):
     x_hat: torch.Tensor  # (B, d) reconstruction
-    z1: torch.Tensor  # (B, n1) base latents
+    z1: torch.Tensor  # (B, n_base) base latents
     z2_values: torch.Tensor  # (B, m) concept latents' values in m slots a token (any m; an empty
     z2_indices: torch.Tensor  # slot holds 0, e.g. BatchTopK's padding) and their indices (B, m)
     base_active: ActiveLatents | None = None  # z1's nonzero entries when the sparse path ran
-    z2_pre: torch.Tensor | None = None  # (B, n2) concept pre-activations, no gradient
+    z2_pre: torch.Tensor | None = None  # (B, n_concept) concept pre-activations, no gradient
     x_hat_concept: torch.Tensor | None = None  # (B, d) z2 W_dec2, the concept level's part
 
 
@@ -438,7 +442,7 @@ class HierarchicalSAE(TwoLevelSAE):
     (fold_input_scale_; sae_checks.py refuses an SAE whose tensors are not all listed)."""
 
     def __init__(self, cfg: Config, d_in: int):
-        super().__init__(cfg, d_in, n_base=cfg.d_sae_base, n_concept=cfg.n_concept)
+        super().__init__(cfg, d_in, n_base=cfg.n_base, n_concept=cfg.n_concept)
         n_base, n_concept = self.n_base, self.n_concept
         self.concept_k, self.base_k = cfg.concept_k, cfg.base_k
         self.balancing = cfg.concept_balance_rate > 0
@@ -458,7 +462,7 @@ class HierarchicalSAE(TwoLevelSAE):
         if cfg.concept_init == "base_subsets" and n_concept:
             # concept c reads m random base latents and decodes to the normalised sum of theirs
             subsets = torch.stack([torch.randperm(n_base, generator=g)[:cfg.concept_init_base]
-                                   for _ in range(n_concept)])  # (n2, m)
+                                   for _ in range(n_concept)])  # (n_concept, m)
             W_enc2 = torch.zeros(n_base, n_concept).scatter_(0, subsets.T.contiguous(), cfg.init_scale_concept)
             W_dec2 = F.normalize(self.W_dec1.detach()[subsets].sum(1), dim=-1)
         self.W_enc2 = nn.Parameter(W_enc2)
@@ -500,7 +504,7 @@ class HierarchicalSAE(TwoLevelSAE):
             values = values * keep
         if self.parent_gated:  # a child fires only with its parent: z1 and its decoding, gated
             with torch.no_grad():
-                parent = self.W_enc2.abs().argmax(1)  # (n1,) the concept reading each base latent most
+                parent = self.W_enc2.abs().argmax(1)  # (n_base,) the concept reading each base latent most
                 fired = torch.zeros(len(x), self.n_concept, dtype=torch.bool, device=x.device)
                 fired.scatter_(1, indices, values > 0)
                 allowed = fired.gather(1, parent.expand(len(x), -1))
@@ -512,7 +516,7 @@ class HierarchicalSAE(TwoLevelSAE):
         return SAEOutput(x_hat + x_hat_concept, z1, values, indices, active, pre2, x_hat_concept)
 
     def batch_topk_choice(self, score: torch.Tensor) -> torch.Tensor:
-        """(B, n2) bool: in training the k x B largest positive scores of the batch; after
+        """(B, n_concept) bool: in training the k x B largest positive scores of the batch; after
         training (eval mode, set once the threshold is learnt) the scores above the threshold."""
         if not self.training and self.concept_threshold >= 0:
             return score > self.concept_threshold
@@ -555,7 +559,7 @@ class LossTerms(NamedTuple):
 def co_firing_overlap(out: SAEOutput, W_dec1: torch.Tensor, W_dec2: torch.Tensor) -> torch.Tensor:
     """Mean over the (token, active concept) pairs of the mean squared cosine between the
     concept's decoder row and those of the base latents firing on the token (rows unit norm)."""
-    cosines = W_dec2[out.z2_indices].float() @ W_dec1.float().T  # (B, slots, n1)
+    cosines = W_dec2[out.z2_indices].float() @ W_dec1.float().T  # (B, slots, n_base)
     fired = (out.z1 > 0).float()
     per_pair = (cosines.pow(2) * fired[:, None, :]).sum(-1) / fired.sum(-1, keepdim=True).clamp_min(1)
     active = (out.z2_values > 0).float()
@@ -596,7 +600,7 @@ class HierarchicalTrainer(TrainerState):
     def loss_terms(self, x: torch.Tensor, step: int) -> tuple[LossTerms, dict, SAEOutput, torch.Tensor]:
         """On scaled inputs x (matmuls in self.matmul_dtype): the loss terms, the weighted terms
         that add up to the total ({name: coefficient x term}), the SAE's output, and which base
-        latents fired on the batch (n1,)."""
+        latents fired on the batch (n_base,)."""
         sae, cfg, schedule = self.sae, self.cfg, self.schedule
         d, s = x.shape[1], self.input_std
         with torch.autocast(x.device.type, dtype=self.matmul_dtype,
@@ -623,8 +627,8 @@ class HierarchicalTrainer(TrainerState):
             "reconstruction": reconstruction,
             "l1_base": cfg.l1_base * l1_base,
             "l1_concept": (cfg.l1_concept * warm if cfg.l1_on_topk else 0.0) * l1_concept,
-            "weight_l1_base": cfg.lw_base * weight_l1_base,
-            "weight_l1_concept": schedule.lw2(step) * warm * weight_l1_concept,
+            "weight_l1_base": cfg.weight_l1_base * weight_l1_base,
+            "weight_l1_concept": schedule.weight_l1_concept_coef(step) * warm * weight_l1_concept,
             "concept_reconstruction": cfg.concept_recon_coef * concept_reconstruction,
             "auxk": cfg.auxk_alpha * auxk,
             "parent_child_overlap": cfg.parent_child_ortho_coef * parent_child_overlap,
@@ -696,7 +700,7 @@ class HierarchicalTrainer(TrainerState):
     def log_values(self, step: int, terms: LossTerms) -> dict[str, float]:
         """One line of training_log.jsonl (the session adds step, tokens and seconds)."""
         window = self.cfg.dead_window_tokens
-        return {"lr": self.optimizer.param_groups[0]["lr"], "lw2": self.schedule.lw2(step),
+        return {"lr": self.optimizer.param_groups[0]["lr"], "weight_l1_concept_coef": self.schedule.weight_l1_concept_coef(step),
                 "concept_penalty_factor": self.schedule.concept_penalty_factor(step),
                 **self.whole_batch.means(terms._asdict()),
                 "dead_fraction_base": self.firing_base.dead_fraction(window),
@@ -732,9 +736,9 @@ def train_sae(cfg: Config, device: str, data: ActivationData, run: RunDirectory,
     session = TrainingSession(run, cfg, trainer, trainer.schedule.total_steps, is_writer=world.is_main)
     schedule = trainer.schedule
     if world.is_main:
-        print(f"[train] {schedule.total_steps} steps x {cfg.batch_size} tokens; n1={sae.n_base} "
-              f"n2={sae.n_concept} k={sae.concept_k}; input scale {trainer.input_scale:.4g}, std "
-              f"{trainer.input_std:.3g}; warm-up {schedule.warmup}, lw2 ramp {schedule.lw2_ramp}, "
+        print(f"[train] {schedule.total_steps} steps x {cfg.batch_size} tokens; n_base={sae.n_base} "
+              f"n_concept={sae.n_concept} k={sae.concept_k}; input scale {trainer.input_scale:.4g}, std "
+              f"{trainer.input_std:.3g}; warm-up {schedule.warmup}, weight_l1_concept ramp {schedule.weight_l1_concept_ramp}, "
               f"restarts at {schedule.restart_steps()}; matmuls {str(matmul_dtype).split('.')[1]}; "
               f"gradients by {trainer.kernels_note}")
     batches = data.train.shard(world.rank, world.world_size) if world.distributed else data.train

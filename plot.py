@@ -56,7 +56,7 @@ from pydantic import ValidationError  # noqa: E402
 from sae_harness.records.schemas import WeightsOutput  # noqa: E402
 from sae_harness.records.study_table import markdown_table  # noqa: E402
 from sae_harness.evals.sparse_probing import K_VALUES  # noqa: E402
-from sae_harness.records.run_directory import (BASELINE_RUN, FINAL_INFO, RunRecord,  # noqa: E402
+from sae_harness.records.run_directory import (BASELINE_RUN, FINAL_INFO, RENAMED_LOG_KEYS, RunRecord,  # noqa: E402
                                                baseline_run_dir, load_run, run_number)
 
 # Legend labels by run folder; a run without an entry is labelled by its variant's title. Add an
@@ -145,12 +145,13 @@ def run_label(record: RunRecord, labels: dict[str, str], telling: list[str] = ()
 
 
 def read_training_log(path: Path) -> list[dict]:
-    """The training log's lines; a half-written last line (a crash mid-write) is skipped."""
+    """The training log's lines under today's key names; a half-written last line (a crash
+    mid-write) is skipped."""
     rows = []
     with open(path) as handle:
         for line in handle:
             try:
-                rows.append(json.loads(line))
+                rows.append({RENAMED_LOG_KEYS.get(k, k): v for k, v in json.loads(line).items()})
             except ValueError:
                 continue
     return rows
@@ -505,7 +506,7 @@ TRAINING_PANELS = [  # (title, y label, [(log key, line style)], y scale)
      [("weight_l1_base", "-"), ("weight_l1_concept", "--")], "log"),
     ("L0 per level", "active latents per token", [("l0_base", "-"), ("l0_concept", "--")], "symlog"),
     ("Dead latents", "fraction of the level", [("dead_fraction_base", "-"), ("dead_fraction_concept", "--")], "linear"),
-    ("Concept-weight penalty lw2(t)", "lw2 (coefficient)", [("lw2", "-")], "linear"),
+    ("Concept-weight penalty's coefficient c(t) (the idea's lw2)", "c(t)", [("weight_l1_concept_coef", "-")], "linear"),
     ("Learning rate", "learning rate", [("lr", "-")], "log"),
     ("Concept-level terms (before their coefficients)", "loss (scale-free units)",
      [("concept_reconstruction", "-"), ("auxk", "--")], "log"),
@@ -515,7 +516,7 @@ TRAINING_PANELS = [  # (title, y label, [(log key, line style)], y scale)
 ]
 
 
-CONCEPT_ONLY = {"l1_concept", "weight_l1_concept", "l0_concept", "dead_fraction_concept", "lw2",
+CONCEPT_ONLY = {"l1_concept", "weight_l1_concept", "l0_concept", "dead_fraction_concept", "weight_l1_concept_coef",
                 "concept_reconstruction", "auxk", "concept_penalty_factor"}
 """Log keys that mean nothing for a vanilla SAE (no concept level): not drawn for it."""
 NOT_PLOTTED = {"step", "tokens", "seconds", "concept_penalty_factor", "concept_pre_positive_fraction",

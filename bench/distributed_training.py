@@ -17,10 +17,10 @@ import experiment as E  # noqa: E402
 from sae_harness.hardware import distributed  # noqa: E402
 from sae_harness.hardware.precision import torch_dtype  # noqa: E402
 
-steps, batch, d_in, n1, dtype = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+steps, batch, d_in, n_base, dtype = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 world = distributed.start("cpu")
 cfg = E.make_config("tuned_cosine", "embedded", overrides=dict(
-    d_sae_base=n1, batch_size=batch, training_tokens=batch * (steps + 3), matmul_dtype=dtype))
+    n_base=n_base, batch_size=batch, training_tokens=batch * (steps + 3), matmul_dtype=dtype))
 torch.manual_seed(0)
 sae = E.HierarchicalSAE(cfg, d_in)
 x = torch.randn(batch, d_in, generator=torch.Generator().manual_seed(1))

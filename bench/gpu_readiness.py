@@ -12,7 +12,7 @@
 2. Training: experiment.py's HierarchicalTrainer (bf16 matmuls) at d_sae 16384 and 65536
    (concept width d_sae/4), batch 4096. Ideal: the dense matmul FLOPs of a step at that rate;
    printed for a plain one-level SAE (10 d n per token: ~2.1M tokens/s at 16k) and for ours
-   (plus 6 n1 n2 per token for the concept encoder that reads the base latents).
+   (plus 6 n_base n_concept per token for the concept encoder that reads the base latents).
 
 Prints measured and ideal figures; asserts nothing. Keeps to one short process (~2-4 min on an
 H200, most of it building the model).
@@ -99,7 +99,7 @@ def training_throughput(args, device: str) -> None:
     import experiment as E
 
     for n_base in args.widths:
-        cfg = E.make_config("tuned_cosine", "real", overrides=dict(d_sae_base=n_base, batch_size=args.batch))
+        cfg = E.make_config("tuned_cosine", "real", overrides=dict(n_base=n_base, batch_size=args.batch))
         sae = E.HierarchicalSAE(cfg, args.d_model).to(device)
         x = torch.randn(args.batch, args.d_model, device=device)
         trainer = E.HierarchicalTrainer(sae, cfg, x, torch.bfloat16)
@@ -107,7 +107,7 @@ def training_throughput(args, device: str) -> None:
         seconds = timed(lambda: trainer.update(next(step), x), device, args.repeats)
         rate = args.batch / seconds
         plain = PEAK_BF16_FLOPS / (10 * args.d_model * n_base)
-        # the concept encoder's TopK gradient touches k of n2 entries (sae_kernels.py)
+        # the concept encoder's TopK gradient touches k of n_concept entries (sae_kernels.py)
         ours = PEAK_BF16_FLOPS / (10 * args.d_model * n_base + 2 * n_base * cfg.n_concept)
         print(f"SAE training d_sae {n_base} (+{cfg.n_concept} concept), batch {args.batch}: "
               f"{rate:,.0f} tokens/s; ideal {ours:,.0f} for this SAE ({rate / ours:.0%}), "

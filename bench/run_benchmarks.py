@@ -75,12 +75,12 @@ def matmul_flops(threads: int = 1) -> dict[str, float]:
     return found
 
 
-def step_flops(d_in: int, n1: int, n2: int, batch: int) -> float:
+def step_flops(d_in: int, n_base: int, n_concept: int, batch: int) -> float:
     """Matmul FLOPs of one training step of our SAE with dense base latents (sae_kernels.py):
     base encoder forward + weight gradient (4BdN1), base decoder forward + both gradients
-    (6BN1d), concept encoder forward (2BN1N2; its TopK gradient is k of n2 entries per token);
+    (6BN1d), concept encoder forward (2BN1N2; its TopK gradient is k of n_concept entries per token);
     the TopK concept decoder is a k-row gather."""
-    return 4 * batch * d_in * n1 + 6 * batch * n1 * d_in + 2 * batch * n1 * n2
+    return 4 * batch * d_in * n_base + 6 * batch * n_base * d_in + 2 * batch * n_base * n_concept
 
 
 def ensure_bench_deps() -> None:
@@ -175,7 +175,7 @@ def kernels(args, yardstick: dict[str, float]) -> None:
     from sae_harness.training.sae_kernels import ActiveLatents, latent_matmul
 
     bf16 = yardstick["bfloat16"] > yardstick["float32"]  # else bf16 dense products are hopeless
-    header("kernels: z1 @ W (B 1024, n1 2048, d 640), forward + backward, 1 thread, best of 5: "
+    header("kernels: z1 @ W (B 1024, n_base 2048, d 640), forward + backward, 1 thread, best of 5: "
            "dense in fp32" + (" and in bf16 (autocast, as a bf16 run's dense path)" if bf16 else "")
            + " vs gathered (always fp32)")
     torch.set_num_threads(1)
@@ -308,7 +308,7 @@ def runs(args) -> None:
 
 def distributed_training(args) -> None:
     header("distributed: training tokens/s, torchrun with 1 and 2 processes (gloo, 1 thread each; "
-           f"d_in 640, n1 {args.d_sae}, global batch 512, {args.ddp_steps} steps)")
+           f"d_in 640, n_base {args.d_sae}, global batch 512, {args.ddp_steps} steps)")
     for dtype in ("float32", "bfloat16"):
         rates = {}
         for processes in (1, 2):

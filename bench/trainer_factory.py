@@ -9,7 +9,7 @@ TopK of the other trainers. One `update(step, x)` is a full step as in experimen
 loop: input scaling, forward, loss, backward, decoder-gradient projection, Adam, decoder
 renormalisation and the dead-latent counters (the first batch sets the scale, as in training).
 
-A fresh ReLU SAE fires on about half its latents (L0 ~ n1/2), while a trained one fires on a
+A fresh ReLU SAE fires on about half its latents (L0 ~ n_base/2), while a trained one fires on a
 few percent (L0 60-170 of 2048 in the embedded runs); a TopK trainer's L0 is k from its first
 step. The `*_trained` factories therefore time the step in its training state: before timing,
 the SAE is trained for TRAINED_STEPS steps on perf_ref's synthetic pool with the schedule of a
@@ -39,7 +39,7 @@ _trained: dict[tuple, "HierarchicalStep"] = {}
 class HierarchicalStep:
     def __init__(self, d_in: int, d_sae: int, device: str, matmul_dtype: str, batch: int = 4096,
                  total_steps: int | None = None):
-        changes = dict(d_sae_base=d_sae, matmul_dtype=matmul_dtype)
+        changes = dict(n_base=d_sae, matmul_dtype=matmul_dtype)
         if total_steps:
             changes.update(batch_size=batch, training_tokens=batch * total_steps)
         self.cfg = E.make_config("tuned_cosine", "real", overrides=changes)

@@ -41,7 +41,7 @@ from sae_harness.records.frontier import (FRONTIER_FILE, FRONTIER_FORMAT, SAELen
 from sae_harness.evals.heldout import heldout_statistics
 from sae_harness.data.presets import read_run_environment
 from sae_harness.records.run_directory import (EVALUATIONS, STUDY_DIR, RunDirectory, atomic_write_json,
-                                               holds_finished_run, read_json)
+                                               holds_finished_run, read_config_json, read_json)
 
 RELU_L1 = (0.04, 0.08, 0.16, 0.32)
 TOPK_K = (20, 40, 80)
@@ -80,7 +80,7 @@ def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict) -> P
         print(f"[frontier] {folder.name}: finished before")
         return folder
     cfg = E.make_config("baseline", env.preset.name, env.training_tokens)
-    print(f"[frontier] {folder.name}: SAE-Lens {family}, k {k}, width {cfg.d_sae_base}, lr {cfg.lr}")
+    print(f"[frontier] {folder.name}: SAE-Lens {family}, k {k}, width {cfg.n_base}, lr {cfg.lr}")
     with ExperimentRun.start(folder, replace(env, variant="baseline", overwrite=True), cfg,
                              f"SAE-Lens {family} k={k}") as run:
         if "lm" not in lm_holder:
@@ -90,9 +90,9 @@ def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict) -> P
         started = time.time()
         with tempfile.TemporaryDirectory() as work:
             trained = train_sae_lens(
-                family, k, data.d_model, cfg.d_sae_base, data.train.iterate(0, cfg.total_steps + 8),
+                family, k, data.d_model, cfg.n_base, data.train.iterate(0, cfg.total_steps + 8),
                 cfg.total_steps, cfg.batch_size, cfg.lr, cfg.seed, Path(work),
-                [*MATRYOSHKA_WIDTHS, cfg.d_sae_base] if family == "matryoshka" else None)
+                [*MATRYOSHKA_WIDTHS, cfg.n_base] if family == "matryoshka" else None)
         seconds = time.time() - started
         sae = SAELensView(trained, run.preset.model_name, run.preset.hook_layer,
                           run.preset.context_length, f"sae_lens_{family}",
@@ -156,13 +156,13 @@ def main(argv: list[str]) -> None:
     spread = seed_spread({variant: runs for variant, runs in seeds.items()})
     spread["runs"] = seeds
     first = Path(points[0]["folder"])
-    config = read_json((first if first.is_absolute() else REPO / first) / "config.json")
+    config = read_config_json((first if first.is_absolute() else REPO / first) / "config.json")
     frontier = {"format": FRONTIER_FORMAT, "key": frontier_key(config),
                 "machine": config["provenance"]["device"],
                 "lr": {"relu": E.make_config("baseline", env.preset.name).lr,
                        "topk": E.make_config("baseline", env.preset.name).lr,
                        "matryoshka": E.make_config("baseline", env.preset.name).lr},
-                "width": E.make_config("baseline", env.preset.name).d_sae_base,
+                "width": E.make_config("baseline", env.preset.name).n_base,
                 "families_built": wanted, "seeds_built": seeds_wanted,
                 "points": points, "seed_spread": spread,
                 "seconds": {"frontier": frontier_seconds, "with_seeds": time.time() - started}}

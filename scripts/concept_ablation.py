@@ -32,7 +32,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 import experiment as E  # noqa: E402
 from sae_harness.data.presets import read_run_environment  # noqa: E402
-from sae_harness.records.run_directory import STUDY_DIR, holds_finished_run, read_json  # noqa: E402
+from sae_harness.records.run_directory import STUDY_DIR, holds_finished_run, read_json, read_config_json  # noqa: E402
 
 REQUIRED = ("training", "core", "sparse_probing", "absorption")
 """An arm counts as done with these groups (the hierarchy of a dead concept level has none)."""
@@ -193,7 +193,7 @@ def main(arms: list[str]) -> None:
         if arm not in folders and holds_finished_run(root / arm, REQUIRED):
             folders[arm] = root / arm
     rows = [arm_row(arm, folders[arm]) for arm in ARMS if arm in folders]
-    config = read_json(folders[rows[0]["arm"]] / "config.json")
+    config = read_config_json(folders[rows[0]["arm"]] / "config.json")
     machine = config["provenance"]["device"]
     caption = (f"{env.preset.name} preset, {config['config']['training_tokens']:,} tokens, seed "
                f"{config['config']['seed']}, SAE matmuls {config['precision']['sae_matmul_dtype']}; "

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 import experiment as E  # noqa: E402
 from sae_harness.data.presets import read_run_environment  # noqa: E402
 from sae_harness.records.run_directory import (EVALUATIONS, atomic_write_json, holds_finished_run,  # noqa: E402
-                                               read_json)
+                                               read_config_json, read_json)
 
 FOLDER = REPO / "study" / "hierarchy_pays"
 VARIANTS = ("tuned_cosine", "topk_base", "concept_reconstructs", "nested_topk", "no_balance")
@@ -114,7 +114,7 @@ COLUMNS = [  # (column, group, key, format)
 
 def arm_row(folder: Path, variant: str) -> dict:
     info = read_json(folder / "final_info.json")
-    config = read_json(folder / "config.json")["config"]
+    config = read_config_json(folder / "config.json")["config"]
     row = {"run": folder.name, "variant": variant, "lr": config["lr"], "seed": config["seed"]}
     for column, group, key, _ in COLUMNS:
         value = info.get(group, {}).get("means", {}).get(key)

@@ -1,13 +1,13 @@
 """Realistic run directories, written by tests into tmp_path (nothing big is committed).
 
-The numbers are those of embedded-setting runs (Gemma-3-270M layer 6, n1 = 2048, 500k tokens)
+The numbers are those of embedded-setting runs (Gemma-3-270M layer 6, n_base = 2048, 500k tokens)
 and the key names are those of DESIGN 4 and SAE-Bench's schemas:
 
     write_complete_run   every group and file (final_info, run_status, config, training log,
                          sparse_probing/absorption/weights/hierarchy JSON)
     write_partial_run    training, core and sparse_probing only; absorption failed (recorded
                          in run_status.json); no weights.json, hierarchy group or training log
-    write_degenerate_run base L0 > n1/2, negative explained variance, every SAE probe at 0.5
+    write_degenerate_run base L0 > n_base/2, negative explained variance, every SAE probe at 0.5
     write_legacy_run     the flat AI-Scientist template dict the project was seeded with
 """
 
@@ -26,14 +26,14 @@ N_BASE = 2048
 VARIANT_TITLES = {"baseline": "Baseline (vanilla ReLU SAE)", "cosine_sparsity": "Previous cosine variant",
                   "tuned_cosine": "Tuned cosine (this idea)"}
 VARIANT_CONFIGS = {
-    "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, lw_base=0.0, lw2_min=0.0,
-                     lw2_max=0.0, base_init="dictionary_learning", lr_schedule="constant",
+    "baseline": dict(concept_k=0, l1_base=0.04, l1_concept=0.0, weight_l1_base=0.0, weight_l1_concept_min=0.0,
+                     weight_l1_concept_max=0.0, base_init="dictionary_learning", lr_schedule="constant",
                      init_scale_concept=0.001),
-    "cosine_sparsity": dict(concept_k=12, l1_base=0.1, l1_concept=0.3, lw_base=0.02,
-                            lw2_min=0.001, lw2_max=0.1, base_init="xavier_normal",
+    "cosine_sparsity": dict(concept_k=12, l1_base=0.1, l1_concept=0.3, weight_l1_base=0.02,
+                            weight_l1_concept_min=0.001, weight_l1_concept_max=0.1, base_init="xavier_normal",
                             init_scale_concept=0.002, lr_schedule="cosine"),
-    "tuned_cosine": dict(concept_k=10, l1_base=0.1, l1_concept=0.35, lw_base=0.02, lw2_min=0.001,
-                         lw2_max=0.12, base_init="xavier_normal", init_scale_concept=0.001,
+    "tuned_cosine": dict(concept_k=10, l1_base=0.1, l1_concept=0.35, weight_l1_base=0.02, weight_l1_concept_min=0.001,
+                         weight_l1_concept_max=0.12, base_init="xavier_normal", init_scale_concept=0.001,
                          lr_schedule="cosine_restarts"),
 }
 
@@ -51,7 +51,7 @@ def _write(path: Path, obj) -> None:
 
 
 def config_json(variant: str, **changes) -> dict:
-    config = dict(variant=variant, d_sae_base=N_BASE, concept_ratio=4, lw2_ramp_fraction=5 / 12,
+    config = dict(variant=variant, n_base=N_BASE, concept_ratio=4, weight_l1_concept_ramp_fraction=5 / 12,
                   init_scale_base=1.0, lr=0.0003, adam_betas=[0.9, 0.999], lr_warmup_fraction=1 / 12,
                   lr_restart_period_fraction=1 / 6, lr_restart_mult=2.0, lr_min_ratio=0.1,
                   training_tokens=500000, heldout_tokens=16384, batch_size=512, seed=0,
@@ -154,7 +154,7 @@ def training_log(variant: str, steps: int = 488, log_every: int = 10) -> list[di
         rec = (1 - ev) + 0.7 * math.exp(-step / 40)
         l0b = l0_base + (1023 - l0_base) * math.exp(-step / 60)
         lines.append({
-            "step": step, "tokens": (step + 1) * 1024, "lr": lr, "lw2": lw2,
+            "step": step, "tokens": (step + 1) * 1024, "lr": lr, "weight_l1_concept_coef": lw2,
             "total": rec + 0.03 + 0.5 * math.exp(-step / 80), "reconstruction": rec,
             "l1_base": 2.0 + 5 * math.exp(-step / 90),
             "l1_concept": 0.05 * (1 - math.exp(-step / 50)) if has_concepts else 0.0,
@@ -249,7 +249,7 @@ def write_degenerate_run(run_dir: Path) -> Path:
                "sae_test_accuracy": 0.5, **{f"sae_top_{k}_test_accuracy": 0.5 + 0.003 * (i % 2)
                                              for i, k in enumerate(K_VALUES)}}
     info = {"training": {"means": training,
-                         "degenerate_reasons": ["base L0 1536 exceeds n1/2 = 1024",
+                         "degenerate_reasons": ["base L0 1536 exceeds n_base/2 = 1024",
                                                 "explained variance -0.083 is negative"]},
             "sparse_probing": {"means": probing}}
     _write(run_dir / "final_info.json", info)

@@ -38,6 +38,6 @@ def test_step_flop_count_matches_the_dense_matmuls():
     import run_benchmarks
 
     # base: encoder fwd + weight grad, decoder fwd + 2 grads; concept encoder fwd (its TopK
-    # gradient is k of n2 entries, sae_kernels.py)
+    # gradient is k of n_concept entries, sae_kernels.py)
     assert run_benchmarks.step_flops(256, 2048, 512, 4096) == 2 * 4096 * (
         2 * 256 * 2048 + 3 * 2048 * 256 + 1 * 2048 * 512)

@@ -32,9 +32,9 @@ from tiny_gemma2 import tiny_environment
 
 pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
-TINY_SHRINK = dict(training_tokens=10_000, d_sae_base=64, batch_size=16, heldout_tokens=128,
+TINY_SHRINK = dict(training_tokens=10_000, n_base=64, batch_size=16, heldout_tokens=128,
                    log_every=5, dead_window_tokens=500, auxk_dead_tokens=1000)
-"""Config's real sizes divided down to the fixture: 5000 tokens in 39 steps of 128, n1 256."""
+"""Config's real sizes divided down to the fixture: 5000 tokens in 39 steps of 128, n_base 256."""
 
 
 @dataclass
@@ -142,8 +142,8 @@ EDITS = [
     Edit("larger concept k", [(CONFIG_LINE["concept_k"], CONFIG_LINE["concept_k"].replace("= 10", "= 26"))],
          checks=[config_value("concept_k", 26),
                  logged("l0_concept", lambda v: max(v) > 10 and max(v) <= 26, "above 10, at most 26")]),
-    Edit("lw2 up to 0.4", [("lw2_max: float = 0.12", "lw2_max: float = 0.4")],
-         checks=[config_value("lw2_max", 0.4), logged("lw2", lambda v: 0.12 < max(v) <= 0.4, "past 0.12")]),
+    Edit("weight_l1_concept_max up to 0.4", [("weight_l1_concept_max: float = 0.12", "weight_l1_concept_max: float = 0.4")],
+         checks=[config_value("weight_l1_concept_max", 0.4), logged("weight_l1_concept_coef", lambda v: 0.12 < max(v) <= 0.4, "past 0.12")]),
     Edit("2x training tokens", [("training_tokens: int = 50_000_000", "training_tokens: int = 100_000_000")],
          checks=[config_value("training_tokens", 10_000), steps(78),
                  start_line_says("training_tokens 100000000 -> 10000 (tiny setting /10000)")]),

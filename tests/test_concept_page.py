@@ -21,7 +21,7 @@ from tiny_gemma2 import tiny_environment
 
 pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
-TINY = dict(d_sae_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
+TINY = dict(n_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
             log_every=5, dead_window_tokens=2048)
 
 
@@ -114,14 +114,14 @@ def test_top_activations_in_one_pass_equal_a_full_sort():
 
 
 def test_coherence_is_one_for_children_on_the_same_tokens_and_zero_for_disjoint_ones():
-    n1, k = 12, 3
+    n_base, k = 12, 3
     token_ids = torch.arange(200)
-    rows = torch.tensor([[10 * b + j for b in range(n1)] for j in range(k)])  # latent b: tokens 10b..10b+2
+    rows = torch.tensor([[10 * b + j for b in range(n_base)] for j in range(k)])  # latent b: tokens 10b..10b+2
     rows[:, 1] = rows[:, 0]  # base 1 fires on base 0's tokens
-    values = torch.ones(k, n1)
+    values = torch.ones(k, n_base)
     top = SimpleNamespace(base_values=values, base_rows=rows)
     children = torch.tensor([[0, 1], [2, 3]])
-    means, per = concept_coherence(top, token_ids, children, torch.arange(n1), n_null=3)
+    means, per = concept_coherence(top, token_ids, children, torch.arange(n_base), n_null=3)
     assert per[0]["coherence"] == 1.0 and not per[0]["shares_no_top_token"]
     assert per[1]["coherence"] == 0.0 and per[1]["shares_no_top_token"]
     assert means["concept_coherence_mean"] == 0.5 and means["no_shared_top_token_fraction"] == 0.5

@@ -20,7 +20,7 @@ import resource, sys
 import torch
 from sae_harness.hardware.cpu_heap import reuse_freed_memory
 print(reuse_freed_memory(sys.argv[1]), file=sys.stderr)
-for _ in range(20):  # a training step's (B, n1) latents, 32 MiB. The heap settles within a few
+for _ in range(20):  # a training step's (B, n_base) latents, 32 MiB. The heap settles within a few
     torch.empty(4096, 2048).fill_(1.0)  # allocations idle, up to ~10 with the cores busy (measured)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):

@@ -41,13 +41,13 @@ def test_base_l0_of_zero(healthy):
 
 
 def test_base_l0_above_half_the_base_width_from_config(healthy):
-    info, config = healthy  # n1 = 2048
+    info, config = healthy  # n_base = 2048
     assert degeneracy_reasons(with_means(info, "training", l0_base=1024.0), config) == []
     reasons = degeneracy_reasons(with_means(info, "training", l0_base=1025.0), config)
-    assert len(reasons) == 1 and "exceeds n1/2 = 1024" in reasons[0]
+    assert len(reasons) == 1 and "exceeds n_base/2 = 1024" in reasons[0]
     # a narrower SAE flags the same L0
     narrow = copy.deepcopy(config)
-    narrow["config"]["d_sae_base"] = 512
+    narrow["config"]["n_base"] = 512
     assert degeneracy_reasons(with_means(info, "training", l0_base=300.0), narrow)
 
 
@@ -55,7 +55,7 @@ def test_base_width_unknown_is_said_not_guessed(healthy):
     info, _ = healthy
     check = check_degeneracy(with_means(info, "training", l0_base=1900.0), None)
     assert check.reasons == []
-    assert any("n1 (d_sae_base) unknown" in line for line in check.unchecked)
+    assert any("n_base (n_base) unknown" in line for line in check.unchecked)
 
 
 @pytest.mark.parametrize("group,where", [("training", "held-out tokens"), ("core", "SAE-Bench core")])

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO / "tests" / "run_tiny_experiment.py"
 # fp32 matmuls: the comparison is then about the order of float additions only
-SHORT = dict(d_sae_base=128, batch_size=64, training_tokens=64 * 40, heldout_tokens=256,
+SHORT = dict(n_base=128, batch_size=64, training_tokens=64 * 40, heldout_tokens=256,
              log_every=2, checkpoint_every_steps=4, lr=4e-3, matmul_dtype="float32",
              auxk_dead_tokens=64 * 4)
 TOLERANCE = 1e-4

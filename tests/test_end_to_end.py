@@ -17,7 +17,7 @@ from tiny_gemma2 import tiny_environment
 
 pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
-TINY = dict(d_sae_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
+TINY = dict(n_base=256, batch_size=128, training_tokens=128 * 40, heldout_tokens=512, lr=4e-3,
             log_every=5, dead_window_tokens=2048)
 
 
@@ -81,13 +81,13 @@ def test_every_eval_runs_and_writes_its_group_and_json(tiny_run):
 
 def test_training_log_records_every_term_and_the_loss_decreases(tiny_run):
     log = read_training_log(tiny_run / "training_log.jsonl")
-    for key in ("step", "lr", "lw2", "total", "reconstruction", "l1_base", "l1_concept",
+    for key in ("step", "lr", "weight_l1_concept_coef", "total", "reconstruction", "l1_base", "l1_concept",
                 "weight_l1_base", "weight_l1_concept", "l0_base", "l0_concept"):
         assert key in log[0], key
     assert log[-1]["step"] == 39
     assert log[-1]["reconstruction"] < 0.9 * log[0]["reconstruction"]
     assert log[-1]["total"] < log[0]["total"]
-    lw2 = [r["lw2"] for r in log]
+    lw2 = [r["weight_l1_concept_coef"] for r in log]
     assert lw2 == sorted(lw2)  # the ramp only rises
 
 

@@ -10,8 +10,8 @@ from saes import hierarchical_sae
 from sae_harness.evals.weights import sample_excluding, strongest_base_latents, weight_analysis
 
 
-def make_sae(d=8, n1=16, n2=4, k=1):
-    return hierarchical_sae(d, n1, n2, k, model_name="google/gemma-2-2b", hook_layer=1,
+def make_sae(d=8, n_base=16, n_concept=4, k=1):
+    return hierarchical_sae(d, n_base, n_concept, k, model_name="google/gemma-2-2b", hook_layer=1,
                              context_size=64)
 
 
@@ -118,14 +118,14 @@ def test_concept_decoder_equal_to_its_strongest_base_decoder_has_cosine_one():
 
 def test_random_base_decoders_give_a_null_near_zero():
     torch.manual_seed(0)
-    sae = make_sae(d=256, n1=512, n2=128, k=4)
+    sae = make_sae(d=256, n_base=512, n_concept=128, k=4)
     means, _ = weight_analysis(sae, top_m=5)
     # random unit vectors in d = 256: each cosine has std 1/16; the mean of 640 has std 0.0025
     assert abs(means["concept_random_base_decoder_cosine_mean"]) < 0.0125
 
 
 def test_baseline_without_concept_level_gets_base_figures_only():
-    sae = make_sae(n2=0, k=0)
+    sae = make_sae(n_concept=0, k=0)
     means, details = weight_analysis(sae)
     assert set(means) == {f"{kind}_norm_{stat}_base" for kind in ("enc", "dec")
                           for stat in ("mean", "std", "min", "max")}

@@ -45,7 +45,7 @@ def synthetic_activations(tokens: int, hierarchy: bool, seed: int = 0) -> torch.
 
 def trained_sae(x: torch.Tensor, steps: int = 1500, batch: int = 256):
     cfg = E.make_config("tuned_cosine", "real", overrides=dict(
-        d_sae_base=64, concept_k=2, batch_size=batch, training_tokens=batch * steps, lr=3e-3,
+        n_base=64, concept_k=2, batch_size=batch, training_tokens=batch * steps, lr=3e-3,
         matmul_dtype="float32", log_every=steps, auxk_dead_tokens=batch * 20,
         # pinned, so that the metric's test does not move with the variant's defaults
         concept_balance_rate=0.01, concept_recon_coef=0.1, concept_penalty_warmup_fraction=1 / 12,

@@ -151,7 +151,7 @@ def test_degenerate_run_gets_a_warning_line(tmp_path, runs):
     section = update_notes(tmp_path / "notes.txt", runs["run_3"])
     warning = [line for line in section.splitlines() if line.startswith("WARNING: degenerate SAE: ")]
     assert len(warning) == 1
-    assert "exceeds n1/2" in warning[0] and "explained variance -0.083" in warning[0]
+    assert "exceeds n_base/2" in warning[0] and "explained variance -0.083" in warning[0]
     assert "at chance" in warning[0]
     assert '"degenerate": true' in section
     assert "WARNING" not in update_notes(tmp_path / "notes.txt", runs["run_2"])

@@ -72,7 +72,7 @@ def test_table_has_a_row_per_run_and_marks_degenerate_ones(all_runs_plotted):
     assert run_2["NMI (null)"] == "0.118 (0.0040)"
     assert dict(zip(header, rows["run_1"]))["absorption"] == "n/a"
     assert dict(zip(header, rows["run_4"]))["steps"] == "0"
-    assert "run_3 is degenerate: base L0 1536.4 exceeds n1/2" in stdout
+    assert "run_3 is degenerate: base L0 1536.4 exceeds n_base/2" in stdout
     assert "run_4 is degenerate: 0 training steps" in stdout
 
 
@@ -232,7 +232,7 @@ def test_the_overrides_that_tell_runs_apart_are_part_of_their_labels(tmp_path):
     a lone run's."""
     from fixtures_runs import config_json
 
-    shared = "d_sae_base 16384 -> 256 (overrides)"
+    shared = "n_base 16384 -> 256 (overrides)"
     for name, changes in (("run_1", [shared]),
                           ("run_2", [shared, "lr 0.001 -> 0.0003 (overrides)", "seed 0 -> 1 (overrides)"])):
         (tmp_path / name).mkdir()

@@ -47,3 +47,27 @@ def test_finite_number(value, expected):
 def test_a_result_group_keeps_its_finite_numbers_and_names_the_rest():
     kept, dropped = finite_means({"ev": 0.9, "l0": np.float32(12.0), "loss": math.nan, "oops": "x"})
     assert kept == {"ev": 0.9, "l0": 12.0} and sorted(dropped) == ["loss", "oops"]
+
+
+def test_a_run_recorded_under_the_old_config_names_reads_under_the_new_ones(tmp_path):
+    from dataclasses import asdict
+
+    import experiment as E
+    from sae_harness.records.run_directory import (RENAMED_CONFIG_FIELDS, holds_finished_run,
+                                                   load_run, read_config_json, read_training_log)
+
+    cfg = E.make_config("tuned_cosine", "embedded")
+    recorded = {old: asdict(cfg)[new] for old, new in RENAMED_CONFIG_FIELDS.items()}
+    recorded.update({k: v for k, v in json.loads(json.dumps(asdict(cfg))).items()
+                     if k not in RENAMED_CONFIG_FIELDS.values()})
+    (tmp_path / "config.json").write_text(json.dumps({"config": recorded}))
+    (tmp_path / "final_info.json").write_text(json.dumps({"training": {"means": {"steps": 1.0}}}))
+    (tmp_path / "training_log.jsonl").write_text(json.dumps({"step": 0, "lw2": 0.001}) + "\n")
+
+    read = read_config_json(tmp_path / "config.json")["config"]
+    assert not set(RENAMED_CONFIG_FIELDS) & set(read)
+    assert read["n_base"] == cfg.n_base and read["weight_l1_concept_max"] == cfg.weight_l1_concept_max
+    assert holds_finished_run(tmp_path, ("training",), cfg)  # scripts reuse it
+    assert not holds_finished_run(tmp_path, ("training",), E.make_config("cosine_sparsity", "embedded"))
+    assert load_run(tmp_path).config["config"]["n_base"] == cfg.n_base
+    assert read_training_log(tmp_path / "training_log.jsonl") == [{"step": 0, "weight_l1_concept_coef": 0.001}]

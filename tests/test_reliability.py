@@ -23,7 +23,7 @@ from tiny_gemma2 import tiny_environment, tiny_real_preset
 
 
 RUNNER = REPO / "tests" / "run_tiny_experiment.py"
-SHORT = dict(d_sae_base=128, batch_size=64, training_tokens=64 * 60, heldout_tokens=256,
+SHORT = dict(n_base=128, batch_size=64, training_tokens=64 * 60, heldout_tokens=256,
              log_every=2, checkpoint_every_steps=4, lr=4e-3)
 TIMING = {"seconds", "tokens_per_second", "resumed_at_step", "activation_seconds",
           "activation_cache_hit"}
@@ -140,7 +140,7 @@ class FakeData:
 
 
 def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = E.Config(d_sae_base=32, concept_k=2, batch_size=32, training_tokens=32 * 40,
+    cfg = E.Config(n_base=32, concept_k=2, batch_size=32, training_tokens=32 * 40,
                    log_every=1, checkpoint_every_steps=5, lr_warmup_fraction=1 / 40)
     run = RunDirectory(tmp_path)
     preset = tiny_real_preset(tmp_path)

@@ -1,5 +1,6 @@
 """The SAE and its schedules, held to the specification in DESIGN 3."""
 
+import json
 import math
 
 import pytest
@@ -9,8 +10,8 @@ import experiment as E
 from saes import hierarchical_sae
 
 
-def make_sae(d=32, n1=64, k=3, **kwargs):
-    return hierarchical_sae(d, n1, n1 // 4, k, model_name="google/gemma-2-2b", hook_layer=1,
+def make_sae(d=32, n_base=64, k=3, **kwargs):
+    return hierarchical_sae(d, n_base, n_base // 4, k, model_name="google/gemma-2-2b", hook_layer=1,
                              context_size=64, **kwargs)
 
 
@@ -54,8 +55,8 @@ def test_reconstruction_uses_both_decoders():
 def test_lw2_schedule_equals_closed_form(step, fraction):
     lo, hi, T = 0.001, 0.12, 5000
     expected = lo + (hi - lo) * (1 - math.cos(math.pi * min(step, T) / T)) / 2
-    assert E.lw2_at(step, lo, hi, T) == pytest.approx(expected, abs=1e-12)
-    assert E.lw2_at(step, lo, hi, T) == pytest.approx(lo + (hi - lo) * fraction, abs=1e-12)
+    assert E.cosine_ramp(step, lo, hi, T) == pytest.approx(expected, abs=1e-12)
+    assert E.cosine_ramp(step, lo, hi, T) == pytest.approx(lo + (hi - lo) * fraction, abs=1e-12)
 
 
 def schedule(steps=12_000, **changes):
@@ -82,10 +83,10 @@ def test_schedule_lengths_are_the_fractions_of_the_run_they_say(steps):
     cfg = s.cfg
     assert s.total_steps == steps
     assert s.warmup == round(cfg.lr_warmup_fraction * steps)
-    assert s.lw2_ramp == round(cfg.lw2_ramp_fraction * steps)
+    assert s.weight_l1_concept_ramp == round(cfg.weight_l1_concept_ramp_fraction * steps)
     assert s.restart_period == round(cfg.lr_restart_period_fraction * steps)
-    assert s.lw2(s.lw2_ramp) == pytest.approx(cfg.lw2_max)  # the ramp completes inside the run
-    assert s.lw2_ramp < s.total_steps
+    assert s.weight_l1_concept_coef(s.weight_l1_concept_ramp) == pytest.approx(cfg.weight_l1_concept_max)  # the ramp completes inside the run
+    assert s.weight_l1_concept_ramp < s.total_steps
     assert s.lr_factor(s.warmup - 1) == pytest.approx(1.0)  # the warm-up ends where it says
     assert s.lr_factor(s.warmup - 2) < 1.0
 
@@ -102,19 +103,19 @@ def test_constant_and_single_cosine_schedules():
     ("dictionary_learning", lambda d, n: 0.1 / math.sqrt(d)),
 ])
 def test_init_standard_deviations_match_per_level(base_init, expected):
-    d, n1 = 256, 2048
-    sae = hierarchical_sae(d, n1, n1 // 4, 10, model_name="m", hook_layer=0, context_size=8,
+    d, n_base = 256, 2048
+    sae = hierarchical_sae(d, n_base, n_base // 4, 10, model_name="m", hook_layer=0, context_size=8,
                             base_init=base_init, init_scale_base=1.0, init_scale_concept=0.002)
-    assert sae.W_enc1.std().item() == pytest.approx(expected(d, n1), rel=0.02)
+    assert sae.W_enc1.std().item() == pytest.approx(expected(d, n_base), rel=0.02)
     assert sae.W_enc2.std().item() == pytest.approx(0.002, rel=0.02)
-    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(n1 + n1 // 4), atol=1e-5)
-    sae2 = hierarchical_sae(d, n1, n1 // 4, 10, model_name="m", hook_layer=0, context_size=8,
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(n_base + n_base // 4), atol=1e-5)
+    sae2 = hierarchical_sae(d, n_base, n_base // 4, 10, model_name="m", hook_layer=0, context_size=8,
                              base_init=base_init, init_scale_base=3.0, init_scale_concept=0.002)
-    assert sae2.W_enc1.std().item() == pytest.approx(3 * expected(d, n1), rel=0.02)
+    assert sae2.W_enc1.std().item() == pytest.approx(3 * expected(d, n_base), rel=0.02)
 
 
 def test_decoder_rows_stay_unit_norm_after_steps():
-    cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=128, training_tokens=128 * 20,
+    cfg = E.Config(n_base=64, concept_k=3, batch_size=128, training_tokens=128 * 20,
                    lr=1e-2, lr_warmup_fraction=1 / 20)
     sae = hierarchical_sae(32, 64, 16, 3, model_name="m", hook_layer=0, context_size=8,
                             init_scale_concept=0.5)
@@ -154,7 +155,7 @@ def test_baseline_variant_has_no_concept_level():
 @pytest.mark.parametrize("changes,fragment", [
     (dict(concept_k=600), "exceeds"),
     (dict(l1_base=-1.0), "must not be negative"),
-    (dict(d_sae_base=2050), "not divisible"),
+    (dict(n_base=2050), "not divisible"),
     (dict(batch_size=10**9), "exceeds training_tokens"),
     (dict(lr_schedule="linear"), "lr_schedule"),
 ])
@@ -189,9 +190,9 @@ def test_unknown_variant_is_refused():
 def test_loss_terms_equal_their_documented_formulas():
     """Config's comment block defines each term; the trainer computes exactly those. As written
     (AS_WRITTEN: L1 on TopK, no aids) the total is the idea's objective."""
-    cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=32, training_tokens=32 * 10,
+    cfg = E.Config(n_base=64, concept_k=3, batch_size=32, training_tokens=32 * 10,
                    matmul_dtype="float32", **E.AS_WRITTEN)
-    sae = make_sae(d=16, n1=64, k=3, init_scale_concept=0.5)
+    sae = make_sae(d=16, n_base=64, k=3, init_scale_concept=0.5)
     x = torch.randn(32, 16) * 2 + 1
     trainer = E.HierarchicalTrainer(sae, cfg, x)
     xs = x / trainer.input_scale
@@ -213,15 +214,15 @@ def test_loss_terms_equal_their_documented_formulas():
     }
     for name, value in expected.items():
         assert getattr(terms, name).item() == pytest.approx(value.item(), rel=1e-5), name
-    lw2 = E.lw2_at(7, cfg.lw2_min, cfg.lw2_max, trainer.schedule.lw2_ramp)
+    lw2 = E.cosine_ramp(7, cfg.weight_l1_concept_min, cfg.weight_l1_concept_max, trainer.schedule.weight_l1_concept_ramp)
     total = (expected["reconstruction"] + cfg.l1_base * expected["l1_base"]
-             + cfg.l1_concept * expected["l1_concept"] + cfg.lw_base * expected["weight_l1_base"]
+             + cfg.l1_concept * expected["l1_concept"] + cfg.weight_l1_base * expected["weight_l1_base"]
              + lw2 * expected["weight_l1_concept"])
     assert terms.total.item() == pytest.approx(total.item(), rel=1e-5)
     assert sum(weighted.values()).item() == pytest.approx(total.item(), rel=1e-5)
 
     # with the aids: no L1 on TopK, penalties warmed up, the concept-only reconstruction, AuxK
-    aided = E.Config(d_sae_base=64, concept_k=3, batch_size=32, training_tokens=32 * 10,
+    aided = E.Config(n_base=64, concept_k=3, batch_size=32, training_tokens=32 * 10,
                      matmul_dtype="float32", concept_penalty_warmup_fraction=2.0,
                      concept_recon_coef=0.1, auxk_alpha=1 / 32, auxk_k=4, auxk_dead_tokens=100)
     trainer = E.HierarchicalTrainer(sae, aided, x)
@@ -238,16 +239,16 @@ def test_loss_terms_equal_their_documented_formulas():
     error = (xs - x_hat).detach()
     auxk = (error - z_aux @ sae.W_dec2).pow(2).sum(-1).mean() / (error - error.mean(0)).pow(2).sum(-1).mean()
     assert terms.auxk.item() == pytest.approx(auxk.item(), rel=1e-4)
-    lw2 = E.lw2_at(7, aided.lw2_min, aided.lw2_max, trainer.schedule.lw2_ramp)
+    lw2 = E.cosine_ramp(7, aided.weight_l1_concept_min, aided.weight_l1_concept_max, trainer.schedule.weight_l1_concept_ramp)
     total = (expected["reconstruction"] + aided.l1_base * expected["l1_base"]
-             + aided.lw_base * expected["weight_l1_base"] + lw2 * warm * expected["weight_l1_concept"]
+             + aided.weight_l1_base * expected["weight_l1_base"] + lw2 * warm * expected["weight_l1_concept"]
              + 0.1 * concept_only + auxk / 32)
     assert terms.total.item() == pytest.approx(total.item(), rel=1e-5)
     assert weighted["l1_concept"] == 0  # the L1 on TopK is off (l1_on_topk=False)
 
 
 def test_trainer_state_round_trips_and_a_foreign_checkpoint_is_refused_clearly():
-    cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=128, training_tokens=128 * 20,
+    cfg = E.Config(n_base=64, concept_k=3, batch_size=128, training_tokens=128 * 20,
                    lr=1e-2, lr_warmup_fraction=1 / 20, matmul_dtype="float32")
 
     def trainer():
@@ -291,7 +292,7 @@ def test_batchtopk_concepts_average_k_over_the_batch_and_a_learnt_threshold_serv
     assert torch.equal(z2 > 0, pre >= kth)  # exactly the batch's largest
     torch.testing.assert_close(z2[z2 > 0], pre[z2 > 0])
 
-    cfg = E.Config(d_sae_base=64, concept_k=3, batch_size=200, training_tokens=200 * 5,
+    cfg = E.Config(n_base=64, concept_k=3, batch_size=200, training_tokens=200 * 5,
                    matmul_dtype="float32", concept_selection="batchtopk", concept_balance_rate=0.0,
                    concept_threshold_decay=0.5)
     trainer = E.HierarchicalTrainer(sae, cfg, x)
@@ -384,3 +385,21 @@ def test_parent_gated_base_latents_fire_only_with_the_concept_that_reads_them_mo
     assert torch.equal(out.z2_indices, free.z2_indices)  # the concepts read the ungated base level
     assert (free.z1 > 0).sum() > (out.z1 > 0).sum() > 0
     torch.testing.assert_close(out.x_hat, out.z1 @ sae.W_dec1 + sae.b_dec + out.x_hat_concept)
+
+
+def test_an_sae_saved_under_the_old_config_names_loads(tmp_path):
+    from sae_harness.records.run_directory import RENAMED_CONFIG_FIELDS
+    from sae_harness.training.sae_files import STATE_DESCRIPTION
+
+    sae = make_sae(init_scale_concept=1.0)
+    sae.save(tmp_path / "sae", {})
+    path = tmp_path / "sae" / STATE_DESCRIPTION
+    description = json.loads(path.read_text())
+    cfg = description["constructor_args"]["cfg"]
+    for old, new in RENAMED_CONFIG_FIELDS.items():
+        cfg[old] = cfg.pop(new)  # as saved before the rename
+    path.write_text(json.dumps(description))
+    loaded = E.HierarchicalSAE.load(tmp_path / "sae")
+    assert loaded.cfg == sae.cfg
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(loaded(x), sae(x))

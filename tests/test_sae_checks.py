@@ -11,7 +11,7 @@ from sae_harness.errors import ConfigurationError
 from sae_harness.training.sae_checks import check_sae
 from sae_harness.training.sae_kernels import centred_encoder, kernel_mode
 
-CFG = E.Config(d_sae_base=256, concept_k=4, init_scale_concept=0.5)
+CFG = E.Config(n_base=256, concept_k=4, init_scale_concept=0.5)
 
 
 def scaled_batch(d=32):

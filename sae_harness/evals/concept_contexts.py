@@ -6,7 +6,7 @@
 `top_activations` keeps, for every base latent (z1) and every concept latent (z2), the k
 held-out rows on which it is largest, in one pass over the activations in batches: each batch's
 values are stacked under the running top-k and the top-k of the stack is kept (a concept's
-values come from its TopK slots, scattered into a dense (B, n2) block; an empty slot is 0).
+values come from its TopK slots, scattered into a dense (B, n_concept) block; an empty slot is 0).
 Rows where a latent is 0 are not contexts of it (their value is 0 and they are dropped later).
 
 Concept coherence asks whether the base latents a concept reads (its top-m by |W_enc2|) fire on
@@ -39,17 +39,17 @@ class TopActivations(NamedTuple):
     """The k largest held-out values of each latent and the rows they occur on (descending)."""
 
     base_values: torch.Tensor
-    """(k, n1) float32, 0 where the latent fired on fewer than k rows."""
+    """(k, n_base) float32, 0 where the latent fired on fewer than k rows."""
     base_rows: torch.Tensor
-    """(k, n1) long held-out row of each value."""
+    """(k, n_base) long held-out row of each value."""
     concept_values: torch.Tensor
-    """(k, n2)"""
+    """(k, n_concept)"""
     concept_rows: torch.Tensor
-    """(k, n2)"""
+    """(k, n_concept)"""
     base_firings: torch.Tensor
-    """(n1,) long: rows on which each base latent is > 0."""
+    """(n_base,) long: rows on which each base latent is > 0."""
     concept_firings: torch.Tensor
-    """(n2,) long: rows on which each concept latent is > 0."""
+    """(n_concept,) long: rows on which each concept latent is > 0."""
     tokens: int
 
 
@@ -66,22 +66,22 @@ def _merge(values: torch.Tensor, rows: torch.Tensor, new_values: torch.Tensor, f
 def top_activations(sae, activations: torch.Tensor, k: int = 10, batch_size: int = 4096
                     ) -> TopActivations:
     """Per latent, its k largest values on `activations` (raw scale, (T, d)) and their rows."""
-    n1, n2 = sae.n_base, sae.n_concept
-    base_values, base_rows = torch.zeros(0, n1), torch.zeros(0, n1, dtype=torch.long)
-    concept_values, concept_rows = torch.zeros(0, n2), torch.zeros(0, n2, dtype=torch.long)
-    base_firings = torch.zeros(n1, dtype=torch.long)
-    concept_firings = torch.zeros(n2, dtype=torch.long)
+    n_base, n_concept = sae.n_base, sae.n_concept
+    base_values, base_rows = torch.zeros(0, n_base), torch.zeros(0, n_base, dtype=torch.long)
+    concept_values, concept_rows = torch.zeros(0, n_concept), torch.zeros(0, n_concept, dtype=torch.long)
+    base_firings = torch.zeros(n_base, dtype=torch.long)
+    concept_firings = torch.zeros(n_concept, dtype=torch.long)
     start = 0
     for chunk in activations.split(batch_size):
         out = sae.forward_levels(chunk.to(sae.device, sae.dtype))
         z1 = out.z1.float().cpu()
-        z2 = torch.zeros(len(chunk), n2)
-        if n2:
+        z2 = torch.zeros(len(chunk), n_concept)
+        if n_concept:
             z2.scatter_add_(1, out.z2_indices.long().cpu(), out.z2_values.float().cpu().clamp_min(0))
         base_firings += (z1 > 0).sum(0)
         concept_firings += (z2 > 0).sum(0)
         base_values, base_rows = _merge(base_values, base_rows, z1, start, k)
-        if n2:
+        if n_concept:
             concept_values, concept_rows = _merge(concept_values, concept_rows, z2, start, k)
         start += len(chunk)
     return TopActivations(base_values, base_rows, concept_values, concept_rows, base_firings,

@@ -38,13 +38,13 @@ from sae_harness.evals.hierarchy import MIN_FIRINGS
 from sae_harness.evals.weights import strongest_base_latents
 from sae_harness.records.frontier import vs_baseline_summary
 from sae_harness.data.heldout_tokens import HeldoutTokens
-from sae_harness.records.run_directory import read_json
+from sae_harness.records.run_directory import read_config_json, read_json
 
 PAGE = "concepts.html"
 TOP_M = 5
 """Base latents shown per concept (evals/hierarchy.py's top_m)."""
 HUB_FACTOR = 5.0
-"""A base latent read by this many times the concepts chance gives it (C m / n1) is a hub."""
+"""A base latent read by this many times the concepts chance gives it (C m / n_base) is a hub."""
 WINDOW = (10, 4)
 """Tokens shown before and after the firing token in a context."""
 DENSE_RATE = 0.5
@@ -84,7 +84,7 @@ def concept_page_data(run_dir: Path, sae, top: TopActivations, tokens: HeldoutTo
     text; `coherence` maps concept -> concept_coherence's row (absent: not measured)."""
     run_dir = Path(run_dir)
     info = read_json(run_dir / "final_info.json") if (run_dir / "final_info.json").is_file() else {}
-    config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    config = read_config_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     hierarchy_file = run_dir / "hierarchy.json"
     rows = {row["concept"]: row for row in read_json(hierarchy_file)["concepts"]} \
         if hierarchy_file.is_file() else {}
@@ -112,8 +112,8 @@ def concept_page_data(run_dir: Path, sae, top: TopActivations, tokens: HeldoutTo
             "null_coherence": _number(coherence.get(c, {}).get("null_coherence")),
             "shares_no_top_token": coherence.get(c, {}).get("shares_no_top_token"),
             "contexts": _contexts(top.concept_values, top.concept_rows, c)})
-    n1 = sae.n_base
-    chance = len(alive) * TOP_M / max(n1, 1)
+    n_base = sae.n_base
+    chance = len(alive) * TOP_M / max(n_base, 1)
     hub_threshold = max(3, math.ceil(HUB_FACTOR * chance))
     base = {str(b): {"firings": int(top.base_firings[b]),
                      "rate": _number(top.base_firings[b].item() / max(top.tokens, 1), 6),
@@ -133,8 +133,8 @@ def concept_page_data(run_dir: Path, sae, top: TopActivations, tokens: HeldoutTo
         warnings.append(f"{len(dense)} concepts fire on more than {DENSE_RATE:.0%} of the tokens "
                         f"(dense): {', '.join(map(str, dense[:10]))}{' ...' if len(dense) > 10 else ''}")
     alive_base = int((top.base_firings > 0).sum())
-    if alive_base < 0.5 * n1:
-        warnings.append(f"only {alive_base} of {n1} base latents fire on the held-out tokens")
+    if alive_base < 0.5 * n_base:
+        warnings.append(f"only {alive_base} of {n_base} base latents fire on the held-out tokens")
     hubs = sorted((b for b in base if base[b]["hub"]), key=lambda b: -len(base[b]["readers"]))
     if hubs:
         warnings.append(f"{len(hubs)} hub base latents (read by >= {hub_threshold} concepts): "
@@ -149,7 +149,7 @@ def concept_page_data(run_dir: Path, sae, top: TopActivations, tokens: HeldoutTo
         "model": f"{config.get('preset', {}).get('model_name', '?')} layer "
                  f"{config.get('preset', {}).get('hook_layer', '?')}",
         "headline": headline, "vs_baseline": vs_baseline_summary(info),
-        "warnings": warnings, "n_base": n1, "n_concept": sae.n_concept,
+        "warnings": warnings, "n_base": n_base, "n_concept": sae.n_concept,
         "alive_base": alive_base, "tokens": top.tokens, "min_firings": MIN_FIRINGS,
         "hub_threshold": hub_threshold, "window": list(WINDOW), "concepts": concepts, "base": base,
         "vocab": [token_text(t) for t in used],

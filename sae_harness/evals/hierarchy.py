@@ -38,8 +38,8 @@ them; `n_null` independent draws, averaged (their spread is in the details). Pai
 averaged over all (alive concept, base latent) pairs, leakage over alive concepts.
 
 Efficiency: concept firings are sparse (k per token), so co-firing counts are gathered only at
-concept firings, O(T (n1 + k m (1 + n_null))) per pass, instead of a dense (n2 x n1) product of
-the binary matrices, O(T n1 n2); the sibling counts are (m x m) products per concept and
+concept firings, O(T (n_base + k m (1 + n_null))) per pass, instead of a dense (n_concept x n_base) product of
+the binary matrices, O(T n_base n_concept); the sibling counts are (m x m) products per concept and
 group, O(T C (1 + n_null) m^2). Two passes over the activations (firing counts, which decide
 which latents are alive and so the null, then co-firing counts), in batches.
 
@@ -134,9 +134,9 @@ class CoFiringCounter:
     """Counts, over batches of tokens, how often each concept fires together with its partners.
 
     `partners` (C, G, m) lists for each of C concepts G groups of m base latents (group 0: its
-    top-m, groups 1..: null draws); `base_firings` (n1,) is how often each base latent fires on
+    top-m, groups 1..: null draws); `base_firings` (n_base,) is how often each base latent fires on
     the same tokens (counted once, in the first pass). Per batch, `add` takes the base latents'
-    firing (B, n1) and the concept firings as (token, row) pairs, row indexing the C concepts.
+    firing (B, n_base) and the concept firings as (token, row) pairs, row indexing the C concepts.
     """
 
     def __init__(self, partners: torch.Tensor, base_firings: torch.Tensor):
@@ -153,7 +153,7 @@ class CoFiringCounter:
         """Tokens on which base latents i and j of a group both fire (any token, concept or not)."""
 
     def add(self, base_fires: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor) -> None:
-        """base_fires (B, n1) bool; concept firings as token ids (F,) and concept rows (F,)."""
+        """base_fires (B, n_base) bool; concept firings as token ids (F,) and concept rows (F,)."""
         self.tokens += len(base_fires)
         self.concept_firings += torch.bincount(rows, minlength=len(self.concept_firings))
         co = base_fires[tokens[:, None, None], self.partners[rows]]  # (F, G, m) bool
@@ -193,7 +193,7 @@ class CoFiringCounter:
 def pairwise_firing_information(concept_fires: torch.Tensor, base_fires: torch.Tensor,
                                 base_ids: torch.Tensor) -> PairInformation:
     """Figures for each concept (column of concept_fires, (T, C) bool) against the m base
-    latents in its row of base_ids (C, m), from base_fires (T, n1) bool."""
+    latents in its row of base_ids (C, m), from base_fires (T, n_base) bool."""
     if concept_fires.shape[0] != base_fires.shape[0]:
         raise ValueError(f"{concept_fires.shape[0]} concept rows but "
                          f"{base_fires.shape[0]} base rows")
@@ -209,7 +209,7 @@ def pairwise_firing_information(concept_fires: torch.Tensor, base_fires: torch.T
 # =============================================================================================
 @torch.no_grad()
 def _firings(sae, activations: torch.Tensor, batch_size: int):
-    """Per batch: base firing (B, n1) bool, and the concept firings as (token, concept) ids."""
+    """Per batch: base firing (B, n_base) bool, and the concept firings as (token, concept) ids."""
     for chunk in activations.split(batch_size):
         out = sae.forward_levels(chunk.to(sae.device, sae.dtype))
         tokens, slots = (out.z2_values > 0).nonzero(as_tuple=True)

@@ -8,7 +8,7 @@ W_dec1, W_enc2, b_enc2, W_dec2, b_dec), says which of its tensors are in input u
 `forward_levels(x) -> SAEOutput`. This class adds:
 
 * SAE-Bench's custom-SAE interface (sae_bench.custom_saes.base_sae.BaseSAE's attributes):
-  `encode` -> concat[z1, z2] (n1 + n2 latents), `decode`, `W_dec` = concat[W_dec1, W_dec2],
+  `encode` -> concat[z1, z2] (n_base + n_concept latents), `decode`, `W_dec` = concat[W_dec1, W_dec2],
   `W_enc` (for concepts W_enc1 @ W_enc2, the linear part of the path from the input to a concept;
   SAE-Bench uses it only for diagnostics), `b_enc`, `cfg`, `dtype`, `device`. Which model and
   hook the SAE reads (`cfg`) is stamped by the harness (`stamp_identity`), not by the SAE;
@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.records.run_directory import current_config_names
 from sae_harness.training.sae_files import load_sae_files, save_sae_files
 
 
@@ -140,7 +141,7 @@ class TwoLevelSAE(nn.Module):
             raise ConfigurationError(f"{directory} holds a {name}, not a {cls.__name__}")
         config_class = typing.get_type_hints(cls.__init__)["cfg"]
         try:
-            cfg = config_class(**args["cfg"])
+            cfg = config_class(**current_config_names(args["cfg"]))
         except TypeError as error:
             raise DataError(f"{directory} was saved with a Config that experiment.py's no longer "
                             f"accepts ({error}); load it with the experiment.py that trained it") from error
@@ -166,7 +167,7 @@ def with_level_silenced(sae: TwoLevelSAE, level: str | None) -> TwoLevelSAE:
 
 
 def concept_latents(out, n_concept: int) -> torch.Tensor:
-    """The (B, n2) concept latents of an SAEOutput: its z2_values (B, m) at z2_indices (B, m),
+    """The (B, n_concept) concept latents of an SAEOutput: its z2_values (B, m) at z2_indices (B, m),
     any m; empty slots hold 0 (a BatchTopK level pads so), so slots are added, not assigned."""
     z1 = out.z1
     dense = torch.zeros(len(z1), n_concept, dtype=out.z2_values.dtype, device=z1.device)

@@ -4,12 +4,12 @@ concept's decoder direction relates to the decoders of the base latents it reads
     means, details = weight_analysis(sae)
 
 `means` is the flat `weights` group of final_info.json; `details` is weights.json. Definitions
-(W_enc2 is the (n1, n2) concept-to-base connectivity; column c holds the weights concept c puts
+(W_enc2 is the (n_base, n_concept) concept-to-base connectivity; column c holds the weights concept c puts
 on the base latents):
 
-- Norms. Base level: encoder columns of W_enc1 (d, n1), decoder rows of W_dec1 (n1, d). Concept
+- Norms. Base level: encoder columns of W_enc1 (d, n_base), decoder rows of W_dec1 (n_base, d). Concept
   level: encoder columns of W_enc2 (which live in base-latent space, not input space), decoder
-  rows of W_dec2 (n2, d). Statistics over latents: mean, std (population), min, max.
+  rows of W_dec2 (n_concept, d). Statistics over latents: mean, std (population), min, max.
 - Sparsity of W_enc2. Absolute: the fraction of all entries with |w| < t, on the float32
   weights as trained (folding the input scale into the saved SAE changes the biases only, so
   W_enc2 is in the units the trainer used). Relative: the fraction of entries with
@@ -62,7 +62,7 @@ RELATIVE_ENTRY_THRESHOLD = 0.01
 
 
 def strongest_base_latents(W_enc2: torch.Tensor, m: int) -> torch.Tensor:
-    """(n2, m) ids of each concept's m base latents with the largest |W_enc2[:, c]|, descending."""
+    """(n_concept, m) ids of each concept's m base latents with the largest |W_enc2[:, c]|, descending."""
     return W_enc2.detach().abs().topk(min(m, W_enc2.shape[0]), dim=0).indices.T.contiguous()
 
 
@@ -152,7 +152,7 @@ def _column_chunks(n_columns: int, chunk: int):
 def _connectivity_sparsity(W: torch.Tensor, bins: int, chunk: int = 512
                            ) -> tuple[dict, dict[str, float]]:
     """Absolute and relative threshold fractions, effective counts, entries above 1% of max;
-    per concept column, `chunk` columns at a time, so memory stays at a few n1 * chunk."""
+    per concept column, `chunk` columns at a time, so memory stays at a few n_base * chunk."""
     n_base, n_concept = W.shape
     below_abs = {name: 0 for name in THRESHOLDS}
     below_rel = {name: 0 for name in THRESHOLDS}
@@ -206,7 +206,7 @@ def _decoder_cosines(W: torch.Tensor, W_dec1: torch.Tensor, W_dec2: torch.Tensor
                      seed: int, chunk: int = 512) -> dict:
     """Cosine of each concept decoder with its top-m base decoders and with random ones."""
     n_base, n_concept = W.shape
-    top = strongest_base_latents(W, top_m)  # (n2, m), on W's device
+    top = strongest_base_latents(W, top_m)  # (n_concept, m), on W's device
     m = top.shape[1]
     null_m = min(m, n_base - m)
     random_ids = (sample_excluding(torch.arange(n_base), top.cpu(), null_m,
@@ -219,9 +219,9 @@ def _decoder_cosines(W: torch.Tensor, W_dec1: torch.Tensor, W_dec2: torch.Tensor
         if random_ids is not None:
             cos_random.append(torch.einsum("cmd,cd->cm", dec1[random_ids[rows]], dec2[rows])
                               .double().mean(1))
-    cos_top = torch.cat(cos_top).cpu()  # (n2, m)
-    random_mean = torch.cat(cos_random).cpu() if random_ids is not None else None  # (n2,)
-    weights = W.gather(0, top.T).T.cpu()  # (n2, m) signed weights in top order
+    cos_top = torch.cat(cos_top).cpu()  # (n_concept, m)
+    random_mean = torch.cat(cos_random).cpu() if random_ids is not None else None  # (n_concept,)
+    weights = W.gather(0, top.T).T.cpu()  # (n_concept, m) signed weights in top order
     top = top.cpu()
     return {
         "top_m": m, "null_m": null_m, "top1_mean": cos_top[:, 0].mean().item(),

@@ -3,7 +3,7 @@
 A run's SAE is degenerate, and its other numbers mean nothing, when
 
 * it trained for 0 steps;
-* its base level fires nothing (L0 = 0) or more than half of its n1 latents (L0 > n1/2);
+* its base level fires nothing (L0 = 0) or more than half of its n_base latents (L0 > n_base/2);
 * it explains less variance than the mean does (explained variance < 0), on our held-out
   tokens (group `training`) or in SAE-Bench's core eval (group `core`);
 * every sparse probe on its latents is at chance: `sae_test_accuracy` and every
@@ -162,7 +162,7 @@ class RunFacts(NamedTuple):
 
     means: dict[str, dict[str, float]]
     base_width: int | None
-    """n1 (d_sae_base)."""
+    """n_base (n_base)."""
     has_concept_level: bool | None
     training_note: str | None
     """How the training record reads, when it is not this harness's (the seeded template's)."""
@@ -182,7 +182,7 @@ def read_run_facts(final_info: dict, config: dict | None = None) -> RunFacts:
     means = group_means(final_info)
     cfg = (config or {}).get("config") if isinstance(config, dict) else None
     cfg = cfg or {}
-    width = next((int(c) for c in (cfg.get("d_sae_base"), means.get("training", {}).get("d_sae_base"))
+    width = next((int(c) for c in (cfg.get("n_base"), means.get("training", {}).get("n_base"))
                   if finite_number(c)), None)
     concept = cfg["concept_k"] > 0 if finite_number(cfg.get("concept_k")) is not None else None
     trained = (config or {}).get("preset", {}).get("hook_layer") if isinstance(config, dict) else None
@@ -232,17 +232,17 @@ def _check_training_steps(facts: RunFacts, reasons: list[str], unchecked: list[s
 
 def _check_base_l0(facts: RunFacts, reasons: list[str], unchecked: list[str]) -> None:
     training, core = facts.means.get("training", {}), facts.means.get("core", {})
-    n1 = facts.base_width
+    n_base = facts.base_width
     l0_base, source = training.get("l0_base"), "held-out tokens"
     if l0_base is None and facts.has_concept_level is False:
         l0_base, source = core.get("l0"), "SAE-Bench core"  # a vanilla SAE: core L0 is the base L0
     if l0_base is not None:
         if l0_base == 0:
             reasons.append(f"base L0 is 0 on {source}: no base latent fires")
-        elif n1 is None:
-            unchecked.append(f"base L0 {l0_base:.1f} not compared with n1/2: n1 (d_sae_base) unknown")
-        elif l0_base > n1 / 2:
-            reasons.append(f"base L0 {l0_base:.1f} exceeds n1/2 = {n1 / 2:g} (n1 = {n1}) on {source}")
+        elif n_base is None:
+            unchecked.append(f"base L0 {l0_base:.1f} not compared with n_base/2: n_base (n_base) unknown")
+        elif l0_base > n_base / 2:
+            reasons.append(f"base L0 {l0_base:.1f} exceeds n_base/2 = {n_base / 2:g} (n_base = {n_base}) on {source}")
     elif core.get("l0") == 0:
         reasons.append("L0 is 0 in SAE-Bench core: no latent fires")
     else:
@@ -311,6 +311,6 @@ def degeneracy_reasons(final_info: dict, config: dict | None = None) -> list[str
     """Why the run's SAE is degenerate (DESIGN 7), or [] when no check fails.
 
     `final_info` is final_info.json in our shape or the legacy flat one; `config` is the run's
-    config.json (its config.d_sae_base gives n1 for the L0 > n1/2 check), or None.
+    config.json (its config.n_base gives n_base for the L0 > n_base/2 check), or None.
     """
     return check_degeneracy(final_info, config).reasons

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from sae_harness.records.numbers import finite_number
 from sae_harness.records.schemas import FrontierOutput, VsBaselineExtra, validated
-from sae_harness.records.run_directory import BASELINE_RUN, baseline_run_dir, read_json
+from sae_harness.records.run_directory import BASELINE_RUN, baseline_run_dir, read_config_json, read_json
 
 FRONTIER_FILE = "frontier.json"
 FRONTIER_FORMAT = 1
@@ -140,7 +140,7 @@ def compare_with_frontier(final_info: dict, frontier: dict) -> tuple[dict[str, f
 def record_vs_baseline(directory) -> list[str]:
     """Write (or replace) a finished run's `vs_baseline` group from run_0/frontier.json, or
     record in run_status.json why there is none; returns the lines to print."""
-    frontier, why = read_frontier(directory.path, read_json(directory.file("config.json")))
+    frontier, why = read_frontier(directory.path, read_config_json(directory.file("config.json")))
     if frontier is not None:
         try:
             means, extra = compare_with_frontier(directory.final_info(), frontier)

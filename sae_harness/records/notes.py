@@ -72,7 +72,7 @@ DEFAULT_HEADER = (
     "penalty\n"
     "# Experiment description: We train a two-level hierarchical sparse autoencoder on a language "
     "model's residual stream (Gemma-2-2B layer 12, or Gemma-3-270M layer 6 offline): a ReLU base "
-    "level with n1 latents and a TopK concept level with n1/4 latents that reads the base latents; "
+    "level with n_base latents and a TopK concept level with n_base/4 latents that reads the base latents; "
     "both decode into the reconstruction. An L1 penalty on the concept-to-base weights W_enc2 rises "
     "along a cosine ramp so that each concept comes to use few base latents, and the learning rate "
     "follows a warm-up and a cosine schedule with warm restarts. We compare a vanilla ReLU SAE "
@@ -174,7 +174,7 @@ def _description(record: RunRecord, previous_dir: Path | None) -> str:
         cfg = record.config.get("config") or {}
         where = f" on {preset.get('model_name', '?')} layer {preset.get('hook_layer', '?')} " \
                 f"({preset.get('name', '?')} preset)" if preset else ""
-        width = f", n1 = {cfg['d_sae_base']}" if "d_sae_base" in cfg else ""
+        width = f", n_base = {cfg['n_base']}" if "n_base" in cfg else ""
         concepts = (f", concept level with k = {cfg['concept_k']}" if cfg.get("concept_k")
                     else ", no concept level" if "concept_k" in cfg else "")
         parts[0] += where + width + concepts

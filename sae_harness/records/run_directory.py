@@ -110,6 +110,28 @@ def read_json(path: Path) -> Any:
         return json.load(handle)
 
 
+RENAMED_CONFIG_FIELDS = {"d_sae_base": "n_base", "lw_base": "weight_l1_base",
+                         "lw2_min": "weight_l1_concept_min", "lw2_max": "weight_l1_concept_max",
+                         "lw2_ramp_fraction": "weight_l1_concept_ramp_fraction"}
+"""Config fields renamed since runs were recorded (old name -> new): every reader of a recorded
+configuration (config.json, a saved SAE's cfg, a checkpoint) sees the new names."""
+RENAMED_LOG_KEYS = {"lw2": "weight_l1_concept_coef"}
+"""training_log.jsonl keys renamed since runs were recorded (old name -> new)."""
+
+
+def current_config_names(cfg: dict) -> dict:
+    """A recorded configuration with today's field names (RENAMED_CONFIG_FIELDS)."""
+    return {RENAMED_CONFIG_FIELDS.get(name, name): value for name, value in cfg.items()}
+
+
+def read_config_json(path: Path) -> dict:
+    """A run's config.json, its `config` under today's field names."""
+    record = read_json(path)
+    if isinstance(record, dict) and isinstance(record.get("config"), dict):
+        record["config"] = current_config_names(record["config"])
+    return record
+
+
 def json_round_trip(obj):
     """`obj` as it reads back from JSON (tuples become lists), for comparing configurations."""
     return json.loads(json.dumps(obj))
@@ -133,7 +155,7 @@ def holds_finished_run(folder: Path, groups: tuple[str, ...], cfg=None) -> bool:
         return False
     from dataclasses import asdict
 
-    recorded = read_json(config)["config"]
+    recorded = read_config_json(config)["config"]
     wanted, defaults = json_round_trip(asdict(cfg)), json_round_trip(asdict(type(cfg)()))
     return set(recorded) <= set(wanted) and all(recorded.get(name, defaults[name]) == value
                                                  for name, value in wanted.items())
@@ -239,7 +261,7 @@ class RunDirectory:
     def previous_config(self) -> dict | None:
         """The configuration an earlier, unfinished attempt in this folder ran with."""
         try:
-            return read_json(self.file(CONFIG))["config"]
+            return read_config_json(self.file(CONFIG))["config"]
         except (OSError, ValueError, KeyError):
             return None
 
@@ -285,8 +307,10 @@ class TrainingLog:
 
 
 def read_training_log(path: Path) -> list[dict]:
+    """training_log.jsonl's lines, under today's key names (RENAMED_LOG_KEYS)."""
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        return [{RENAMED_LOG_KEYS.get(k, k): v for k, v in json.loads(line).items()}
+                for line in handle if line.strip()]
 
 
 # =============================================================================================
@@ -417,6 +441,8 @@ def load_run(run_dir: Path) -> RunRecord:
     if not isinstance(config, dict):
         missing.append(CONFIG)
         config = None
+    elif isinstance(config.get("config"), dict):
+        config["config"] = current_config_names(config["config"])
     status = _read_json(run_dir / STATUS)
     if not isinstance(status, dict):
         missing.append(STATUS)

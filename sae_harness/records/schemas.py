@@ -54,7 +54,7 @@ class PerConcept(Schema):
 
 
 class ConceptConnectivity(Schema):
-    """Sparsity of W_enc2 (n1, n2): how many base latents each concept reads."""
+    """Sparsity of W_enc2 (n_base, n_concept): how many base latents each concept reads."""
 
     frac_abs_below: dict[str, float] = Field(description="fraction of entries with |w| < t")
     frac_rel_below: dict[str, float] = Field(description="fraction with |w| < t * its column's max")

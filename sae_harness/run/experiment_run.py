@@ -51,7 +51,7 @@ from sae_harness.hardware.precision import Precision, precision_for_run
 from sae_harness.data.preflight import preflight
 from sae_harness.data.presets import RunEnvironment
 from sae_harness.run.provenance import provenance
-from sae_harness.records.run_directory import CHECKPOINT, CONFIG, NOTEBOOK, RunDirectory, json_round_trip, read_json
+from sae_harness.records.run_directory import CHECKPOINT, CONFIG, NOTEBOOK, RunDirectory, json_round_trip, read_json, read_config_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,7 +132,7 @@ class ExperimentRun:
         self.location = locate_model(self.preset, env.cache_dir)
         self.phases["model_conversion"] = self.location.seconds
         self.precision = precision_for_run(self.preset, model_dimensions(self.location), env.precision,
-                                           cfg.matmul_dtype, cfg.batch_size, cfg.d_sae_base,
+                                           cfg.matmul_dtype, cfg.batch_size, cfg.n_base,
                                            earlier, env.cache_dir)
         self.preset = replace(self.preset, model_dtype=self.precision.model_dtype)
         self._write_config(self.precision)
@@ -285,7 +285,7 @@ class ExperimentRun:
         self.phases.update(outcome.done)
 
         # DESIGN 7: flag a degenerate SAE in final_info.json, on stdout and in notes.txt
-        reasons = degeneracy_reasons(directory.final_info(), read_json(directory.file(CONFIG)))
+        reasons = degeneracy_reasons(directory.final_info(), read_config_json(directory.file(CONFIG)))
         training = directory.final_info()["training"]
         directory.set_group("training", {**training["means"], "degenerate": float(bool(reasons))},
                             degenerate_reasons=reasons)

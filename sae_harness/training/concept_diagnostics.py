@@ -10,7 +10,7 @@ Logged beside the loss terms (training_log.jsonl), drawn by plot.py:
   and no gradient reaches it through the reconstruction.
 * concept_bias_mean: the mean of b_enc2.
 * concept_latents_in_batch: distinct concept latents that fired (value > 0) on the batch, out
-  of n2 (a level that fills TopK with the same few latents has collapsed).
+  of n_concept (a level that fills TopK with the same few latents has collapsed).
 * grad_share_<term>: each weighted loss term's share of the gradient on the concept encoder
   (W_enc2, b_enc2): <g_term, g_total> / |g_total|^2. The shares sum to 1; a term with a share
   above 1 is pushing harder than the total moves, one below 0 pulls against it. Whichever term

@@ -1,17 +1,17 @@
 """Exact, faster forms of the SAE's matmuls: what the gradient needs, and no more.
 
-The hierarchical SAE's step is dominated by five dense (B x n1)-sized matmuls and their
+The hierarchical SAE's step is dominated by five dense (B x n_base)-sized matmuls and their
 gradients. Three facts make most of that work unnecessary, without changing what is computed
 (up to the order of floating-point sums):
 
 * The decoder bias b_dec enters the encoder as (x - b_dec) W_enc1. Autograd would get its
-  gradient through a (B x n1) @ (n1 x d) product (the gradient of the centred input); it is
+  gradient through a (B x n_base) @ (n_base x d) product (the gradient of the centred input); it is
   -sum_rows(g) @ W_enc1^T, one vector-matrix product (`centred_encoder`).
 * The base level is a ReLU: after warm-up only a few percent of z1 is nonzero (L0 60-170 of
   2048). Its decoder z1 W_dec1 and the concept encoder z1 W_enc2 then cost nnz(z1) rows each
   as gathered sums (`latent_matmul`, torch's embedding_bag), and their gradients likewise.
-* TopK keeps k of the n2 concept pre-activations per token: the gradient reaches W_enc2, b_enc2
-  and z1 only through those k entries (`selected_preactivations`), k/n2 of the dense work.
+* TopK keeps k of the n_concept concept pre-activations per token: the gradient reaches W_enc2, b_enc2
+  and z1 only through those k entries (`selected_preactivations`), k/n_concept of the dense work.
   W_enc2's gradient takes the cheapest of three forms: the selected entries' z1 rows (TopK's
   10 a token), z1's support (sparse z1), or one matmul over the columns that get any gradient
   (AuxK's entries over the dead latents, which fill those columns).

@@ -35,7 +35,8 @@ from tqdm import tqdm
 from sae_harness.hardware import distributed
 from sae_harness.training.checkpoint import Checkpoint, GracefulStop, TrainingInterrupted
 from sae_harness.errors import ConfigurationError, HarnessError
-from sae_harness.records.run_directory import CHECKPOINT, TRAINING_LOG, RunDirectory, TrainingLog
+from sae_harness.records.run_directory import (CHECKPOINT, TRAINING_LOG, RunDirectory, TrainingLog,
+                                               current_config_names)
 
 
 class TrainerState:
@@ -93,7 +94,7 @@ class TrainingSession:
         self.start_step, self.seconds_before = 0, 0.0
         state = self.checkpoint.load()
         if state is not None:
-            if state["config"] != asdict(cfg):
+            if current_config_names(state["config"]) != asdict(cfg):
                 raise ConfigurationError(
                     f"{run.path} holds an unfinished run with another configuration; use a new "
                     "--out_dir or set EXPERIMENT_OVERWRITE=1 to start it over")
