@@ -11,6 +11,9 @@ list (tests/test_layering.py fails on an arrow back up or a cycle):
         degeneracy.py       DESIGN 7's checks: is a run's SAE degenerate?
         frontier.py         the baseline frontier (ReLU, SAE-Lens TopK, Matryoshka) and vs_baseline
         notes.py            the lab notebook notes.txt
+        study_table.py      the study table and its headline metrics (plot.py, notes, README)
+        cache_keys.py       how every cache names an entry: a digest of what it was computed from
+        numbers.py          finite_number: the one test of "a number a record can hold"
     hardware/             the machine
         machine.py          the CPU's name and native-bf16 flags
         precision.py        bf16 or fp32, for the model and the SAE: measured per machine
