@@ -28,3 +28,12 @@ def test_the_notebook_and_run_folders_a_run_writes_do_not_mark_the_code_modified
     (tmp_path / "experiment.py").write_text("edited\n")
     state = git_state(tmp_path)
     assert state["dirty"] is True and state["changed"] == ["experiment.py"]
+
+
+def test_a_run_reads_the_git_state_of_the_whole_checkout():
+    from conftest import REPO
+    from sae_harness.run import experiment_run
+
+    # the folder whose edits a run records: the checkout (experiment.py is what the coder edits),
+    # not the package folder the module sits in
+    assert experiment_run.REPO == REPO and (experiment_run.REPO / "experiment.py").is_file()

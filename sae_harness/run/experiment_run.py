@@ -53,7 +53,7 @@ from sae_harness.data.presets import RunEnvironment
 from sae_harness.run.provenance import provenance
 from sae_harness.records.run_directory import CHECKPOINT, CONFIG, NOTEBOOK, RunDirectory, json_round_trip, read_json, read_config_json
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: experiment.py, sae_harness/, scripts/
 
 
 def peak_memory_gb() -> float:
