@@ -56,6 +56,7 @@ def run_on_the_tiny_fixture(run, description, argv=None, environment=None, overr
 
 
 command_line.run_command = run_on_the_tiny_fixture
+Path(os.environ["LAUNCHER_TEST_HARNESS"]).write_text(command_line.__file__)  # which copy ran
 '''
 
 CODER_PLAN = "## Run 1: tuned cosine, the default\nPlan: train the idea as it stands.\n"
@@ -108,7 +109,10 @@ def loop(tiny_gemma2, tmp_path_factory):
     plain = {k: v for k, v in os.environ.items()
              if not k.startswith("EXPERIMENT_") and k not in ("PYTHONPATH", "SAE_HARNESS_TEST_FIXTURES")}
     plain.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env = {**plain, "PYTHONPATH": os.pathsep.join([str(site), str(folder / "tests")]),
+    # the sitecustomize imports the harness before the script's folder joins sys.path, so the
+    # copy's folder is named first: the run uses the copy's harness, as the launcher's would
+    env = {**plain, "PYTHONPATH": os.pathsep.join([str(site), str(folder), str(folder / "tests")]),
+           "LAUNCHER_TEST_HARNESS": str(root / "harness_used.txt"),
            "SAE_HARNESS_TEST_FIXTURES": str(FIXTURES), "LAUNCHER_TEST_CACHE": str(root / "cache"),
            "LAUNCHER_TEST_SIZES": json.dumps(TINY)}
     record = {"folder": folder, "top_level_before": sorted(p.name for p in folder.glob("run_*"))}
@@ -118,6 +122,7 @@ def loop(tiny_gemma2, tmp_path_factory):
     with open(notes, "a") as handle:
         handle.write("\n" + CODER_PLAN)  # the coder plans run 1 before it runs
     record["run_1"] = launch(folder, 1, env)
+    record["harness_used"] = Path((root / "harness_used.txt").read_text())
     with open(notes, "a") as handle:
         handle.write(CODER_NOTES_1)  # and writes its notes on run 1 after it
     record["notes_before_run_2"] = notes.read_text()
@@ -148,6 +153,10 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
 
 def test_a_fresh_copy_holds_only_the_baseline_run(loop):
     assert loop["top_level_before"] == ["run_0"]
+
+
+def test_the_run_uses_the_copys_harness_not_the_installed_checkout(loop):
+    assert loop["harness_used"].is_relative_to(loop["folder"]), loop["harness_used"]
 
 
 @pytest.mark.parametrize("number", [1, 2])
