@@ -1,6 +1,6 @@
 """One process of the distributed-training benchmark (bench/run_benchmarks.py --only distributed).
 
-    torchrun --standalone --nproc_per_node=N bench/distributed_training.py STEPS BATCH D_IN N1 DTYPE
+    torchrun --standalone --nproc_per_node=N bench/distributed_training.py STEPS BATCH D_IN N_BASE DTYPE
 
 Trains experiment.py's default SAE with its own trainer (DistributedDataParallel across the
 torchrun processes, each on its share of every global batch of random activations) and prints,
@@ -17,6 +17,8 @@ import experiment as E  # noqa: E402
 from sae_harness.hardware import distributed  # noqa: E402
 from sae_harness.hardware.precision import torch_dtype  # noqa: E402
 
+if len(sys.argv) != 6 or not all(a.isdigit() for a in sys.argv[1:5]):
+    raise SystemExit(__doc__ + "\nerror: give STEPS BATCH D_IN N_BASE DTYPE")
 steps, batch, d_in, n_base, dtype = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 world = distributed.start("cpu")
 cfg = E.make_config("tuned_cosine", "embedded", overrides=dict(

@@ -117,20 +117,37 @@ def point_record(family: str, name: str, parameter: dict, seed: int, folder: Pat
             if folder.is_relative_to(REPO) else str(folder)}
 
 
-def option(argv: list[str], name: str) -> str | None:
-    """The value of `--name=value` in argv, or None."""
-    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
-    return values[-1] if values else None
+FAMILIES = ("relu", "topk", "matryoshka")
+
+
+def parse_arguments(argv: list[str]):
+    """The command line (module docstring); an unknown option or family stops with argparse's line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("families", nargs="*", help=f"the families to train, of {', '.join(FAMILIES)} "
+                                                     "(default: all three)")
+    parser.add_argument("--no-seeds", action="store_true", help="no seed runs")
+    parser.add_argument("--k", help="comma-separated k of the TopK and Matryoshka points "
+                                    f"(default: {TOPK_K} and {MATRYOSHKA_K})")
+    parser.add_argument("--root", type=Path, help="the frontier's run_0 folder (default: run_0/)")
+    args = parser.parse_args(argv)
+    unknown = [family for family in args.families if family not in FAMILIES]
+    if unknown:
+        parser.error(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                     f"choose from {', '.join(FAMILIES)}")
+    return args
 
 
 def main(argv: list[str]) -> None:
-    seeds_wanted = "--no-seeds" not in argv
-    wanted = [a for a in argv if not a.startswith("--")] or ["relu", "topk", "matryoshka"]
-    k_wanted = option(argv, "k")
-    topk_k, matryoshka_k = ((TOPK_K, MATRYOSHKA_K) if k_wanted is None else
-                            (tuple(int(k) for k in k_wanted.split(",")),) * 2)
+    args = parse_arguments(argv)
+    seeds_wanted = not args.no_seeds
+    wanted = args.families or list(FAMILIES)
+    topk_k, matryoshka_k = ((TOPK_K, MATRYOSHKA_K) if args.k is None else
+                            (tuple(int(k) for k in args.k.split(",")),) * 2)
     env = read_run_environment({"EXPERIMENT_PRESET": "embedded", **os.environ})
-    root = Path(option(argv, "root") or REPO / "run_0").resolve()
+    root = (args.root or REPO / "run_0").resolve()
     points_dir = root / "frontier"
     started = time.time()
     points, lm_holder = [], {}

@@ -65,4 +65,6 @@ def main(out_path: str, *arms_json: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1].startswith("-"):
+        raise SystemExit(__doc__ + "\nerror: give OUT.jsonl and at least one arm (JSON)")
     main(*sys.argv[1:])
