@@ -117,8 +117,8 @@ class Config:
     #   l1_concept      l1_concept * |z2|_1 / (sqrt(d) s)
     #   weight_l1_base     weight_l1_base * mean over base latents of |W_enc1[:, i]|_1 / sqrt(d)
     #                      (the idea's lw1)
-    #   weight_l1_concept  c(t) * mean over concepts of |W_enc2[:, c]|_1 / sqrt(n_base), the
-    #                      coefficient c(t) rising from weight_l1_concept_min to _max (the idea's lw2(t))
+    #   weight_l1_concept  coef(t) * mean over concepts of |W_enc2[:, c]|_1 / sqrt(n_base), the
+    #                      coefficient coef(t) rising from weight_l1_concept_min to _max (the idea's lw2(t))
     # (a dense unit-norm weight vector costs ~0.8 lambda whatever its length; a sparse one less)
     l1_base: float = 0.1
     l1_concept: float = 0.35
@@ -126,7 +126,7 @@ class Config:
     weight_l1_concept_min: float = 0.001
     weight_l1_concept_max: float = 0.12
     weight_l1_concept_ramp_fraction: float = 5 / 12
-    """T as a fraction of the run: c(t) rises from weight_l1_concept_min to weight_l1_concept_max
+    """T as a fraction of the run: coef(t) rises from weight_l1_concept_min to weight_l1_concept_max
     along a half cosine over T steps, then stays (the idea's T = 5000 of a 12,000-step run)."""
 
     # --- initialisation ----------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Config:
     """[objective] l1_concept on the TopK activations, as the idea; no trusted TopK trainer has it
     (OpenAI, dictionary_learning, sparsify, SAE-Lens: k sets the sparsity). It kills the level."""
     concept_penalty_warmup_fraction: float = 0.0
-    """[optimisation, off] l1_concept and weight_l1_concept's c(t) rise from 0 over this fraction of the run's
+    """[optimisation, off] l1_concept and weight_l1_concept's coef(t) rise from 0 over this fraction of the run's
     steps, as SAE-Lens' l1_warm_up_steps and dictionary_learning's sparsity warm-up (1000)."""
     concept_recon_coef: float = 0.0
     """[objective, off] + coef * ||x - (z2 W_dec2 + b_dec)||^2 / (d s^2): the concept level's own
@@ -364,7 +364,7 @@ def make_config(variant: str | None = None, setting: str = "real", training_toke
 
 # === Schedules =============================================================================
 def cosine_ramp(step: int, low: float, high: float, ramp_steps: int) -> float:
-    """c(t) = low + (high - low) * (1 - cos(pi * min(t, T) / T)) / 2, T = ramp_steps."""
+    """coef(t) = low + (high - low) * (1 - cos(pi * min(t, T) / T)) / 2, T = ramp_steps."""
     t = min(step, ramp_steps) / ramp_steps
     return low + (high - low) * (1 - math.cos(math.pi * t)) / 2
 
@@ -385,7 +385,7 @@ class StepSchedule:
         self.penalty_warmup = steps(cfg.concept_penalty_warmup_fraction) if cfg.concept_penalty_warmup_fraction else 0
 
     def weight_l1_concept_coef(self, step: int) -> float:
-        """c(t), the coefficient of the L1 of W_enc2 (the idea's lw2(t))."""
+        """coef(t), the coefficient of the L1 of W_enc2 (the idea's lw2(t))."""
         return cosine_ramp(step, self.cfg.weight_l1_concept_min, self.cfg.weight_l1_concept_max,
                            self.weight_l1_concept_ramp)
 

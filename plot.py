@@ -506,7 +506,7 @@ TRAINING_PANELS = [  # (title, y label, [(log key, line style)], y scale)
      [("weight_l1_base", "-"), ("weight_l1_concept", "--")], "log"),
     ("L0 per level", "active latents per token", [("l0_base", "-"), ("l0_concept", "--")], "symlog"),
     ("Dead latents", "fraction of the level", [("dead_fraction_base", "-"), ("dead_fraction_concept", "--")], "linear"),
-    ("Concept-weight penalty's coefficient c(t) (the idea's lw2)", "c(t)", [("weight_l1_concept_coef", "-")], "linear"),
+    ("Concept-weight penalty's coefficient coef(t) (the idea's lw2)", "coef(t)", [("weight_l1_concept_coef", "-")], "linear"),
     ("Learning rate", "learning rate", [("lr", "-")], "log"),
     ("Concept-level terms (before their coefficients)", "loss (scale-free units)",
      [("concept_reconstruction", "-"), ("auxk", "--")], "log"),

@@ -77,8 +77,9 @@ def matmul_flops(threads: int = 1) -> dict[str, float]:
 
 def step_flops(d_in: int, n_base: int, n_concept: int, batch: int) -> float:
     """Matmul FLOPs of one training step of our SAE with dense base latents (sae_kernels.py):
-    base encoder forward + weight gradient (4BdN1), base decoder forward + both gradients
-    (6BN1d), concept encoder forward (2BN1N2; its TopK gradient is k of n_concept entries per token);
+    base encoder forward + weight gradient (4 B d n_base), base decoder forward + both gradients
+    (6 B n_base d), concept encoder forward (2 B n_base n_concept; its TopK gradient is k of
+    n_concept entries per token);
     the TopK concept decoder is a k-row gather."""
     return 4 * batch * d_in * n_base + 6 * batch * n_base * d_in + 2 * batch * n_base * n_concept
 

@@ -55,7 +55,7 @@ def test_base_width_unknown_is_said_not_guessed(healthy):
     info, _ = healthy
     check = check_degeneracy(with_means(info, "training", l0_base=1900.0), None)
     assert check.reasons == []
-    assert any("n_base (n_base) unknown" in line for line in check.unchecked)
+    assert any("the base width (config n_base) unknown" in line for line in check.unchecked)
 
 
 @pytest.mark.parametrize("group,where", [("training", "held-out tokens"), ("core", "SAE-Bench core")])

@@ -216,7 +216,6 @@ def _firings(sae, activations: torch.Tensor, batch_size: int):
         yield out.z1 > 0, tokens, out.z2_indices[tokens, slots]
 
 
-@torch.no_grad()
 def _firing_counts(sae, activations: torch.Tensor, batch_size: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """How many tokens each base latent and each concept latent fires on."""
@@ -264,6 +263,7 @@ def _concept_rows(sae, alive: torch.Tensor, top: torch.Tensor, real: PairInforma
     ]
 
 
+@torch.no_grad()
 def hierarchy_consistency(sae, activations: torch.Tensor, top_m: int = 5, n_null: int = 5,
                           seed: int = 0, batch_size: int = 4096, min_firings: int = MIN_FIRINGS
                           ) -> tuple[dict[str, float], dict]:

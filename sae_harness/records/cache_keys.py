@@ -1,10 +1,11 @@
 """How our caches name what they hold: a digest of the key that says what was computed.
 
-Every cache (activations, token counts, the precision probe, the LLM probes, SAE-Bench's
-sparse-probing artifacts, the core eval's references) files an entry under
-`key_digest(key)`, the sha256 of the key's JSON with sorted keys. A key holds every input
-that changes the entry (model, text, versions, sizes), so a changed input is a miss, never a
-stale hit. The length stays what each cache has always used, so that existing caches stay valid.
+The keyed caches (activations, token counts, the precision probe, the LLM probes, SAE-Bench's
+sparse-probing artifacts, the core eval's references) file an entry under `key_digest(key)`,
+the sha256 of the key's JSON with sorted keys. A key holds every input that changes the entry
+(model, text, versions, sizes), so a changed input is a miss, never a stale hit. The length stays what each cache has always used, so that existing caches stay valid.
+(Two caches hash raw bytes rather than a key: absorption_prompts.py's prompt activations and
+core.py's token batches.)
 """
 
 from __future__ import annotations

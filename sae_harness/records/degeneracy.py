@@ -162,7 +162,7 @@ class RunFacts(NamedTuple):
 
     means: dict[str, dict[str, float]]
     base_width: int | None
-    """n_base (n_base)."""
+    """The base level's width, Config.n_base (None: not recorded)."""
     has_concept_level: bool | None
     training_note: str | None
     """How the training record reads, when it is not this harness's (the seeded template's)."""
@@ -240,9 +240,11 @@ def _check_base_l0(facts: RunFacts, reasons: list[str], unchecked: list[str]) ->
         if l0_base == 0:
             reasons.append(f"base L0 is 0 on {source}: no base latent fires")
         elif n_base is None:
-            unchecked.append(f"base L0 {l0_base:.1f} not compared with n_base/2: n_base (n_base) unknown")
+            unchecked.append(f"base L0 {l0_base:.1f} not compared with n_base/2: "
+                             "the base width (config n_base) unknown")
         elif l0_base > n_base / 2:
-            reasons.append(f"base L0 {l0_base:.1f} exceeds n_base/2 = {n_base / 2:g} (n_base = {n_base}) on {source}")
+            reasons.append(f"base L0 {l0_base:.1f} exceeds n_base/2 = {n_base / 2:g} (n_base = {n_base}) "
+                           f"on {source}")
     elif core.get("l0") == 0:
         reasons.append("L0 is 0 in SAE-Bench core: no latent fires")
     else:
