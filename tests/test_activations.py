@@ -151,6 +151,38 @@ def test_prepare_activations_caches_and_reuses(tiny_lm, tmp_path):
     assert meta["spec"]["weights_id"].startswith("hf-commit:")
 
 
+def test_with_the_cache_off_the_activations_stream_and_nothing_is_cached(tiny_lm, tmp_path):
+    preset, lm = tiny_lm
+    cached = A.prepare_activations(lm, preset, n_train=600, n_heldout=100, cache_root=tmp_path / "a",
+                                   batch_size=100, seed=0)
+    streamed = A.prepare_activations(lm, preset, n_train=600, n_heldout=100, cache_root=tmp_path / "a",
+                                     batch_size=100, seed=0, use_cache=False)  # a cache is there
+    assert isinstance(streamed.train, A.StreamingBatches) and streamed.cache_dir is None
+    assert not streamed.cache_hit
+    assert torch.equal(streamed.heldout, cached.heldout)  # the same held-out tokens either way
+    rows = torch.cat(list(streamed.train.iterate(0, 6)))
+    assert rows.shape == (600, lm.model.cfg.d_model)
+    every_cached_row = torch.cat([cached.train.batch(step) for step in range(6)]).float()
+    def in_order(x):
+        return x[torch.argsort(x.sum(1))]
+
+    assert torch.equal(in_order(rows), in_order(every_cached_row))  # the cache's rows, each once
+    A.prepare_activations(lm, preset, n_train=600, n_heldout=100, cache_root=tmp_path / "b",
+                          batch_size=100, seed=0, use_cache=False)
+    assert not (tmp_path / "b").exists()  # nothing written
+
+
+def test_the_activation_cache_choice_is_read_and_checked():
+    from sae_harness.data.presets import read_run_environment
+    from sae_harness.errors import ConfigurationError
+
+    assert read_run_environment({"EXPERIMENT_PRESET": "embedded"}).activation_cache == "auto"
+    chosen = read_run_environment({"EXPERIMENT_PRESET": "embedded", "EXPERIMENT_ACTIVATION_CACHE": "OFF"})
+    assert chosen.activation_cache == "off"
+    with pytest.raises(ConfigurationError, match="EXPERIMENT_ACTIVATION_CACHE='never' is not one of auto, off"):
+        read_run_environment({"EXPERIMENT_PRESET": "embedded", "EXPERIMENT_ACTIVATION_CACHE": "never"})
+
+
 def test_content_token_count_is_what_packing_yields(tiny_lm):
     preset, lm = tiny_lm
     from sae_harness.data.text_sources import python_docstrings

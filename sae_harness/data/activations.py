@@ -17,6 +17,7 @@ training tokens come from the documents after them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -417,8 +418,11 @@ class ActivationData:
 
 def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int,
                         cache_root: Path, batch_size: int, seed: int,
-                        stream_buffer_rows: int = 1 << 20) -> ActivationData:
-    """Held-out and training activations for the preset, from the cache when possible."""
+                        stream_buffer_rows: int = 1 << 20, use_cache: bool = True) -> ActivationData:
+    """Held-out and training activations for the preset, from the cache when possible.
+
+    `use_cache` False (EXPERIMENT_ACTIVATION_CACHE=off) streams them whatever the disk holds:
+    no cache is read or written."""
     spec = ActivationSpec(
         model_name=preset.model_name, weights_id=lm.weights_id, hook_name=preset.hook_name,
         text=text_fingerprint(preset), n_heldout=n_heldout, n_train=n_train,
@@ -426,22 +430,23 @@ def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldo
     )
     cache = ActivationCache(cache_root, spec)
     d_model = lm.model.cfg.d_model
-    problem = cache.problem()
+    problem = cache.problem() if use_cache else "not used (EXPERIMENT_ACTIVATION_CACHE=off)"
     if problem is None:
         print(f"[activations] cache hit: {cache.dir} ({n_heldout} held-out + {n_train} training tokens)")
         rows = cache.open()
         heldout = _rows_to_torch(rows[:n_heldout], spec.dtype).float()
         return ActivationData(heldout, CachedBatches(rows[n_heldout:], spec.dtype, batch_size, seed),
                               cache.dir, cache_hit=True, collect_seconds=0.0)
-    if problem != "absent":
+    if use_cache and problem != "absent":
         print(f"[activations] cache at {cache.dir} is unusable ({problem}); rebuilding it")
 
     contexts = iter_contexts(documents(preset, seed=0), lm.tokenizer, preset.context_length)
     chunks = iter_activations(lm, contexts, preset.hook_layer, preset.llm_batch_size, preset.device)
     started = time.time()
-    cache_root.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(cache_root).free
-    if cache.nbytes(d_model) <= CACHE_DISK_HEADROOM * free:
+    if use_cache:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(cache_root).free
+    if use_cache and cache.nbytes(d_model) <= CACHE_DISK_HEADROOM * free:
         with tqdm(total=cache.n_rows, unit="tok", unit_scale=True, desc="activations",
                   dynamic_ncols=True) as progress:
             cache.write(chunks, d_model, progress)
@@ -450,22 +455,29 @@ def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldo
         return ActivationData(heldout, CachedBatches(rows[n_heldout:], spec.dtype, batch_size, seed),
                               cache.dir, cache_hit=False, collect_seconds=time.time() - started)
 
-    print(f"[activations] {cache.nbytes(d_model) / 1e9:.1f} GB of activations do not fit in "
-          f"{free / 1e9:.1f} GB free at {cache_root}; streaming without a cache")
-    heldout = _take_rows(chunks, n_heldout).float()
+    if use_cache:
+        print(f"[activations] {cache.nbytes(d_model) / 1e9:.1f} GB of activations do not fit in "
+              f"{free / 1e9:.1f} GB free at {cache_root}; streaming without a cache")
+    else:
+        print("[activations] streaming without a cache (EXPERIMENT_ACTIVATION_CACHE=off)")
+    heldout, chunks = _take_rows(chunks, n_heldout)
+    heldout = heldout.float()
     train = StreamingBatches(_counted(chunks, n_train), stream_buffer_rows, batch_size, seed,
                              preset.device)
     return ActivationData(heldout.cpu(), train, None, cache_hit=False,
                           collect_seconds=time.time() - started)
 
 
-def _take_rows(chunks: Iterator[torch.Tensor], n: int) -> torch.Tensor:
+def _take_rows(chunks: Iterator[torch.Tensor], n: int) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
+    """The first n rows of a chunk stream, and the stream of the rows after them (the rest of
+    the last chunk read comes first, so the next rows are the ones a cache would hold next)."""
     parts, have = [], 0
     for chunk in chunks:
         parts.append(chunk[: n - have])
         have += len(parts[-1])
         if have == n:
-            return torch.cat(parts)
+            rest = chunk[len(parts[-1]):]
+            return torch.cat(parts), itertools.chain([rest] if len(rest) else [], chunks)
     raise DataError(f"the text ran out after {have} of {n} held-out tokens; lower the held-out size")
 
 

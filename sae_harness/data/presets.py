@@ -128,6 +128,9 @@ class RunEnvironment:
     """EXPERIMENT_CPU_HEAP: reuse or system (cpu_heap.py)."""
     evaluations: tuple[str, ...] = EVALUATIONS
     """EXPERIMENT_EVALS: the evaluations to run, in the harness's order."""
+    activation_cache: str = "auto"
+    """EXPERIMENT_ACTIVATION_CACHE: auto (cache the activations when they fit on the disk, else
+    stream) or off (always stream: the model runs during training and nothing is cached)."""
 
     def with_preset(self, preset: Preset, reason: str) -> RunEnvironment:
         return replace(self, preset=preset, preset_reason=reason)
@@ -214,6 +217,15 @@ def read_heap_choice(environ: dict[str, str] | None = None) -> str:
                        "leave it unset to reuse freed memory", environ)
 
 
+ACTIVATION_CACHE_CHOICES = ("auto", "off")
+
+
+def read_activation_cache(environ: dict[str, str] | None = None) -> str:
+    """EXPERIMENT_ACTIVATION_CACHE, validated ('auto' when unset)."""
+    return read_choice("EXPERIMENT_ACTIVATION_CACHE", ACTIVATION_CACHE_CHOICES, "auto",
+                       "leave it unset to cache the activations when they fit", environ)
+
+
 def read_evaluations(environ: dict[str, str] | None = None) -> tuple[str, ...]:
     """EXPERIMENT_EVALS, validated: every evaluation when unset or 'all', none for 'none'."""
     env = os.environ if environ is None else environ
@@ -241,6 +253,7 @@ def read_run_environment(environ: dict[str, str] | None = None) -> RunEnvironmen
         precision=read_precision(env),
         cpu_heap=read_heap_choice(env),
         evaluations=read_evaluations(env),
+        activation_cache=read_activation_cache(env),
         preset=preset,
         preset_reason=reason,
         variant=env.get("EXPERIMENT_VARIANT", "").strip() or None,

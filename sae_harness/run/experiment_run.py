@@ -163,7 +163,7 @@ class ExperimentRun:
             "config": asdict(self.cfg), "changed_from_experiment_py": self.changes,
             "preset": asdict(self.preset),
             "preset_reason": self.env.preset_reason, "cache_dir": str(self.env.cache_dir),
-            "provenance": self.origin,
+            "activation_cache": self.env.activation_cache, "provenance": self.origin,
             **({"precision": precision.record()} if precision else {})})
 
     # --- the model and the activations ------------------------------------------------------------
@@ -180,10 +180,16 @@ class ExperimentRun:
     def activations(self, lm: LanguageModel) -> ActivationData:
         started, cfg = time.time(), self.cfg
         world = distributed.current()
+        if world.distributed and self.env.activation_cache == "off":
+            raise ConfigurationError(
+                "EXPERIMENT_ACTIVATION_CACHE=off streams the activations, and under torchrun every "
+                "rank reads its share of the activation cache (no streaming mode under DDP yet); "
+                "leave it unset, or run one process")
         if world.distributed and not world.is_main:
             distributed.barrier()  # rank 0 has the cache ready
         data = prepare_activations(lm, self.preset, cfg.training_tokens, cfg.heldout_tokens,
-                                   self.env.cache_dir, cfg.batch_size, cfg.seed)
+                                   self.env.cache_dir, cfg.batch_size, cfg.seed,
+                                   use_cache=self.env.activation_cache != "off")
         if world.distributed and world.is_main:
             distributed.barrier()
         if world.distributed and data.cache_dir is None:
