@@ -35,7 +35,6 @@ dashed or hollow markers, and a note in the figure title.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import textwrap
@@ -56,8 +55,8 @@ from pydantic import ValidationError  # noqa: E402
 from sae_harness.records.schemas import WeightsOutput  # noqa: E402
 from sae_harness.records.study_table import markdown_table  # noqa: E402
 from sae_harness.evals.sparse_probing import K_VALUES  # noqa: E402
-from sae_harness.records.run_directory import (BASELINE_RUN, FINAL_INFO, RENAMED_LOG_KEYS, RunRecord,  # noqa: E402
-                                               baseline_run_dir, load_run, run_number)
+from sae_harness.records.run_directory import (BASELINE_RUN, FINAL_INFO, RunRecord,  # noqa: E402
+                                               baseline_run_dir, load_run, read_training_log, run_number)
 
 # Legend labels by run folder; a run without an entry is labelled by its variant's title. Add an
 # entry for each run you make (every run_* folder with a final_info.json is drawn either way).
@@ -142,19 +141,6 @@ def run_label(record: RunRecord, labels: dict[str, str], telling: list[str] = ()
     if title and telling:
         title = f"{title} [{', '.join(telling)}]"
     return labels.get(record.name) or title or f"{record.name} ({record.variant})"
-
-
-def read_training_log(path: Path) -> list[dict]:
-    """The training log's lines under today's key names; a half-written last line (a crash
-    mid-write) is skipped."""
-    rows = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                rows.append({RENAMED_LOG_KEYS.get(k, k): v for k, v in json.loads(line).items()})
-            except ValueError:
-                continue
-    return rows
 
 
 def _finite(values) -> np.ndarray:
@@ -541,7 +527,7 @@ def plot_training(runs: list[Run], out_dir: Path, skipped: list[str]) -> Path | 
     logs = {}
     for run in runs:
         path = run.record.path / "training_log.jsonl"
-        rows = read_training_log(path) if path.is_file() else []
+        rows = read_training_log(path, skip_unreadable=True) if path.is_file() else []
         if rows:
             logs[run.name] = rows
         else:
@@ -600,7 +586,7 @@ def plot_concept_diagnostics(runs: list[Run], out_dir: Path, skipped: list[str])
     logs = {}
     for run in runs:
         path = run.record.path / "training_log.jsonl"
-        rows = read_training_log(path) if path.is_file() and run.record.has_concept_level else []
+        rows = read_training_log(path, skip_unreadable=True) if path.is_file() and run.record.has_concept_level else []
         if any("concept_pre_mean" in row for row in rows):
             logs[run.name] = rows
         elif run.record.has_concept_level:

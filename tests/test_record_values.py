@@ -71,3 +71,13 @@ def test_a_run_recorded_under_the_old_config_names_reads_under_the_new_ones(tmp_
     assert not holds_finished_run(tmp_path, ("training",), E.make_config("cosine_sparsity", "embedded"))
     assert load_run(tmp_path).config["config"]["n_base"] == cfg.n_base
     assert read_training_log(tmp_path / "training_log.jsonl") == [{"step": 0, "weight_l1_concept_coef": 0.001}]
+
+
+def test_a_half_written_training_log_line_raises_unless_the_reader_skips_it(tmp_path):
+    from sae_harness.records.run_directory import read_training_log
+
+    path = tmp_path / "training_log.jsonl"
+    path.write_text(json.dumps({"step": 0, "lw2": 0.5}) + "\n" + '{"step": 1, "lo')  # a crash mid-write
+    with pytest.raises(ValueError):
+        read_training_log(path)
+    assert read_training_log(path, skip_unreadable=True) == [{"step": 0, "weight_l1_concept_coef": 0.5}]

@@ -430,15 +430,13 @@ def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldo
     )
     cache = ActivationCache(cache_root, spec)
     d_model = lm.model.cfg.d_model
-    problem = cache.problem() if use_cache else "not used (EXPERIMENT_ACTIVATION_CACHE=off)"
-    if problem is None:
-        print(f"[activations] cache hit: {cache.dir} ({n_heldout} held-out + {n_train} training tokens)")
-        rows = cache.open()
-        heldout = _rows_to_torch(rows[:n_heldout], spec.dtype).float()
-        return ActivationData(heldout, CachedBatches(rows[n_heldout:], spec.dtype, batch_size, seed),
-                              cache.dir, cache_hit=True, collect_seconds=0.0)
-    if use_cache and problem != "absent":
-        print(f"[activations] cache at {cache.dir} is unusable ({problem}); rebuilding it")
+    if use_cache:
+        problem = cache.problem()
+        if problem is None:
+            print(f"[activations] cache hit: {cache.dir} ({n_heldout} held-out + {n_train} training tokens)")
+            return _from_cache(cache, n_heldout, batch_size, seed, cache_hit=True, collect_seconds=0.0)
+        if problem != "absent":
+            print(f"[activations] cache at {cache.dir} is unusable ({problem}); rebuilding it")
 
     contexts = iter_contexts(documents(preset, seed=0), lm.tokenizer, preset.context_length)
     chunks = iter_activations(lm, contexts, preset.hook_layer, preset.llm_batch_size, preset.device)
@@ -446,16 +444,12 @@ def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldo
     if use_cache:
         cache_root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(cache_root).free
-    if use_cache and cache.nbytes(d_model) <= CACHE_DISK_HEADROOM * free:
-        with tqdm(total=cache.n_rows, unit="tok", unit_scale=True, desc="activations",
-                  dynamic_ncols=True) as progress:
-            cache.write(chunks, d_model, progress)
-        rows = cache.open()
-        heldout = _rows_to_torch(rows[:n_heldout], spec.dtype).float()
-        return ActivationData(heldout, CachedBatches(rows[n_heldout:], spec.dtype, batch_size, seed),
-                              cache.dir, cache_hit=False, collect_seconds=time.time() - started)
-
-    if use_cache:
+        if cache.nbytes(d_model) <= CACHE_DISK_HEADROOM * free:
+            with tqdm(total=cache.n_rows, unit="tok", unit_scale=True, desc="activations",
+                      dynamic_ncols=True) as progress:
+                cache.write(chunks, d_model, progress)
+            return _from_cache(cache, n_heldout, batch_size, seed, cache_hit=False,
+                               collect_seconds=time.time() - started)
         print(f"[activations] {cache.nbytes(d_model) / 1e9:.1f} GB of activations do not fit in "
               f"{free / 1e9:.1f} GB free at {cache_root}; streaming without a cache")
     else:
@@ -466,6 +460,15 @@ def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldo
                              preset.device)
     return ActivationData(heldout.cpu(), train, None, cache_hit=False,
                           collect_seconds=time.time() - started)
+
+
+def _from_cache(cache: ActivationCache, n_heldout: int, batch_size: int, seed: int,
+                cache_hit: bool, collect_seconds: float) -> ActivationData:
+    """The held-out rows in memory and batches drawn from the rest, from a complete cache."""
+    rows = cache.open()
+    heldout = _rows_to_torch(rows[:n_heldout], cache.spec.dtype).float()
+    return ActivationData(heldout, CachedBatches(rows[n_heldout:], cache.spec.dtype, batch_size, seed),
+                          cache.dir, cache_hit=cache_hit, collect_seconds=collect_seconds)
 
 
 def _take_rows(chunks: Iterator[torch.Tensor], n: int) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:

@@ -15,8 +15,8 @@ first, and at the full shape only if the slice is not already far slower than fp
 the best of a few calls after WARMUP_CALLS untimed ones: in a fresh process with AMX the first
 bf16 calls run far below the steady rate, and one early call, timed alone, once made a run
 choose an fp32 model there (the warm-up rates in the same section). Where the verdict
-contradicts the CPU's flags (native bf16 measured slower, or no flag and bf16 measured faster) the probe measures
-once more and that second measurement decides; the reason line shows both.
+contradicts the CPU's flags (native bf16 measured slower, or no flag and bf16 measured faster)
+the probe measures once more and that second measurement decides; the reason line shows both.
 
 `requested` is EXPERIMENT_PRECISION (auto | float32 | bfloat16): auto lets the rule above
 choose, unless the preset or Config pins a dtype (a test fixture does); float32 or bfloat16

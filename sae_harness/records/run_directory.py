@@ -306,11 +306,22 @@ class TrainingLog:
             handle.flush()
 
 
-def read_training_log(path: Path) -> list[dict]:
-    """training_log.jsonl's lines, under today's key names (RENAMED_LOG_KEYS)."""
+def read_training_log(path: Path, skip_unreadable: bool = False) -> list[dict]:
+    """training_log.jsonl's lines, under today's key names (RENAMED_LOG_KEYS). A line that is
+    not JSON raises, unless `skip_unreadable` (plot.py: a crash mid-write leaves half a line)."""
+    rows = []
     with open(path) as handle:
-        return [{RENAMED_LOG_KEYS.get(k, k): v for k, v in json.loads(line).items()}
-                for line in handle if line.strip()]
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if skip_unreadable:
+                    continue
+                raise
+            rows.append({RENAMED_LOG_KEYS.get(k, k): v for k, v in row.items()})
+    return rows
 
 
 # =============================================================================================

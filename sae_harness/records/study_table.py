@@ -1,8 +1,8 @@
 """The study table: one row per run, the headline figures and, where the run has a
 vs_baseline group, its differences from each frontier family at equal L0.
 
-plot.py prints it (and the README's results table is its output); the notes and the README
-read the same columns from here, so the table's logic lives in one place.
+plot.py prints it, and the README's results table is that output; the headline figures of
+notes.txt's Results lines are notes.HEADLINE_METRICS.
 """
 
 from __future__ import annotations
