@@ -2,6 +2,9 @@
 
     python tests/run_tiny_experiment.py OUT_DIR CACHE_DIR '{"config": "overrides"}' [STEP_SECONDS]
 
+The overrides may also hold the environment's `variant`, `activation_cache`, `stream_shares` and
+`stream_buffer_rows`, and `text_dir` (another text than the fixture's).
+
 STEP_SECONDS slows every training step down by sleeping, so that a test can interrupt training
 at a chosen point; it changes nothing that is computed.
 """
@@ -9,6 +12,7 @@ at a chosen point; it changes nothing that is computed.
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import conftest  # noqa: F401  (offline settings and the fixture's HF_HOME, before any HF import)
@@ -26,5 +30,9 @@ if step_seconds:
 
     E.HierarchicalTrainer.update = slow_update
 paths = build(conftest.FIXTURES)
-env = tiny_environment(paths["text"], cache_dir, variant=overrides.pop("variant", None))
+env = tiny_environment(Path(overrides.pop("text_dir", paths["text"])), cache_dir,
+                       variant=overrides.pop("variant", None))
+env = replace(env, activation_cache=overrides.pop("activation_cache", "auto"),
+              stream_shares=overrides.pop("stream_shares", None),
+              stream_buffer_rows=overrides.pop("stream_buffer_rows", env.stream_buffer_rows))
 sys.exit(E.main([f"--out_dir={out_dir}"], environment=env, overrides=overrides))

@@ -8,6 +8,8 @@ import torch
 
 from sae_harness.data import activations as A
 from sae_harness.data.language_model import residual_stream
+from sae_harness.data.streaming import StreamingBatches, TensorShare, dealt_pieces
+from sae_harness.errors import DataError
 
 
 def test_contexts_start_with_bos_and_separate_documents_with_eos(tiny_lm):
@@ -131,11 +133,64 @@ def test_cached_batches_cover_the_cache_once_per_epoch_and_depend_only_on_step(t
 
 
 def test_streaming_batches_shuffle_and_use_each_row_once():
-    chunks = iter(torch.arange(1000, dtype=torch.float32).reshape(-1, 1).split(50))
-    batches = A.StreamingBatches(chunks, buffer_rows=200, batch_size=20, seed=0, device="cpu")
+    rows = torch.arange(1000, dtype=torch.float32).reshape(-1, 1)
+    batches = StreamingBatches([TensorShare(rows)], 1, buffer_rows=200, batch_size=20, seed=0, device="cpu")
     out = torch.cat(list(batches.iterate(0, 40)))[:, 0]
     assert len(set(out.tolist())) == 800  # no row twice
     assert not torch.equal(out, out.sort().values)  # shuffled
+
+
+def shares_of(rows, shares):
+    return [TensorShare(rows[share::shares], share) for share in range(shares)]
+
+
+def test_a_stream_of_two_shares_gives_the_same_global_batches_in_one_process_or_split():
+    rows = torch.arange(2000, dtype=torch.float32).reshape(-1, 2)
+    whole = StreamingBatches(shares_of(rows, 2), 2, buffer_rows=100, batch_size=20, seed=5, device="cpu")
+    together = list(whole.iterate(0, 30))
+    halves = [StreamingBatches([source], 2, buffer_rows=100, batch_size=20, seed=5, device="cpu")
+              for source in shares_of(rows, 2)]
+    apart = [torch.cat(parts) for parts in zip(*(half.iterate(0, 30) for half in halves))]
+    assert all(torch.equal(a, b) for a, b in zip(together, apart))
+    assert torch.equal(together[3][:10, 0] % 4, torch.zeros(10))  # share 0's rows come first
+    assert torch.equal(together[3][10:, 0] % 4, torch.full((10,), 2.0))
+
+
+def test_a_streamed_source_resumes_from_its_state_to_the_uninterrupted_batches():
+    rows = torch.randn(3000, 3)
+    straight = list(StreamingBatches(shares_of(rows, 2), 2, 160, 40, seed=1, device="cpu").iterate(0, 60))
+    first = StreamingBatches(shares_of(rows, 2), 2, 160, 40, seed=1, device="cpu")
+    for _ in zip(range(23), first.iterate(0, 60)):
+        pass
+    state = first.state_dict()  # between step 22 and step 23, as a checkpoint takes it
+    assert [s["share"] for s in state] == [0, 1] and state[0]["rows_read"] < 1500
+    again = StreamingBatches(shares_of(rows, 2), 2, 160, 40, seed=1, device="cpu")
+    again.first_batch()  # a resumed run sets its input scale first, as train_sae does
+    resumed = list(again.iterate(23, 60, resume=state))
+    assert len(resumed) == 37 and all(torch.equal(a, b) for a, b in zip(resumed, straight[23:]))
+    # without a state the stream is replayed from its start: the same batches too
+    replayed = list(StreamingBatches(shares_of(rows, 2), 2, 160, 40, seed=1, device="cpu").iterate(23, 60))
+    assert all(torch.equal(a, b) for a, b in zip(replayed, straight[23:]))
+
+
+def test_a_share_that_runs_out_stops_the_stream_with_one_line():
+    rows = torch.randn(400, 2)
+    sources = [TensorShare(rows[:200], 0), TensorShare(rows[200:330], 1)]  # share 1 is short
+    batches = StreamingBatches(sources, 2, 40, 20, seed=0, device="cpu")
+    with pytest.raises(DataError, match="share 1 of 2's text ran out at step 13"):
+        list(batches.iterate(0, 20))
+
+
+def test_dealt_pieces_split_the_training_contexts_after_the_heldout_ones():
+    special = {0}
+    contexts = [[0, 1, 2, 3], [0, 4, 5, 0], [0, 6, 7, 8], [0, 9, 10, 11], [0, 12, 0, 13]]
+    # content rows per context: 3, 2, 3, 3, 2; 4 held out: context 0 and one row of context 1
+    share0 = list(dealt_pieces(iter(contexts), special, 4, 0, 2, limit=100))
+    share1 = list(dealt_pieces(iter(contexts), special, 4, 1, 2, limit=100))
+    assert [(p.tokens[1], p.first_row, p.skip, p.rows) for p in share0] == [(4, 0, 1, 1), (6, 1, 0, 3), (12, 4, 0, 2)]
+    assert [(p.tokens[1], p.first_row, p.skip, p.rows) for p in share1] == [(9, 0, 0, 3)]
+    limited = list(dealt_pieces(iter(contexts), special, 4, 0, 2, limit=3))
+    assert [p.rows for p in limited] == [1, 2]  # stops at the share's rows
 
 
 def test_prepare_activations_caches_and_reuses(tiny_lm, tmp_path):
@@ -157,7 +212,7 @@ def test_with_the_cache_off_the_activations_stream_and_nothing_is_cached(tiny_lm
                                    batch_size=100, seed=0)
     streamed = A.prepare_activations(lm, preset, n_train=600, n_heldout=100, cache_root=tmp_path / "a",
                                      batch_size=100, seed=0, use_cache=False)  # a cache is there
-    assert isinstance(streamed.train, A.StreamingBatches) and streamed.cache_dir is None
+    assert isinstance(streamed.train, StreamingBatches) and streamed.cache_dir is None
     assert not streamed.cache_hit
     assert torch.equal(streamed.heldout, cached.heldout)  # the same held-out tokens either way
     rows = torch.cat(list(streamed.train.iterate(0, 6)))
@@ -227,3 +282,13 @@ def test_a_streamed_hub_text_is_bounded_without_counting(tmp_path):
     A.check_token_budget(PRESETS["real"], 50_000_000, 65536, tmp_path, no_tokenizer, "x")
     embedded = PRESETS["embedded"]  # below the floor the embedded text is not counted
     A.check_token_budget(replace(embedded), 500_000, 16384, tmp_path, no_tokenizer, "x")
+
+
+def test_a_text_whose_documents_fill_whole_tokenizer_calls_is_packed(tiny_lm):
+    """64 documents, as many as one tokenizer call takes: the last call has none left (it used to
+    fail in the tokenizer on the empty list)."""
+    preset, lm = tiny_lm
+    docs = ["one two three four five six seven"] * 64
+    contexts = list(A.iter_contexts(iter(docs), lm.tokenizer, 16, docs_per_call=64))
+    assert contexts and all(len(c) == 16 for c in contexts)
+    assert A.content_tokens_in(iter(docs), lm.tokenizer, 16, docs_per_call=64) > 0

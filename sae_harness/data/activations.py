@@ -8,8 +8,9 @@ budget counts content tokens only.
 Activations are computed once and kept in an on-disk `ActivationCache`, keyed by everything that
 determines them (model weights, layer, text, token counts, context length, special-token policy,
 dtype). Later runs with the same key read the cache through a memory map, shuffled across the
-whole cache, and never run the language model. A budget too large for the disk is streamed
-instead, through a shuffling buffer, without caching.
+whole cache, and never run the language model. A budget too large for the disk (or any budget,
+with EXPERIMENT_ACTIVATION_CACHE=off) is streamed instead, through shuffling buffers, without
+caching (streaming.py: shares of the text per process, resumable).
 
 The first `n_heldout` content tokens (from the first documents) are held out for evaluation;
 training tokens come from the documents after them.
@@ -17,7 +18,6 @@ training tokens come from the documents after them.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -33,7 +33,9 @@ from tqdm import tqdm
 from sae_harness.data.language_model import LanguageModel, residual_stream
 from sae_harness.data.presets import EMBEDDED_TEXT, Preset
 from sae_harness.data.text_sources import documents, text_fingerprint
+from sae_harness.data.streaming import ModelShare, StreamingBatches
 from sae_harness.errors import ConfigurationError, DataError
+from sae_harness.hardware import distributed
 from sae_harness.hardware.precision import torch_dtype
 from sae_harness.records.cache_keys import key_digest
 from sae_harness.records.run_directory import atomic_write_json
@@ -65,8 +67,8 @@ def iter_contexts(docs: Iterable[str], tokenizer, context_length: int,
     stream: list[int] = []
     batch: list[str] = []
 
-    def flush():
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+    def flush():  # (a tokenizer fails on an empty list: the text's documents may end a batch)
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []:
             stream.extend(ids)
             stream.append(tokenizer.eos_token_id)
         batch.clear()
@@ -94,7 +96,7 @@ def content_tokens_in(docs: Iterable[str], tokenizer, context_length: int,
 
     def flush():
         nonlocal stream
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []:
             stream += len(ids)
             specials.append((stream, sum(1 for i in ids if i in special)))
             separators.append(stream)
@@ -342,60 +344,13 @@ class CachedBatches:
         return _rows_to_torch(self.rows[picked], self.dtype).float()
 
     def iterate(self, start_step: int, n_steps: int) -> Iterator[torch.Tensor]:
+        """Batches start_step..n_steps-1 (a batch depends only on its step)."""
         for step in range(start_step, n_steps):
             yield self.batch(step)
 
     def first_batch(self) -> torch.Tensor:
         """The first training batch, whole (it is trained on too); used to set the input scale."""
         return self.batch(0, whole=True)
-
-
-class StreamingBatches:
-    """Batches from an activation stream through a shuffling buffer (no cache; for big budgets).
-
-    The buffer holds `buffer_rows` activations; each batch takes random unread rows, and the
-    buffer is refilled from the stream whenever half of it has been read.
-    """
-
-    def __init__(self, chunks: Iterator[torch.Tensor], buffer_rows: int, batch_size: int,
-                 seed: int, device: str):
-        self.chunks, self.batch_size, self.device = chunks, batch_size, device
-        self.buffer_rows = max(buffer_rows, 2 * batch_size)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.buffer = torch.empty(0)
-
-    def _refill(self) -> None:
-        parts = [self.buffer]
-        have = len(self.buffer)
-        for chunk in self.chunks:
-            parts.append(chunk.float())
-            have += len(chunk)
-            if have >= self.buffer_rows:
-                break
-        self.buffer = torch.cat([p.to(self.device) for p in parts]) if have else self.buffer
-        if len(self.buffer) < self.batch_size:
-            raise DataError(
-                f"the text stream ran out ({len(self.buffer)} tokens left for a batch of "
-                f"{self.batch_size}); lower EXPERIMENT_TOKENS"
-            )
-
-    def iterate(self, start_step: int, n_steps: int) -> Iterator[torch.Tensor]:
-        """Batches start_step..n_steps-1; earlier batches are replayed from the stream and
-        dropped, so a resumed run sees the same data (the language model reruns for them)."""
-        for step in range(n_steps):
-            if len(self.buffer) < self.buffer_rows // 2:
-                self._refill()
-            perm = torch.randperm(len(self.buffer), generator=self.generator).to(self.buffer.device)
-            batch = self.buffer[perm[:self.batch_size]]
-            self.buffer = self.buffer[perm[self.batch_size:]]
-            if step >= start_step:
-                yield batch
-
-    def first_batch(self) -> torch.Tensor:
-        """A batch-sized sample of the first buffer fill, not consumed; sets the input scale."""
-        if len(self.buffer) < self.buffer_rows // 2:
-            self._refill()
-        return self.buffer[: self.batch_size].clone()
 
 
 @dataclass
@@ -418,11 +373,13 @@ class ActivationData:
 
 def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int,
                         cache_root: Path, batch_size: int, seed: int,
-                        stream_buffer_rows: int = 1 << 20, use_cache: bool = True) -> ActivationData:
+                        stream_buffer_rows: int = 1 << 20, use_cache: bool = True,
+                        stream_shares: int = 1) -> ActivationData:
     """Held-out and training activations for the preset, from the cache when possible.
 
     `use_cache` False (EXPERIMENT_ACTIVATION_CACHE=off) streams them whatever the disk holds:
-    no cache is read or written."""
+    no cache is read or written. A stream is dealt into `stream_shares` shares (streaming.py);
+    under torchrun that is the number of processes, and this rank computes its own share."""
     spec = ActivationSpec(
         model_name=preset.model_name, weights_id=lm.weights_id, hook_name=preset.hook_name,
         text=text_fingerprint(preset), n_heldout=n_heldout, n_train=n_train,
@@ -452,14 +409,32 @@ def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldo
                                collect_seconds=time.time() - started)
         print(f"[activations] {cache.nbytes(d_model) / 1e9:.1f} GB of activations do not fit in "
               f"{free / 1e9:.1f} GB free at {cache_root}; streaming without a cache")
-    else:
+    elif distributed.current().is_main:
         print("[activations] streaming without a cache (EXPERIMENT_ACTIVATION_CACHE=off)")
-    heldout, chunks = _take_rows(chunks, n_heldout)
-    heldout = heldout.float()
-    train = StreamingBatches(_counted(chunks, n_train), stream_buffer_rows, batch_size, seed,
-                             preset.device)
-    return ActivationData(heldout.cpu(), train, None, cache_hit=False,
-                          collect_seconds=time.time() - started)
+    return _streamed(lm, preset, n_train, n_heldout, batch_size, seed, stream_buffer_rows,
+                     stream_shares, chunks, started)
+
+
+def _streamed(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int, batch_size: int,
+              seed: int, buffer_rows: int, shares: int, chunks: Iterator[torch.Tensor],
+              started: float) -> ActivationData:
+    """Held-out rows (rank 0) and the streamed batches of this process's shares."""
+    world = distributed.current()
+    if world.distributed and shares != world.world_size:
+        raise ConfigurationError(f"EXPERIMENT_STREAM_SHARES={shares} under torchrun with "
+                                 f"{world.world_size} processes: a streamed run deals its text "
+                                 "into one share per process; leave it unset")
+    if world.is_main:
+        heldout = _first_rows(chunks, n_heldout).float().cpu()
+    else:  # rank 0 alone evaluates; the model never runs on the held-out text here
+        heldout = torch.empty(0, lm.model.cfg.d_model)
+    owned = [world.rank] if world.distributed else list(range(shares))
+    sources = [ModelShare(lm, preset, lambda: iter_contexts(documents(preset, seed=0), lm.tokenizer,
+                                                            preset.context_length),
+                          special_token_ids(lm.tokenizer), n_heldout, share, shares, n_train // shares)
+               for share in owned]
+    train = StreamingBatches(sources, shares, buffer_rows, batch_size, seed, preset.device)
+    return ActivationData(heldout, train, None, cache_hit=False, collect_seconds=time.time() - started)
 
 
 def _from_cache(cache: ActivationCache, n_heldout: int, batch_size: int, seed: int,
@@ -471,25 +446,12 @@ def _from_cache(cache: ActivationCache, n_heldout: int, batch_size: int, seed: i
                           cache.dir, cache_hit=cache_hit, collect_seconds=collect_seconds)
 
 
-def _take_rows(chunks: Iterator[torch.Tensor], n: int) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
-    """The first n rows of a chunk stream, and the stream of the rows after them (the rest of
-    the last chunk read comes first, so the next rows are the ones a cache would hold next)."""
+def _first_rows(chunks: Iterator[torch.Tensor], n: int) -> torch.Tensor:
+    """The first n rows of a chunk stream (the held-out rows)."""
     parts, have = [], 0
     for chunk in chunks:
         parts.append(chunk[: n - have])
         have += len(parts[-1])
         if have == n:
-            rest = chunk[len(parts[-1]):]
-            return torch.cat(parts), itertools.chain([rest] if len(rest) else [], chunks)
+            return torch.cat(parts)
     raise DataError(f"the text ran out after {have} of {n} held-out tokens; lower the held-out size")
-
-
-def _counted(chunks: Iterator[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
-    """The first n rows of a chunk stream."""
-    have = 0
-    for chunk in chunks:
-        chunk = chunk[: n - have]
-        have += len(chunk)
-        yield chunk
-        if have == n:
-            return

@@ -131,6 +131,11 @@ class RunEnvironment:
     activation_cache: str = "auto"
     """EXPERIMENT_ACTIVATION_CACHE: auto (cache the activations when they fit on the disk, else
     stream) or off (always stream: the model runs during training and nothing is cached)."""
+    stream_shares: int | None = None
+    """EXPERIMENT_STREAM_SHARES: the shares a streamed text is dealt into (streaming.py); None:
+    one per process (1, or torchrun's world size)."""
+    stream_buffer_rows: int = 1 << 20
+    """Rows in each share's shuffling buffer when streaming (tests shrink it)."""
 
     def with_preset(self, preset: Preset, reason: str) -> RunEnvironment:
         return replace(self, preset=preset, preset_reason=reason)
@@ -226,6 +231,17 @@ def read_activation_cache(environ: dict[str, str] | None = None) -> str:
                        "leave it unset to cache the activations when they fit", environ)
 
 
+def read_stream_shares(environ: dict[str, str] | None = None) -> int | None:
+    """EXPERIMENT_STREAM_SHARES, validated (None when unset: one share per process)."""
+    text = (os.environ if environ is None else environ).get("EXPERIMENT_STREAM_SHARES", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigurationError(f"EXPERIMENT_STREAM_SHARES={text!r} is not a positive whole number; "
+                                 "leave it unset for one share per process")
+    return int(text)
+
+
 def read_evaluations(environ: dict[str, str] | None = None) -> tuple[str, ...]:
     """EXPERIMENT_EVALS, validated: every evaluation when unset or 'all', none for 'none'."""
     env = os.environ if environ is None else environ
@@ -254,6 +270,7 @@ def read_run_environment(environ: dict[str, str] | None = None) -> RunEnvironmen
         cpu_heap=read_heap_choice(env),
         evaluations=read_evaluations(env),
         activation_cache=read_activation_cache(env),
+        stream_shares=read_stream_shares(env),
         preset=preset,
         preset_reason=reason,
         variant=env.get("EXPERIMENT_VARIANT", "").strip() or None,

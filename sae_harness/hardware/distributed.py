@@ -211,3 +211,21 @@ def from_main(obj):
     holder = [obj]
     torch.distributed.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """Every rank's `local` (the same shape on each), concatenated in rank order, on every rank."""
+    if not _WORLD.distributed:
+        return local
+    parts = [torch.empty_like(local) for _ in range(_WORLD.world_size)]
+    torch.distributed.all_gather(parts, local.contiguous())
+    return torch.cat(parts)
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank ([obj] for one process)."""
+    if not _WORLD.distributed:
+        return [obj]
+    parts = [None] * _WORLD.world_size
+    torch.distributed.all_gather_object(parts, obj)
+    return parts

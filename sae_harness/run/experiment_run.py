@@ -163,7 +163,9 @@ class ExperimentRun:
             "config": asdict(self.cfg), "changed_from_experiment_py": self.changes,
             "preset": asdict(self.preset),
             "preset_reason": self.env.preset_reason, "cache_dir": str(self.env.cache_dir),
-            "activation_cache": self.env.activation_cache, "provenance": self.origin,
+            "activation_cache": self.env.activation_cache,
+            "stream_shares": self.env.stream_shares or distributed.current().world_size,
+            "provenance": self.origin,
             **({"precision": precision.record()} if precision else {})})
 
     # --- the model and the activations ------------------------------------------------------------
@@ -178,25 +180,30 @@ class ExperimentRun:
         return lm
 
     def activations(self, lm: LanguageModel) -> ActivationData:
-        started, cfg = time.time(), self.cfg
+        """The held-out and training activations. Under torchrun rank 0 collects the cache (or
+        decides to stream: EXPERIMENT_ACTIVATION_CACHE=off, or a budget too big for the disk)
+        while the others wait; then every rank reads its share of the cache, or streams its
+        own share of the text (streaming.py)."""
+        started, cfg, env = time.time(), self.cfg, self.env
         world = distributed.current()
-        if world.distributed and self.env.activation_cache == "off":
-            raise ConfigurationError(
-                "EXPERIMENT_ACTIVATION_CACHE=off streams the activations, and under torchrun every "
-                "rank reads its share of the activation cache (no streaming mode under DDP yet); "
-                "leave it unset, or run one process")
-        if world.distributed and not world.is_main:
-            distributed.barrier()  # rank 0 has the cache ready
-        data = prepare_activations(lm, self.preset, cfg.training_tokens, cfg.heldout_tokens,
-                                   self.env.cache_dir, cfg.batch_size, cfg.seed,
-                                   use_cache=self.env.activation_cache != "off")
-        if world.distributed and world.is_main:
+        shares = env.stream_shares or world.world_size
+
+        def prepare(use_cache: bool) -> ActivationData:
+            return prepare_activations(lm, self.preset, cfg.training_tokens, cfg.heldout_tokens,
+                                       env.cache_dir, cfg.batch_size, cfg.seed,
+                                       stream_buffer_rows=env.stream_buffer_rows, use_cache=use_cache,
+                                       stream_shares=shares)
+
+        if world.is_main:
+            data = prepare(env.activation_cache != "off")
             distributed.barrier()
-        if world.distributed and data.cache_dir is None:
-            raise ConfigurationError(
-                "under torchrun every rank reads its share of the activation cache, and these "
-                "activations do not fit in it; free disk space at EXPERIMENT_CACHE or lower "
-                "EXPERIMENT_TOKENS")
+            distributed.from_main(data.cache_dir is None)
+        else:
+            distributed.barrier()  # rank 0 has the cache ready, or streams
+            data = prepare(use_cache=not distributed.from_main(None))
+        if data.cache_dir is None and world.is_main:
+            print(f"[activations] streamed: {shares} share{'s' * (shares > 1)} of the text"
+                  + (", one per process" if world.distributed else ""))
         self.phases["activations"] = time.time() - started
         return data
 

@@ -12,8 +12,11 @@ input scale) and says what a log line holds
 (`log_values(step, terms)`); the session saves that state in a checkpoint every
 `cfg.checkpoint_every_steps` steps or `cfg.checkpoint_every_minutes`, and when SIGINT or SIGTERM
 asks it to stop, then raises TrainingInterrupted. A run started again with the same configuration
-resumes from the checkpoint: batch `step` depends only on (seed, step), and torch's random state
-is saved too, so the weights come out bitwise those of an uninterrupted run.
+resumes from the checkpoint. From a cache, batch `step` depends only on (seed, step), and torch's
+random state is saved too, so the weights come out bitwise those of an uninterrupted run. A
+streamed source's state (each share's buffer, text position and generator; gathered from every
+rank) is saved as well, and the resumed run trains on the uninterrupted run's batches, their
+activations recomputed (streaming.py says what that equality means).
 
 Log lines are written (and the device synchronised) every `cfg.log_every` steps, at the last
 step and before a stop. A non-finite value in a log line stops training with the step named,
@@ -92,6 +95,8 @@ class TrainingSession:
         trainer.check_state_names()
         self.checkpoint = Checkpoint(run.file(CHECKPOINT))
         self.start_step, self.seconds_before = 0, 0.0
+        self.stream_state: list[dict] | None = None
+        """The streamed shares' states at start_step (streaming.py), from the checkpoint."""
         state = self.checkpoint.load()
         if state is not None:
             if current_config_names(state["config"]) != asdict(cfg):
@@ -101,6 +106,7 @@ class TrainingSession:
             trainer.load_state_dict(state["trainer"])
             torch.set_rng_state(state["torch_rng"])
             self.start_step, self.seconds_before = state["step"], state["seconds"]
+            self.stream_state = state.get("stream")
             print(f"[train] resuming from the checkpoint at step {self.start_step} of {total_steps}")
         self.log = TrainingLog(run.file(TRAINING_LOG), truncate_after_step=self.start_step if state else None) \
             if is_writer else None
@@ -118,8 +124,10 @@ class TrainingSession:
         self._progress = tqdm(total=self.total_steps * cfg.batch_size, unit="tok", unit_scale=True,
                               initial=self.start_step * cfg.batch_size, desc="train",
                               dynamic_ncols=True, disable=not self.is_writer)
+        self.source = source
         with GracefulStop() as self._stop:
-            batches = source.iterate(self.start_step, self.total_steps)
+            batches = (source.iterate(self.start_step, self.total_steps) if self.stream_state is None
+                       else source.iterate(self.start_step, self.total_steps, resume=self.stream_state))
             yield from zip(range(self.start_step, self.total_steps), batches)
         self._progress.close()
         self.finished = time.time()
@@ -155,6 +163,7 @@ class TrainingSession:
                 self._warned.add(level)
         due = (self.steps_since_save >= cfg.checkpoint_every_steps
                or time.time() - self.last_saved >= 60 * cfg.checkpoint_every_minutes)
+        due = distributed.any_rank(due)  # every rank saves at the same step (a stream's state is gathered)
         if stop.requested or (due and not last):
             self.save(step + 1)
         if stop.requested:
@@ -170,8 +179,10 @@ class TrainingSession:
         if not all(torch.isfinite(p).all() for p in self.trainer.sae.parameters()):
             raise HarnessError(f"training diverged before step {next_step}: non-finite SAE weights; "
                                "the last good checkpoint is kept; lower lr in experiment.py")
+        stream = getattr(self.source, "state_dict", None)  # a streamed source's shares
+        shares = [share for part in distributed.gather_objects(stream()) for share in part] if stream else None
         if self.is_writer:
-            self.checkpoint.save({"step": next_step, "config": asdict(self.cfg),
+            self.checkpoint.save({"step": next_step, "config": asdict(self.cfg), "stream": shares,
                                   "trainer": self.trainer.state_dict(),
                                   "torch_rng": torch.get_rng_state(),
                                   "seconds": self.seconds_before + time.time() - self.started})
