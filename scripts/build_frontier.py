@@ -28,6 +28,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -35,9 +37,10 @@ import experiment as E
 from sae_harness.records.schemas import FrontierOutput, validated
 from sae_harness.evals.evaluations import evaluate_sae
 from sae_harness.run.experiment_run import ExperimentRun
-from sae_harness.records.frontier import (FRONTIER_FILE, FRONTIER_FORMAT, SAELensView, frontier_key,
-                                          headline_values, record_vs_baseline, seed_spread, total_l0,
-                                          train_sae_lens)
+from sae_harness.records.frontier import (FRONTIER_FILE, FRONTIER_FORMAT, NORM_BATCHES, SAELensView,
+                                          frontier_key, headline_values, record_vs_baseline,
+                                          seed_spread, total_l0, train_sae_lens)
+from sae_harness.training.one_pass import Job, ThreadedTraining
 from sae_harness.evals.heldout import heldout_statistics
 from sae_harness.data.presets import read_run_environment
 from sae_harness.records.run_directory import (EVALUATIONS, STUDY_DIR, RunDirectory, atomic_write_json,
@@ -106,6 +109,48 @@ def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict) -> P
         run.directory.set_status("finished", seconds=time.time() - run.started,
                                  phase_seconds={"training": seconds, **outcome.done})
     return folder
+
+
+def our_job(name: str, cfg, device: str, matmul_dtype=torch.float32) -> Job:
+    """experiment.py's trainer for `cfg` as a job of a one-pass training (one_pass.py): built and
+    stepped as experiment.train_sae does; finish() returns (SAE, last log values)."""
+    held: dict = {}
+
+    def start(first_batch):
+        torch.manual_seed(cfg.seed)
+        held["trainer"] = E.make_trainer(cfg, first_batch, device, matmul_dtype)
+
+    def step(step: int, x):
+        terms = held["trainer"].update(step, x.to(device, non_blocking=True))
+        if step == cfg.total_steps - 1:
+            held["values"] = held["trainer"].log_values(step, terms)
+
+    def finish():
+        trainer = held["trainer"]
+        trainer.sae.fold_input_scale_(trainer.input_scale)
+        trainer.sae.eval()
+        return trainer.sae, held["values"]
+
+    return Job(name, cfg.seed, cfg.total_steps, start, step, finish)
+
+
+def sae_lens_job(name: str, family: str, k: int, d_in: int, cfg, work_dir: Path) -> Job:
+    """SAE-Lens' trainer for one TopK or Matryoshka point as a job of a one-pass training, in a
+    thread (SAETrainer.fit owns its loop); finish() returns the inference SAE."""
+    held: dict = {}
+
+    def train(batches):
+        return train_sae_lens(family, k, d_in, cfg.n_base, batches, cfg.total_steps, cfg.batch_size,
+                              cfg.lr, cfg.seed, work_dir,
+                              [*MATRYOSHKA_WIDTHS, cfg.n_base] if family == "matryoshka" else None)
+
+    def start(first_batch):
+        held["thread"] = ThreadedTraining(train, name)
+
+    def step(step: int, x):
+        held["thread"].give(x.clone())  # its own copy: SAE-Lens may scale a batch in place
+
+    return Job(name, cfg.seed, cfg.total_steps + NORM_BATCHES, start, step, lambda: held["thread"].result())
 
 
 def point_record(family: str, name: str, parameter: dict, seed: int, folder: Path) -> dict:

@@ -425,7 +425,7 @@ def _streamed(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int, b
                                  f"{world.world_size} processes: a streamed run deals its text "
                                  "into one share per process; leave it unset")
     if world.is_main:
-        heldout = _first_rows(chunks, n_heldout).float().cpu()
+        heldout = first_rows(chunks, n_heldout).float().cpu()
     else:  # rank 0 alone evaluates; the model never runs on the held-out text here
         heldout = torch.empty(0, lm.model.cfg.d_model)
     owned = [world.rank] if world.distributed else list(range(shares))
@@ -446,7 +446,7 @@ def _from_cache(cache: ActivationCache, n_heldout: int, batch_size: int, seed: i
                           cache.dir, cache_hit=cache_hit, collect_seconds=collect_seconds)
 
 
-def _first_rows(chunks: Iterator[torch.Tensor], n: int) -> torch.Tensor:
+def first_rows(chunks: Iterator[torch.Tensor], n: int) -> torch.Tensor:
     """The first n rows of a chunk stream (the held-out rows)."""
     parts, have = [], 0
     for chunk in chunks:

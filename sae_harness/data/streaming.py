@@ -236,6 +236,8 @@ class StreamingBatches:
             buffer.top_up()
         short = [b.source.share for b in self.buffers if len(b.rows) < self.part]
         if distributed.any_rank(bool(short)):
+            if self.shares == 1:
+                raise DataError(f"the text stream ran out at step {step}; lower EXPERIMENT_TOKENS")
             where = (f"share {short[0]} of {self.shares}'s text ran out" if short else
                      "another rank's share of the text ran out")
             raise DataError(f"{where} at step {step}: the documents do not split evenly enough "

@@ -1,0 +1,92 @@
+"""Several SAEs from one pass of the model (sae_harness/training/one_pass.py): each gets the
+batches a streamed run of its own gets, so its weights are that run's."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sae_harness.data.language_model import load_language_model
+from sae_harness.data.streaming import StreamingBatches, TensorShare
+from sae_harness.training.one_pass import SharedShare, train_in_one_pass
+from test_distributed import SHORT, TOLERANCE, command, finish, largest_relative_difference, launch
+
+
+class CountingShare(TensorShare):
+    def __init__(self, rows):
+        super().__init__(rows)
+        self.chunks_made = 0
+
+    def read(self, start_row):
+        for chunk in super().read(start_row):
+            self.chunks_made += 1
+            yield chunk
+
+
+@pytest.mark.unit
+def test_a_shared_share_is_read_once_and_gives_each_seed_its_own_batches():
+    rows = torch.randn(1000, 3)
+    source = CountingShare(rows)
+    shared = SharedShare(source, 2)
+    streams = [StreamingBatches([shared.reader(i, 1000)], 1, 120, 20, seed=seed, device="cpu") for i, seed in enumerate((4, 9))]
+    together = [[], []]
+    for _ in range(45):
+        for i, stream in enumerate(streams):
+            together[i].append(stream._next_batch(0))
+        assert shared.chunks_held <= 3  # a chunk both readers have is dropped
+    for i, seed in enumerate((4, 9)):
+        counted = CountingShare(rows)
+        alone = StreamingBatches([counted], 1, 120, 20, seed=seed, device="cpu")
+        assert all(torch.equal(a, b) for a, b in zip(together[i], alone.iterate(0, 45)))
+        assert source.chunks_made == counted.chunks_made  # two readers: the chunks of one
+    assert not torch.equal(together[0][5], together[1][5])  # two seeds, two shuffles
+
+
+ONE_PASS = dict(SHORT, activation_cache="off", stream_buffer_rows=256)
+
+
+@pytest.mark.e2e
+def test_sae_trained_in_one_pass_equal_separate_streamed_runs(tiny_gemma2, tmp_path):
+    import experiment as E
+    from build_frontier import our_job, sae_lens_job
+    from sae_harness.records.frontier import NORM_BATCHES, train_sae_lens
+    from tiny_gemma2 import tiny_environment, tiny_real_preset
+
+    points = {"baseline_seed0": dict(variant="baseline", seed=0),
+              "default_seed1": dict(variant=E.DEFAULT_VARIANT, seed=1)}
+    for name, point in points.items():
+        finish(launch(command(tmp_path / name, tmp_path / "cache", dict(ONE_PASS, **point))))
+    config = json.loads((tmp_path / "baseline_seed0" / "config.json").read_text())
+    preset = tiny_real_preset(tiny_gemma2["text"], model_dtype=config["preset"]["model_dtype"])
+    env = tiny_environment(tiny_gemma2["text"], tmp_path / "cache")
+    lm = load_language_model(preset, tmp_path / "unused_cache")
+    overrides = {k: v for k, v in ONE_PASS.items() if k not in ("activation_cache", "stream_buffer_rows")}
+    cfgs = {name: E.configure(point["variant"], env.preset.name, None, dict(overrides, seed=point["seed"]))[0]
+            for name, point in points.items()}
+    cfg = cfgs["baseline_seed0"]
+    jobs = [our_job(name, c, "cpu") for name, c in cfgs.items()]
+    jobs.append(sae_lens_job("topk_k8", "topk", 8, lm.model.cfg.d_model, cfg, tmp_path / "topk"))
+    heldout = train_in_one_pass(lm, preset, cfg.training_tokens, cfg.heldout_tokens, cfg.batch_size,
+                                jobs, buffer_rows=256)
+    assert heldout.shape == (cfg.heldout_tokens, lm.model.cfg.d_model)
+    for job in jobs[:2]:
+        sae, values = job.result
+        separate = load_file(tmp_path / job.name / "sae" / "sae_state.safetensors")
+        ours = {k: v for k, v in sae.state_dict().items() if k in separate}
+        assert set(ours) == set(separate)
+        worst = largest_relative_difference(ours, separate)
+        assert worst < TOLERANCE, f"{job.name}: largest relative weight difference {worst:.2e}"
+        log = (tmp_path / job.name / "training_log.jsonl").read_text().splitlines()
+        assert values["reconstruction"] == pytest.approx(json.loads(log[-1])["reconstruction"], rel=1e-4)
+    # SAE-Lens' point against its trainer alone on the same seed's stream
+    from sae_harness.data.activations import prepare_activations
+
+    alone = prepare_activations(lm, preset, (cfg.total_steps + NORM_BATCHES) * cfg.batch_size,
+                                cfg.heldout_tokens, tmp_path / "c2",
+                                cfg.batch_size, cfg.seed, stream_buffer_rows=256, use_cache=False)
+    single = train_sae_lens("topk", 8, lm.model.cfg.d_model, cfg.n_base,
+                            alone.train.iterate(0, cfg.total_steps + NORM_BATCHES), cfg.total_steps,
+                            cfg.batch_size, cfg.lr, cfg.seed, tmp_path / "topk_alone")
+    worst = largest_relative_difference(jobs[2].result.state_dict(), single.state_dict())
+    assert worst < TOLERANCE, f"SAE-Lens topk: largest relative weight difference {worst:.2e}"
