@@ -15,6 +15,9 @@ Trains, on the study's activations, tokens and eval sizes:
               are finished runs of exactly that configuration, else trained here)
 scores every point with the same evals, and writes run_0/frontier.json; each point's run folder
 is run_0/frontier/<point>/ (a finished point is reused, so an interrupted build resumes).
+With EXPERIMENT_ACTIVATION_CACHE=off (streamed, as the real setting's budget must be) every
+unfinished point, seeds included, trains from one pass of the model (one_pass.py) instead of a
+pass each, then each is scored in its folder. --l1=0.04,0.08 picks the ReLU points.
 Later runs read the frontier (final_info.json's `vs_baseline`); see README, "Fair comparisons".
 """
 
@@ -25,10 +28,9 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -40,8 +42,9 @@ from sae_harness.run.experiment_run import ExperimentRun
 from sae_harness.records.frontier import (FRONTIER_FILE, FRONTIER_FORMAT, NORM_BATCHES, SAELensView,
                                           frontier_key, headline_values, record_vs_baseline,
                                           seed_spread, total_l0, train_sae_lens)
-from sae_harness.training.one_pass import Job, ThreadedTraining
+from sae_harness.data.activations import ActivationData
 from sae_harness.evals.heldout import heldout_statistics
+from sae_harness.training.one_pass import sae_lens_job, train_in_one_pass, trainer_job
 from sae_harness.data.presets import read_run_environment
 from sae_harness.records.run_directory import (EVALUATIONS, STUDY_DIR, RunDirectory, atomic_write_json,
                                                holds_finished_run, read_config_json, read_json)
@@ -77,80 +80,128 @@ def our_point(folder: Path, env, variant: str, overrides: dict, reuse: Path | No
     return folder
 
 
-def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict) -> Path:
-    """Train one SAE-Lens SAE on the study's activations and score it like a run."""
+def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict,
+                   overrides: dict | None = None) -> Path:
+    """Train one SAE-Lens SAE on the study's activations and score it like a run (its budget,
+    batch, width and lr are the `baseline` Config's, with `overrides`)."""
     if holds_finished_run(folder, ("training", *SAE_LENS_EVALS)):
         print(f"[frontier] {folder.name}: finished before")
         return folder
-    cfg = E.make_config("baseline", env.preset.name, env.training_tokens)
+    cfg = E.make_config("baseline", env.preset.name, env.training_tokens, overrides)
     print(f"[frontier] {folder.name}: SAE-Lens {family}, k {k}, width {cfg.n_base}, lr {cfg.lr}")
     with ExperimentRun.start(folder, replace(env, variant="baseline", overwrite=True), cfg,
                              f"SAE-Lens {family} k={k}") as run:
         if "lm" not in lm_holder:
             lm_holder["lm"] = run.load_language_model()
         lm = lm_holder["lm"]
-        data = run.activations(lm)
+        # SAE-Lens reads NORM_BATCHES more batches (its normalisation estimate): from a cache
+        # they start its next epoch, and a stream holds as many more rows
+        data = run.activations(lm, stream_extra_tokens=NORM_BATCHES * cfg.batch_size)
         started = time.time()
         with tempfile.TemporaryDirectory() as work:
             trained = train_sae_lens(
-                family, k, data.d_model, cfg.n_base, data.train.iterate(0, cfg.total_steps + 8),
+                family, k, data.d_model, cfg.n_base, data.train.iterate(0, cfg.total_steps + NORM_BATCHES),
                 cfg.total_steps, cfg.batch_size, cfg.lr, cfg.seed, Path(work),
                 [*MATRYOSHKA_WIDTHS, cfg.n_base] if family == "matryoshka" else None)
-        seconds = time.time() - started
-        sae = SAELensView(trained, run.preset.model_name, run.preset.hook_layer,
-                          run.preset.context_length, f"sae_lens_{family}",
-                          MATRYOSHKA_WIDTHS if family == "matryoshka" else ()).to(run.preset.device)
-        stats = heldout_statistics(sae, data.heldout)
-        run.directory.set_group("training", {**stats, "seconds": seconds, "steps": float(cfg.total_steps),
-                                             "k": float(k)}, trainer=f"sae_lens SAETrainer ({family})")
-        print(f"[frontier] {folder.name}: EV {stats['explained_variance']:.3f}, L0 {stats['l0_total']:.1f}")
-        outcome = evaluate_sae(run.directory, sae, lm, run.preset, data.heldout, env.cache_dir,
-                               SAE_LENS_EVALS)
-        run.directory.set_status("finished", seconds=time.time() - run.started,
-                                 phase_seconds={"training": seconds, **outcome.done})
+        score_sae_lens(run, trained, family, k, cfg, lm, data.heldout, time.time() - started)
     return folder
 
 
-def our_job(name: str, cfg, device: str, matmul_dtype=torch.float32) -> Job:
-    """experiment.py's trainer for `cfg` as a job of a one-pass training (one_pass.py): built and
-    stepped as experiment.train_sae does; finish() returns (SAE, last log values)."""
-    held: dict = {}
-
-    def start(first_batch):
-        torch.manual_seed(cfg.seed)
-        held["trainer"] = E.make_trainer(cfg, first_batch, device, matmul_dtype)
-
-    def step(step: int, x):
-        terms = held["trainer"].update(step, x.to(device, non_blocking=True))
-        if step == cfg.total_steps - 1:
-            held["values"] = held["trainer"].log_values(step, terms)
-
-    def finish():
-        trainer = held["trainer"]
-        trainer.sae.fold_input_scale_(trainer.input_scale)
-        trainer.sae.eval()
-        return trainer.sae, held["values"]
-
-    return Job(name, cfg.seed, cfg.total_steps, start, step, finish)
+def score_sae_lens(run: ExperimentRun, trained, family: str, k: int, cfg, lm, heldout, seconds: float,
+                   **training) -> None:
+    """A trained SAE-Lens SAE's training group and evaluations in its run folder, as a run's."""
+    sae = SAELensView(trained, run.preset.model_name, run.preset.hook_layer,
+                      run.preset.context_length, f"sae_lens_{family}",
+                      MATRYOSHKA_WIDTHS if family == "matryoshka" else ()).to(run.preset.device)
+    stats = heldout_statistics(sae, heldout)
+    run.directory.set_group("training", {**stats, "seconds": seconds, "steps": float(cfg.total_steps),
+                                         "k": float(k), **training},
+                            trainer=f"sae_lens SAETrainer ({family})")
+    print(f"[frontier] {run.directory.path.name}: EV {stats['explained_variance']:.3f}, L0 {stats['l0_total']:.1f}")
+    outcome = evaluate_sae(run.directory, sae, lm, run.preset, heldout, run.env.cache_dir, SAE_LENS_EVALS)
+    run.directory.set_status("finished", seconds=time.time() - run.started,
+                             phase_seconds={"training": seconds, **outcome.done})
 
 
-def sae_lens_job(name: str, family: str, k: int, d_in: int, cfg, work_dir: Path) -> Job:
-    """SAE-Lens' trainer for one TopK or Matryoshka point as a job of a one-pass training, in a
-    thread (SAETrainer.fit owns its loop); finish() returns the inference SAE."""
-    held: dict = {}
+@dataclass
+class Point:
+    """One SAE of the frontier: ours (a variant and Config overrides) or SAE-Lens' (family, k)."""
 
-    def train(batches):
-        return train_sae_lens(family, k, d_in, cfg.n_base, batches, cfg.total_steps, cfg.batch_size,
-                              cfg.lr, cfg.seed, work_dir,
-                              [*MATRYOSHKA_WIDTHS, cfg.n_base] if family == "matryoshka" else None)
+    family: str
+    name: str
+    folder: Path
+    parameter: dict
+    seed: int = 0
+    variant: str = "baseline"
+    overrides: dict = field(default_factory=dict)
+    reuse: Path | None = None
 
-    def start(first_batch):
-        held["thread"] = ThreadedTraining(train, name)
+    @property
+    def sae_lens(self) -> bool:
+        return self.family in ("topk", "matryoshka")
 
-    def step(step: int, x):
-        held["thread"].give(x.clone())  # its own copy: SAE-Lens may scale a batch in place
+    def config(self, env):
+        return E.make_config(self.variant, env.preset.name, env.training_tokens, self.overrides)
 
-    return Job(name, cfg.seed, cfg.total_steps + NORM_BATCHES, start, step, lambda: held["thread"].result())
+    def finished(self, env) -> Path | None:
+        """The folder holding this point finished (its own, or the run it may reuse), else None."""
+        if self.sae_lens:
+            return self.folder if holds_finished_run(self.folder, ("training", *SAE_LENS_EVALS)) else None
+        cfg = self.config(env)
+        for folder in (self.reuse, self.folder):
+            if folder is not None and matching_run(folder, cfg):
+                return folder
+        return None
+
+    def train_alone(self, env, lm_holder: dict) -> Path:
+        """This point through its own pass (from the cache, when the activations are cached)."""
+        if self.sae_lens:
+            return sae_lens_point(self.folder, env, self.family, self.parameter["k"], lm_holder,
+                                  self.overrides)
+        return our_point(self.folder, env, self.variant, self.overrides, self.reuse)
+
+
+def train_in_one_pass_and_score(points: list[Point], env) -> dict[str, Path]:
+    """Every unfinished point from one streamed pass of the model (one_pass.py), then each scored
+    like a run in its folder (a failed evaluation is recorded there, as in a run); returns their
+    folders by name. The points share the training budget, held-out tokens and batch."""
+    pending = [point for point in points if point.finished(env) is None]
+    if not pending:
+        return {}
+    configs = [point.config(env) for point in pending]
+    base = configs[0]
+    if len({(c.training_tokens, c.heldout_tokens, c.batch_size) for c in configs}) > 1:
+        raise SystemExit("error: the frontier's points differ in tokens or batch; they cannot share one pass")
+    print(f"[frontier] one pass of the model for {len(pending)} SAEs: {', '.join(p.name for p in pending)}")
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as work:
+        runs = [stack.enter_context(ExperimentRun.start(
+                    point.folder, replace(env, variant=point.variant, overwrite=True), cfg,
+                    f"SAE-Lens {point.family} k={point.parameter['k']}" if point.sae_lens else ""))
+                for point, cfg in zip(pending, configs)]
+        lm = runs[0].load_language_model()
+        preset, d_in = runs[0].preset, lm.model.cfg.d_model
+        jobs = [sae_lens_job(point.name, point.family, point.parameter["k"], d_in, cfg, Path(work) / point.name,
+                             [*MATRYOSHKA_WIDTHS, cfg.n_base] if point.family == "matryoshka" else None)
+                if point.sae_lens else
+                trainer_job(point.name, cfg, E.make_trainer, preset.device, run.precision.sae_torch_dtype)
+                for point, cfg, run in zip(pending, configs, runs)]
+        started = time.time()
+        heldout = train_in_one_pass(lm, preset, base.training_tokens, base.heldout_tokens, base.batch_size,
+                                    jobs, env.stream_buffer_rows, env.stream_shares or 1)
+        seconds = time.time() - started
+        print(f"[frontier] one pass: {len(jobs)} SAEs trained in {seconds:.0f} s")
+        data = ActivationData(heldout, None, None, cache_hit=False, collect_seconds=0.0)
+        shared = {"one_pass_saes": float(len(jobs)), "one_pass_seconds": seconds}
+        for point, cfg, run, job in zip(pending, configs, runs, jobs):
+            if point.sae_lens:
+                score_sae_lens(run, job.result, point.family, point.parameter["k"], cfg, lm, heldout,
+                               seconds, **shared)
+            else:
+                sae, summary = job.result
+                run.record_training(sae, {**summary, **shared, "seconds": seconds,
+                                          "tokens_per_second": summary["tokens"] / seconds}, data, started)
+                run.evaluate(sae, lm, data)
+    return {point.name: point.folder for point in pending}
 
 
 def point_record(family: str, name: str, parameter: dict, seed: int, folder: Path) -> dict:
@@ -176,6 +227,7 @@ def parse_arguments(argv: list[str]):
     parser.add_argument("--no-seeds", action="store_true", help="no seed runs")
     parser.add_argument("--k", help="comma-separated k of the TopK and Matryoshka points "
                                     f"(default: {TOPK_K} and {MATRYOSHKA_K})")
+    parser.add_argument("--l1", help=f"comma-separated l1_base of the ReLU points (default: {RELU_L1})")
     parser.add_argument("--root", type=Path, help="the frontier's run_0 folder (default: run_0/)")
     args = parser.parse_args(argv)
     unknown = [family for family in args.families if family not in FAMILIES]
@@ -185,36 +237,46 @@ def parse_arguments(argv: list[str]):
     return args
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], environment=None, overrides: dict | None = None) -> None:
+    """`environment`: a RunEnvironment instead of the EXPERIMENT_* variables; `overrides`: Config
+    fields every point shares (tests shrink the SAEs and the budget with them)."""
+    common = dict(overrides or {})
     args = parse_arguments(argv)
     seeds_wanted = not args.no_seeds
     wanted = args.families or list(FAMILIES)
     topk_k, matryoshka_k = ((TOPK_K, MATRYOSHKA_K) if args.k is None else
                             (tuple(int(k) for k in args.k.split(",")),) * 2)
-    env = read_run_environment({"EXPERIMENT_PRESET": "embedded", **os.environ})
+    relu_l1 = RELU_L1 if args.l1 is None else tuple(float(l1) for l1 in args.l1.split(","))
+    env = environment or read_run_environment({"EXPERIMENT_PRESET": "embedded", **os.environ})
     root = (args.root or REPO / "run_0").resolve()
     points_dir = root / "frontier"
     started = time.time()
-    points, lm_holder = [], {}
     base_l1 = E.make_config("baseline", env.preset.name).l1_base
-    for l1 in RELU_L1 if "relu" in wanted else ():
-        folder = our_point(points_dir / f"relu_l1_{l1:g}", env, "baseline", {"l1_base": l1},
-                           reuse=root if l1 == base_l1 else None)
-        points.append(point_record("relu", f"relu_l1_{l1:g}", {"l1_base": l1}, 0, folder))
-    for family, ks in (("topk", topk_k), ("matryoshka", matryoshka_k)):
-        for k in ks if family in wanted else ():
-            folder = sae_lens_point(points_dir / f"{family}_k{k}", env, family, k, lm_holder)
-            points.append(point_record(family, f"{family}_k{k}", {"k": k}, 0, folder))
-    frontier_seconds = time.time() - started
+    frontier = [Point("relu", f"relu_l1_{l1:g}", points_dir / f"relu_l1_{l1:g}", {"l1_base": l1},
+                      overrides={**common, "l1_base": l1}, reuse=root if l1 == base_l1 else None)
+                for l1 in (relu_l1 if "relu" in wanted else ())]
+    frontier += [Point(family, f"{family}_k{k}", points_dir / f"{family}_k{k}", {"k": k}, overrides=common)
+                 for family, ks in (("topk", topk_k), ("matryoshka", matryoshka_k))
+                 for k in (ks if family in wanted else ())]
+    seed_points = [Point(variant, f"{variant}_seed{seed}", points_dir / "seeds" / f"{variant}_seed{seed}",
+                         {"seed": seed}, seed, variant, {**common, "seed": seed}, reuse if seed == 0 else None)
+                   for variant, reuse in (("baseline", root), (E.DEFAULT_VARIANT, REPO / STUDY_DIR / "run_2"))
+                   for seed in (SEEDS if seeds_wanted else ())]
+    one_pass = env.activation_cache == "off"  # streamed: the model runs once for every SAE
+    trained = train_in_one_pass_and_score(frontier + seed_points, env) if one_pass else {}
+    lm_holder: dict = {}
+
+    def folder_of(point: Point) -> Path:
+        return trained.get(point.name) or point.finished(env) or point.train_alone(env, lm_holder)
+
+    points = [point_record(point.family, point.name, point.parameter, 0, folder_of(point)) for point in frontier]
+    frontier_seconds = time.time() - started  # with one pass: the seeds' training and evals too
 
     seeds: dict[str, list[dict]] = {}
-    for variant, reuse in (("baseline", root), (E.DEFAULT_VARIANT, REPO / STUDY_DIR / "run_2")):
-        for seed in SEEDS if seeds_wanted else ():
-            folder = our_point(points_dir / "seeds" / f"{variant}_seed{seed}", env, variant,
-                               {"seed": seed}, reuse=reuse if seed == 0 else None)
-            info = read_json(folder / "final_info.json")
-            seeds.setdefault(variant, []).append({"seed": seed, "l0_total": total_l0(info),
-                                                  **headline_values(info)})
+    for point in seed_points:
+        info = read_json(folder_of(point) / "final_info.json")
+        seeds.setdefault(point.variant, []).append({"seed": point.seed, "l0_total": total_l0(info),
+                                                    **headline_values(info)})
     spread = seed_spread({variant: runs for variant, runs in seeds.items()})
     spread["runs"] = seeds
     first = Path(points[0]["folder"])

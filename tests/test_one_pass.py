@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from sae_harness.data.language_model import load_language_model
 from sae_harness.data.streaming import StreamingBatches, TensorShare
-from sae_harness.training.one_pass import SharedShare, train_in_one_pass
+from sae_harness.training.one_pass import SharedShare, sae_lens_job, train_in_one_pass, trainer_job
 from test_distributed import SHORT, TOLERANCE, command, finish, largest_relative_difference, launch
 
 
@@ -49,7 +49,6 @@ ONE_PASS = dict(SHORT, activation_cache="off", stream_buffer_rows=256)
 @pytest.mark.e2e
 def test_sae_trained_in_one_pass_equal_separate_streamed_runs(tiny_gemma2, tmp_path):
     import experiment as E
-    from build_frontier import our_job, sae_lens_job
     from sae_harness.records.frontier import NORM_BATCHES, train_sae_lens
     from tiny_gemma2 import tiny_environment, tiny_real_preset
 
@@ -65,20 +64,20 @@ def test_sae_trained_in_one_pass_equal_separate_streamed_runs(tiny_gemma2, tmp_p
     cfgs = {name: E.configure(point["variant"], env.preset.name, None, dict(overrides, seed=point["seed"]))[0]
             for name, point in points.items()}
     cfg = cfgs["baseline_seed0"]
-    jobs = [our_job(name, c, "cpu") for name, c in cfgs.items()]
+    jobs = [trainer_job(name, c, E.make_trainer, "cpu") for name, c in cfgs.items()]
     jobs.append(sae_lens_job("topk_k8", "topk", 8, lm.model.cfg.d_model, cfg, tmp_path / "topk"))
     heldout = train_in_one_pass(lm, preset, cfg.training_tokens, cfg.heldout_tokens, cfg.batch_size,
                                 jobs, buffer_rows=256)
     assert heldout.shape == (cfg.heldout_tokens, lm.model.cfg.d_model)
     for job in jobs[:2]:
-        sae, values = job.result
+        sae, summary = job.result
         separate = load_file(tmp_path / job.name / "sae" / "sae_state.safetensors")
         ours = {k: v for k, v in sae.state_dict().items() if k in separate}
         assert set(ours) == set(separate)
         worst = largest_relative_difference(ours, separate)
         assert worst < TOLERANCE, f"{job.name}: largest relative weight difference {worst:.2e}"
         log = (tmp_path / job.name / "training_log.jsonl").read_text().splitlines()
-        assert values["reconstruction"] == pytest.approx(json.loads(log[-1])["reconstruction"], rel=1e-4)
+        assert summary["final_reconstruction_loss"] == pytest.approx(json.loads(log[-1])["reconstruction"], rel=1e-4)
     # SAE-Lens' point against its trainer alone on the same seed's stream
     from sae_harness.data.activations import prepare_activations
 
@@ -90,3 +89,38 @@ def test_sae_trained_in_one_pass_equal_separate_streamed_runs(tiny_gemma2, tmp_p
                             cfg.batch_size, cfg.lr, cfg.seed, tmp_path / "topk_alone")
     worst = largest_relative_difference(jobs[2].result.state_dict(), single.state_dict())
     assert worst < TOLERANCE, f"SAE-Lens topk: largest relative weight difference {worst:.2e}"
+
+
+@pytest.mark.unit
+def test_the_benchmark_trains_build_frontiers_points():
+    import build_frontier
+    import frontier_one_pass
+
+    for name in ("RELU_L1", "TOPK_K", "MATRYOSHKA_K", "MATRYOSHKA_WIDTHS"):
+        assert getattr(frontier_one_pass, name) == getattr(build_frontier, name), name
+
+
+@pytest.mark.e2e
+def test_a_streamed_frontier_trains_its_points_in_one_pass_and_scores_each(tiny_gemma2, tmp_path, capsys):
+    from dataclasses import replace
+
+    import build_frontier
+    from tiny_gemma2 import tiny_environment
+
+    env = replace(tiny_environment(tiny_gemma2["text"], tmp_path / "cache"), activation_cache="off",
+                  stream_buffer_rows=256)
+    small = {k: v for k, v in SHORT.items() if k != "l1_base"}
+    root = tmp_path / "run_0"
+    build_frontier.main(["relu", "topk", "--l1=0.08", "--k=8", "--no-seeds", f"--root={root}"],
+                        environment=env, overrides=small)
+    out = capsys.readouterr().out
+    assert "[frontier] one pass of the model for 2 SAEs: relu_l1_0.08, topk_k8" in out
+    frontier = json.loads((root / "frontier.json").read_text())
+    assert [p["name"] for p in frontier["points"]] == ["relu_l1_0.08", "topk_k8"]
+    for name in ("relu_l1_0.08", "topk_k8"):
+        info = json.loads((root / "frontier" / name / "final_info.json").read_text())
+        assert info["training"]["means"]["one_pass_saes"] == 2.0
+        assert {"core", "sparse_probing"} <= set(info), name  # scored like a run
+    config = json.loads((root / "frontier" / "relu_l1_0.08" / "config.json").read_text())
+    assert config["config"]["l1_base"] == 0.08 and config["config"]["n_base"] == SHORT["n_base"]
+    assert not (tmp_path / "cache" / "activations").exists()  # streamed: nothing cached

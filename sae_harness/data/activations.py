@@ -374,12 +374,13 @@ class ActivationData:
 def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int,
                         cache_root: Path, batch_size: int, seed: int,
                         stream_buffer_rows: int = 1 << 20, use_cache: bool = True,
-                        stream_shares: int = 1) -> ActivationData:
+                        stream_shares: int = 1, stream_extra_rows: int = 0) -> ActivationData:
     """Held-out and training activations for the preset, from the cache when possible.
 
     `use_cache` False (EXPERIMENT_ACTIVATION_CACHE=off) streams them whatever the disk holds:
     no cache is read or written. A stream is dealt into `stream_shares` shares (streaming.py);
-    under torchrun that is the number of processes, and this rank computes its own share."""
+    under torchrun that is the number of processes, and this rank computes its own share; a
+    stream holds `stream_extra_rows` more rows than `n_train` (the cache's key never changes)."""
     spec = ActivationSpec(
         model_name=preset.model_name, weights_id=lm.weights_id, hook_name=preset.hook_name,
         text=text_fingerprint(preset), n_heldout=n_heldout, n_train=n_train,
@@ -411,8 +412,8 @@ def prepare_activations(lm: LanguageModel, preset: Preset, n_train: int, n_heldo
               f"{free / 1e9:.1f} GB free at {cache_root}; streaming without a cache")
     elif distributed.current().is_main:
         print("[activations] streaming without a cache (EXPERIMENT_ACTIVATION_CACHE=off)")
-    return _streamed(lm, preset, n_train, n_heldout, batch_size, seed, stream_buffer_rows,
-                     stream_shares, chunks, started)
+    return _streamed(lm, preset, n_train + stream_extra_rows, n_heldout, batch_size, seed,
+                     stream_buffer_rows, stream_shares, chunks, started)
 
 
 def _streamed(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int, batch_size: int,

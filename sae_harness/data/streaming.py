@@ -33,6 +33,7 @@ before this) is resumed by replaying the stream from its start.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -93,6 +94,8 @@ class ModelShare:
         self._contexts, self.special, self.n_heldout = contexts, special, n_heldout
         """`contexts()` packs the text from its start (activations.iter_contexts); `special` are
         the token ids whose rows are dropped."""
+        self.rows_made, self.model_seconds = 0, 0.0
+        """Rows the model has computed for this share, and the seconds it took (device synced)."""
 
     def pieces(self) -> Iterator[Piece]:
         return dealt_pieces(self._contexts(), set(self.special), self.n_heldout, self.share,
@@ -100,11 +103,16 @@ class ModelShare:
 
     def _rows_of(self, pieces: list[Piece]) -> torch.Tensor:
         """The share's rows of these pieces, in order (one batch of the model)."""
-        device = self.preset.device
+        started, device = time.perf_counter(), self.preset.device
         tokens = torch.tensor([p.tokens for p in pieces], dtype=torch.long, device=device)
         acts = residual_stream(self.lm.model, tokens, self.preset.hook_layer)
         keep = ~torch.isin(tokens, torch.tensor(self.special, device=device))
-        return torch.cat([acts[i][keep[i]][p.skip:p.skip + p.rows] for i, p in enumerate(pieces)])
+        rows = torch.cat([acts[i][keep[i]][p.skip:p.skip + p.rows] for i, p in enumerate(pieces)])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        self.rows_made += len(rows)
+        self.model_seconds += time.perf_counter() - started
+        return rows
 
     def read(self, start_row: int) -> Iterator[torch.Tensor]:
         """The rows from id `start_row` on, in chunks of one model batch."""

@@ -179,11 +179,12 @@ class ExperimentRun:
         self.phases["model_load"] = lm.load_seconds
         return lm
 
-    def activations(self, lm: LanguageModel) -> ActivationData:
+    def activations(self, lm: LanguageModel, stream_extra_tokens: int = 0) -> ActivationData:
         """The held-out and training activations. Under torchrun rank 0 collects the cache (or
         decides to stream: EXPERIMENT_ACTIVATION_CACHE=off, or a budget too big for the disk)
         while the others wait; then every rank reads its share of the cache, or streams its
-        own share of the text (streaming.py)."""
+        own share of the text (streaming.py), `stream_extra_tokens` more than the budget if
+        asked (a trainer that reads more batches than the budget holds)."""
         started, cfg, env = time.time(), self.cfg, self.env
         world = distributed.current()
         shares = env.stream_shares or world.world_size
@@ -192,7 +193,7 @@ class ExperimentRun:
             return prepare_activations(lm, self.preset, cfg.training_tokens, cfg.heldout_tokens,
                                        env.cache_dir, cfg.batch_size, cfg.seed,
                                        stream_buffer_rows=env.stream_buffer_rows, use_cache=use_cache,
-                                       stream_shares=shares)
+                                       stream_shares=shares, stream_extra_rows=stream_extra_tokens)
 
         if world.is_main:
             data = prepare(env.activation_cache != "off")

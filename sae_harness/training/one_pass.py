@@ -26,6 +26,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -201,3 +202,54 @@ def train_in_one_pass(lm: LanguageModel, preset: Preset, n_train: int, n_heldout
     for job in jobs:
         job.result = job.finish()
     return heldout
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------------------------
+def trainer_job(name: str, cfg, make_trainer, device: str, matmul_dtype=torch.float32) -> Job:
+    """experiment.py's trainer for `cfg` (`make_trainer(cfg, first_batch, device, dtype)`) as a
+    job, built and stepped as experiment.train_sae does; its result is (SAE, the training figures
+    train_sae's summary holds but the seconds)."""
+    held: dict = {}
+
+    def start(first_batch):
+        torch.manual_seed(cfg.seed)
+        held["trainer"] = make_trainer(cfg, first_batch, device, matmul_dtype)
+
+    def step(step: int, x):
+        terms = held["trainer"].update(step, x.to(device, non_blocking=True))
+        if step == cfg.total_steps - 1:
+            held["values"] = held["trainer"].log_values(step, terms)
+
+    def finish():
+        trainer, values = held["trainer"], held["values"]
+        trainer.sae.fold_input_scale_(trainer.input_scale)
+        trainer.sae.eval()
+        return trainer.sae, {"final_loss": values["total"], "final_reconstruction_loss": values["reconstruction"],
+                             "steps": float(cfg.total_steps), "tokens": float(cfg.total_steps * cfg.batch_size),
+                             "resumed_at_step": 0.0, **trainer.values(),
+                             "plain_autograd": float(trainer.kernels == "plain")}
+
+    return Job(name, cfg.seed, cfg.total_steps, start, step, finish)
+
+
+def sae_lens_job(name: str, family: str, k: int, d_in: int, cfg, work_dir: Path,
+                 matryoshka_widths: list[int] | None = None) -> Job:
+    """SAE-Lens' trainer for one TopK or Matryoshka SAE (frontier.train_sae_lens) as a job, in a
+    thread (SAETrainer.fit owns its loop); its result is the inference SAE."""
+    from sae_harness.records.frontier import NORM_BATCHES, train_sae_lens
+
+    held: dict = {}
+
+    def train(batches):
+        return train_sae_lens(family, k, d_in, cfg.n_base, batches, cfg.total_steps, cfg.batch_size,
+                              cfg.lr, cfg.seed, work_dir, matryoshka_widths)
+
+    def start(first_batch):
+        held["thread"] = ThreadedTraining(train, name)
+
+    def step(step: int, x):
+        held["thread"].give(x.clone())  # its own copy: SAE-Lens may scale a batch in place
+
+    return Job(name, cfg.seed, cfg.total_steps + NORM_BATCHES, start, step, lambda: held["thread"].result())
