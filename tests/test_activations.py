@@ -9,7 +9,7 @@ import torch
 from sae_harness.data import activations as A
 from sae_harness.data.language_model import residual_stream
 from sae_harness.data.streaming import StreamingBatches, TensorShare, dealt_pieces
-from sae_harness.errors import DataError
+from sae_harness.errors import ConfigurationError, DataError
 
 
 def test_contexts_start_with_bos_and_separate_documents_with_eos(tiny_lm):
@@ -171,6 +171,9 @@ def test_a_streamed_source_resumes_from_its_state_to_the_uninterrupted_batches()
     # without a state the stream is replayed from its start: the same batches too
     replayed = list(StreamingBatches(shares_of(rows, 2), 2, 160, 40, seed=1, device="cpu").iterate(23, 60))
     assert all(torch.equal(a, b) for a, b in zip(replayed, straight[23:]))
+    one_share = StreamingBatches([TensorShare(rows)], 1, 160, 40, seed=1, device="cpu")
+    with pytest.raises(ConfigurationError, match="holds 2 shares of the text and this run streams 1"):
+        next(one_share.iterate(23, 60, resume=state))
 
 
 def test_a_share_that_runs_out_stops_the_stream_with_one_line():

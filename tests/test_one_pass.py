@@ -124,3 +124,22 @@ def test_a_streamed_frontier_trains_its_points_in_one_pass_and_scores_each(tiny_
     config = json.loads((root / "frontier" / "relu_l1_0.08" / "config.json").read_text())
     assert config["config"]["l1_base"] == 0.08 and config["config"]["n_base"] == SHORT["n_base"]
     assert not (tmp_path / "cache" / "activations").exists()  # streamed: nothing cached
+
+
+@pytest.mark.e2e
+def test_one_pass_under_torchrun_trains_the_one_process_pass_of_as_many_shares(tiny_gemma2, tmp_path):
+    import sys
+
+    from test_distributed import REPO
+
+    overrides = {k: v for k, v in ONE_PASS.items() if k != "activation_cache"}
+    runner = str(REPO / "tests" / "run_tiny_one_pass.py")
+    one = [sys.executable, runner, str(tmp_path / "one"), "2", json.dumps(overrides)]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", runner,
+           str(tmp_path / "two"), "2", json.dumps(overrides)]
+    for cmd in (one, two):
+        finish(launch(cmd))
+    for name in ("baseline_seed0", "default_seed1"):
+        a, b = load_file(tmp_path / "two" / f"{name}.safetensors"), load_file(tmp_path / "one" / f"{name}.safetensors")
+        worst = largest_relative_difference(a, b)
+        assert worst < TOLERANCE, f"{name}: largest relative weight difference {worst:.2e}"

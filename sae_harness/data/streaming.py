@@ -259,11 +259,11 @@ class StreamingBatches:
         first = 0
         if resume is not None and start_step > 0:
             by_share = {state["share"]: state for state in resume}
-            missing = [share for share in self.owned if share not in by_share]
-            if missing:
-                raise ConfigurationError(f"the checkpoint has no state for shares {missing} (it was "
-                                         "written by a run with another number of processes); run "
-                                         "it with as many, or set EXPERIMENT_OVERWRITE=1")
+            if sorted(by_share) != list(range(self.shares)):
+                raise ConfigurationError(f"the checkpoint holds {len(by_share)} shares of the text and "
+                                         f"this run streams {self.shares} (one per process, or "
+                                         "EXPERIMENT_STREAM_SHARES); resume it as it was started, or "
+                                         "set EXPERIMENT_OVERWRITE=1")
             for buffer in self.buffers:
                 buffer.load_state_dict(by_share[buffer.source.share])
             first = start_step

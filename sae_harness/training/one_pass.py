@@ -1,19 +1,22 @@
 """Several SAEs trained from one pass of the language model over the text (streamed, no cache).
 
-    jobs = [OurTraining(...), SAELensTraining(...), ...]       # each: seed, steps, start/step/finish
+    jobs = [trainer_job("relu_l1_0.08", cfg, E.make_trainer, "cuda"), sae_lens_job(...), ...]
     heldout = train_in_one_pass(lm, preset, n_train, n_heldout, batch_size, jobs)
+    sae, summary = jobs[0].result
 
 The model runs once per context. Each (data seed, steps) gets its own shuffling buffers
 (streaming.py), fed from the one pass by `SharedShare`, which hands every chunk of model rows to
 each reader (up to the reader's own budget) and keeps it only until the last reader has it; jobs
-of the same seed and length take the very same batch. So each SAE trains on the batches a streamed
-run of its own (same seed, budget and shares) would get, and its weights equal that run's up to
-float reduction order (tests/test_one_pass.py).
+of the same seed and length take the very same batch. So each SAE trains on the batches a
+streamed run of its own (same seed, budget and shares) would get, and its weights equal that
+run's up to float reduction order (tests/test_one_pass.py).
 
 The jobs step in lockstep, in the main thread: at step t each stream's batch t is made once and
-given to every job of that stream (jobs may differ in length: SAE-Lens' trainer
-reads NORM_BATCHES more, and the stream then holds as many more rows). A job whose trainer owns its loop (SAE-Lens' SAETrainer.fit) runs it
-in a thread that takes its batches from a queue of one (`ThreadedTraining`).
+given to every job of that stream. Jobs may differ in length (SAE-Lens' trainer reads
+NORM_BATCHES more; its stream then holds as many more rows). A job whose trainer owns its loop
+(SAE-Lens' SAETrainer.fit) runs it in a thread that takes its batches from a queue of one
+(`ThreadedTraining`). Under torchrun each rank computes its own share, as a streamed run does,
+and experiment.py's trainers run under DDP; SAE-Lens' jobs are refused there.
 
 Memory per extra SAE: its parameters and optimiser state; per extra (seed, steps), one shuffling
 buffer per share (`stream_buffer_rows` rows). A one-pass build does not checkpoint: an
@@ -165,7 +168,7 @@ class ThreadedTraining:
 
 def train_in_one_pass(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int,
                       batch_size: int, jobs: list[Job], buffer_rows: int = 1 << 20,
-                      shares: int = 1, progress=None) -> torch.Tensor:
+                      shares: int = 1) -> torch.Tensor:
     """Train every job from one pass of the model; returns the held-out rows (raw scale, float32;
     rank 0's, empty elsewhere). Each job's `result` is set to what its `finish()` returns."""
     world = distributed.current()
@@ -189,16 +192,13 @@ def train_in_one_pass(lm: LanguageModel, preset: Preset, n_train: int, n_heldout
     for job in jobs:
         job.start(streams[job.seed, job.steps].first_batch())
     iterators = {key: streams[key].iterate(0, key[1]) for key in keys}
+    groups = {key: [job for job in jobs if (job.seed, job.steps) == key] for key in keys}
     for step in range(longest):
         for key in keys:
-            group = [job for job in jobs if (job.seed, job.steps) == key]
-            if step >= key[1]:
-                continue
-            x = next(iterators[key])
-            for job in group:
-                job.step(step, x)
-        if progress is not None:
-            progress(step)
+            if step < key[1]:
+                x = next(iterators[key])
+                for job in groups[key]:
+                    job.step(step, x)
     for job in jobs:
         job.result = job.finish()
     return heldout
@@ -237,8 +237,13 @@ def trainer_job(name: str, cfg, make_trainer, device: str, matmul_dtype=torch.fl
 def sae_lens_job(name: str, family: str, k: int, d_in: int, cfg, work_dir: Path,
                  matryoshka_widths: list[int] | None = None) -> Job:
     """SAE-Lens' trainer for one TopK or Matryoshka SAE (frontier.train_sae_lens) as a job, in a
-    thread (SAETrainer.fit owns its loop); its result is the inference SAE."""
+    thread (SAETrainer.fit owns its loop); its result is the inference SAE. One process only:
+    SAE-Lens' trainer knows nothing of the other ranks' rows."""
     from sae_harness.records.frontier import NORM_BATCHES, train_sae_lens
+
+    if distributed.current().distributed:
+        raise ConfigurationError(f"{name}: SAE-Lens' trainer runs in one process only; build the "
+                                 "frontier's SAE-Lens points without torchrun")
 
     held: dict = {}
 
