@@ -199,24 +199,32 @@ def streamed_rank(args, device: str, dtype: torch.dtype) -> None:
     distributed.stop()
 
 
-def main(argv=None) -> None:
+def parse_arguments(argv=None):
+    """The command line, with the sizes of the chosen mode (toy on a CPU, full on CUDA)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toy", action="store_true", help="CPU, tiny sizes: checks the script runs")
     parser.add_argument("--no-streamed", action="store_true", help="skip 3. (the streamed torchrun run)")
     parser.add_argument("--streamed-rank", action="store_true", help=argparse.SUPPRESS)  # torchrun's ranks
     args = parser.parse_args(argv)
     if args.toy:
-        device, dtype = "cpu", torch.float32
         args.layer, args.vocab, args.contexts, args.context_length = 1, 512, 2, 32
         args.widths, args.batch, args.d_model, args.repeats = [256, 512], 64, 2304, 1
         args.streamed_steps, args.stream_buffer = 8, 256
     else:
-        if not torch.cuda.is_available():
-            raise SystemExit("error: no CUDA GPU; run with --toy to check the script on a CPU")
-        device, dtype = "cuda", torch.bfloat16
         args.layer, args.vocab, args.contexts, args.context_length = 12, 256_000, 256, 128
         args.widths, args.batch, args.d_model, args.repeats = [16384, 65536], 4096, 2304, 5
         args.streamed_steps, args.stream_buffer = 80, 1 << 17  # ~330k tokens: the embedded text holds more
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_arguments(argv)
+    if args.toy:
+        device, dtype = "cpu", torch.float32
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("error: no CUDA GPU; run with --toy to check the script on a CPU")
+        device, dtype = "cuda", torch.bfloat16
     if args.streamed_rank:
         return streamed_rank(args, device, dtype)
     print(f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu (toy sizes)'}; "

@@ -2,8 +2,8 @@
 
     python tests/run_tiny_experiment.py OUT_DIR CACHE_DIR '{"config": "overrides"}' [STEP_SECONDS]
 
-The overrides may also hold the environment's `variant`, `activation_cache`, `stream_shares` and
-`stream_buffer_rows`, and `text_dir` (another text than the fixture's).
+The overrides may also hold the environment's `variant`, `activation_cache`, `stream_shares`,
+`stream_buffer_rows` and `evaluations` (a list), and `text_dir` (another text than the fixture's).
 
 STEP_SECONDS slows every training step down by sleeping, so that a test can interrupt training
 at a chosen point; it changes nothing that is computed.
@@ -34,5 +34,6 @@ env = tiny_environment(Path(overrides.pop("text_dir", paths["text"])), cache_dir
                        variant=overrides.pop("variant", None))
 env = replace(env, activation_cache=overrides.pop("activation_cache", "auto"),
               stream_shares=overrides.pop("stream_shares", None),
-              stream_buffer_rows=overrides.pop("stream_buffer_rows", env.stream_buffer_rows))
+              stream_buffer_rows=overrides.pop("stream_buffer_rows", env.stream_buffer_rows),
+              evaluations=tuple(overrides.pop("evaluations", env.evaluations)))
 sys.exit(E.main([f"--out_dir={out_dir}"], environment=env, overrides=overrides))

@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.e2e  # whole runs or subprocesses (conftest.TIERS)
 
 
-def test_gpu_readiness_script_runs_at_toy_size_on_cpu(tiny_gemma2, capfd, monkeypatch):
+def test_gpu_readiness_script_runs_at_toy_size_on_cpu(tiny_gemma2, capsys, monkeypatch):
     import gpu_readiness
     import transformer_lens.loading_from_pretrained as loading
 
@@ -17,10 +17,19 @@ def test_gpu_readiness_script_runs_at_toy_size_on_cpu(tiny_gemma2, capfd, monkey
     table = loading.convert_hf_model_config
     monkeypatch.setattr(loading, "convert_hf_model_config", getattr(table, "original", table))
 
-    gpu_readiness.main(["--toy"])  # 3. runs torchrun: 2 gloo ranks stream and train
-    out = capfd.readouterr().out
+    gpu_readiness.main(["--toy", "--no-streamed"])
+    out = capsys.readouterr().out
     assert re.search(r"activations at layer 1: [\d,]+ tokens/s .* ideal [\d,]+ tokens/s", out)
     assert len(re.findall(r"SAE training d_sae \d+ \(\+\d+ concept\), batch 64: [\d,]+ tokens/s", out)) == 2
+
+
+@pytest.mark.slow
+def test_gpu_readiness_streamed_torchrun_runs_at_toy_size_on_cpu(tiny_gemma2, capfd):
+    """Part 3, the streamed torchrun run, as 2 gloo ranks (~50 s: each builds Gemma-2-2B's widths)."""
+    import gpu_readiness
+
+    gpu_readiness.streamed_torchrun(gpu_readiness.parse_arguments(["--toy"]), "cpu")
+    out = capfd.readouterr().out
     for rank in (0, 1):
         assert re.search(rf"\[rank {rank}\] streamed: model [\d,]+ tokens/s .* training [\d,]+ global "
                          r"tokens/s .* 8 steps of 64", out), out[-3000:]

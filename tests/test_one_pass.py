@@ -44,6 +44,7 @@ def test_a_shared_share_is_read_once_and_gives_each_seed_its_own_batches():
 
 
 ONE_PASS = dict(SHORT, activation_cache="off", stream_buffer_rows=256)
+NO_EVALS = {"evaluations": []}
 
 
 @pytest.mark.e2e
@@ -55,7 +56,7 @@ def test_sae_trained_in_one_pass_equal_separate_streamed_runs(tiny_gemma2, tmp_p
     points = {"baseline_seed0": dict(variant="baseline", seed=0),
               "default_seed1": dict(variant=E.DEFAULT_VARIANT, seed=1)}
     for name, point in points.items():
-        finish(launch(command(tmp_path / name, tmp_path / "cache", dict(ONE_PASS, **point))))
+        finish(launch(command(tmp_path / name, tmp_path / "cache", dict(ONE_PASS, **point, **NO_EVALS))))
     config = json.loads((tmp_path / "baseline_seed0" / "config.json").read_text())
     preset = tiny_real_preset(tiny_gemma2["text"], model_dtype=config["preset"]["model_dtype"])
     env = tiny_environment(tiny_gemma2["text"], tmp_path / "cache")
