@@ -58,6 +58,26 @@ def largest_relative_difference(a, b):
                for k in b if b[k].numel())
 
 
+def sigterm_after_checkpoint(out, cache_dir, overrides, min_step):
+    """Start a slowed 2-process run, SIGTERM its whole process group once a checkpoint at
+    `min_step` or later is on disk (as a scheduler stops the whole job), and wait for it."""
+    proc = launch(command(out, cache_dir, overrides, processes=2, step_seconds=0.3))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        path = out / CHECKPOINT
+        if path.exists():
+            try:
+                if torch.load(path, weights_only=False)["step"] >= min_step:
+                    break
+            except Exception:
+                pass  # being replaced
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=300)
+    assert proc.returncode != 0
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_gemma2, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
@@ -96,21 +116,7 @@ def test_rank_zero_alone_writes_and_evaluates(runs):
 
 def test_a_sigtermed_distributed_run_resumes_to_the_same_weights(runs):
     out = runs["root"] / "interrupted"
-    proc = launch(command(out, runs["cache"], SHORT, processes=2, step_seconds=0.3))
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        path = out / CHECKPOINT
-        if path.exists():
-            try:
-                if torch.load(path, weights_only=False)["step"] >= 8:
-                    break
-            except Exception:
-                pass  # being replaced
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler stops the whole job
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode != 0
+    sigterm_after_checkpoint(out, runs["cache"], SHORT, 8)
     saved = torch.load(out / CHECKPOINT, weights_only=False)["step"]
     assert 8 <= saved < 40
     finish(launch(command(out, runs["cache"], SHORT, processes=2)))
@@ -170,21 +176,7 @@ def test_a_streamed_run_of_one_share_differs_from_two_shares(streamed_runs, tiny
 
 def test_a_sigtermed_streamed_two_rank_run_resumes_to_the_uninterrupted_weights(streamed_runs):
     out = streamed_runs["root"] / "interrupted"
-    proc = launch(command(out, streamed_runs["cache"], STREAMED, processes=2, step_seconds=0.3))
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        path = out / CHECKPOINT
-        if path.exists():
-            try:
-                if torch.load(path, weights_only=False)["step"] >= 12:
-                    break
-            except Exception:
-                pass  # being replaced
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode != 0
+    sigterm_after_checkpoint(out, streamed_runs["cache"], STREAMED, 12)
     saved = torch.load(out / CHECKPOINT, weights_only=False)
     assert 12 <= saved["step"] < 40
     shares = saved["stream"]
