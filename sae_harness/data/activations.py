@@ -420,22 +420,34 @@ def _streamed(lm: LanguageModel, preset: Preset, n_train: int, n_heldout: int, b
               seed: int, buffer_rows: int, shares: int, chunks: Iterator[torch.Tensor],
               started: float) -> ActivationData:
     """Held-out rows (rank 0) and the streamed batches of this process's shares."""
+    sources = model_shares(lm, preset, n_heldout, shares, n_train // shares)
+    heldout = streamed_heldout(lm, chunks, n_heldout)
+    train = StreamingBatches(sources, shares, buffer_rows, batch_size, seed, preset.device)
+    return ActivationData(heldout, train, None, cache_hit=False, collect_seconds=time.time() - started)
+
+
+def model_shares(lm: LanguageModel, preset: Preset, n_heldout: int, shares: int, limit: int
+                 ) -> list[ModelShare]:
+    """The shares of the streamed text this process computes, `limit` rows each: all of them in
+    one process, share r on rank r under torchrun (which needs one share per process)."""
     world = distributed.current()
     if world.distributed and shares != world.world_size:
         raise ConfigurationError(f"EXPERIMENT_STREAM_SHARES={shares} under torchrun with "
                                  f"{world.world_size} processes: a streamed run deals its text "
                                  "into one share per process; leave it unset")
-    if world.is_main:
-        heldout = first_rows(chunks, n_heldout).float().cpu()
-    else:  # rank 0 alone evaluates; the model never runs on the held-out text here
-        heldout = torch.empty(0, lm.model.cfg.d_model)
     owned = [world.rank] if world.distributed else list(range(shares))
-    sources = [ModelShare(lm, preset, lambda: iter_contexts(documents(preset, seed=0), lm.tokenizer,
-                                                            preset.context_length),
-                          special_token_ids(lm.tokenizer), n_heldout, share, shares, n_train // shares)
-               for share in owned]
-    train = StreamingBatches(sources, shares, buffer_rows, batch_size, seed, preset.device)
-    return ActivationData(heldout, train, None, cache_hit=False, collect_seconds=time.time() - started)
+    return [ModelShare(lm, preset, lambda: iter_contexts(documents(preset, seed=0), lm.tokenizer,
+                                                         preset.context_length),
+                       special_token_ids(lm.tokenizer), n_heldout, share, shares, limit)
+            for share in owned]
+
+
+def streamed_heldout(lm: LanguageModel, chunks: Iterator[torch.Tensor], n_heldout: int) -> torch.Tensor:
+    """The held-out rows (float32, CPU) from the first activation chunks, on rank 0; elsewhere
+    none (rank 0 alone evaluates; the model never runs on the held-out text there)."""
+    if distributed.current().is_main:
+        return first_rows(chunks, n_heldout).float().cpu()
+    return torch.empty(0, lm.model.cfg.d_model)
 
 
 def _from_cache(cache: ActivationCache, n_heldout: int, batch_size: int, seed: int,

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from sae_harness.data.activations import first_rows, iter_activations, iter_contexts, special_token_ids
+from sae_harness.data.activations import iter_activations, iter_contexts, model_shares, streamed_heldout
 from sae_harness.data.language_model import LanguageModel
 from sae_harness.data.presets import Preset
-from sae_harness.data.streaming import ModelShare, StreamingBatches
+from sae_harness.data.streaming import StreamingBatches
 from sae_harness.data.text_sources import documents
 from sae_harness.errors import ConfigurationError, HarnessError
 from sae_harness.hardware import distributed
@@ -171,22 +171,15 @@ def train_in_one_pass(lm: LanguageModel, preset: Preset, n_train: int, n_heldout
                       shares: int = 1) -> torch.Tensor:
     """Train every job from one pass of the model; returns the held-out rows (raw scale, float32;
     rank 0's, empty elsewhere). Each job's `result` is set to what its `finish()` returns."""
-    world = distributed.current()
-    if world.distributed and shares != world.world_size:
-        raise ConfigurationError(f"{shares} shares under torchrun with {world.world_size} processes")
-    contexts = lambda: iter_contexts(documents(preset, seed=0), lm.tokenizer, preset.context_length)  # noqa: E731
-    if world.is_main:
-        chunks = iter_activations(lm, contexts(), preset.hook_layer, preset.llm_batch_size, preset.device)
-        heldout = first_rows(chunks, n_heldout).float().cpu()
-    else:
-        heldout = torch.empty(0, lm.model.cfg.d_model)
+    chunks = iter_activations(lm, iter_contexts(documents(preset, seed=0), lm.tokenizer, preset.context_length),
+                              preset.hook_layer, preset.llm_batch_size, preset.device)
     # one stream per (seed, steps): the batches of a run of that seed and budget alone
     keys = sorted({(job.seed, job.steps) for job in jobs})
-    owned = [world.rank] if world.distributed else list(range(shares))
     longest = max(steps for _, steps in keys)
     limits = {key: max(n_train, key[1] * batch_size) // shares for key in keys}
-    shared = [SharedShare(ModelShare(lm, preset, contexts, special_token_ids(lm.tokenizer), n_heldout,
-                                     share, shares, max(limits.values())), len(keys)) for share in owned]
+    shared = [SharedShare(source, len(keys))
+              for source in model_shares(lm, preset, n_heldout, shares, max(limits.values()))]
+    heldout = streamed_heldout(lm, chunks, n_heldout)
     streams = {key: StreamingBatches([s.reader(i, limits[key]) for s in shared], shares, buffer_rows,
                                      batch_size, key[0], preset.device) for i, key in enumerate(keys)}
     for job in jobs:
