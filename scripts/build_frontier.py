@@ -110,6 +110,7 @@ def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict,
 def score_sae_lens(run: ExperimentRun, trained, family: str, k: int, cfg, lm, heldout, seconds: float,
                    **training) -> None:
     """A trained SAE-Lens SAE's training group and evaluations in its run folder, as a run's."""
+    trained.save_inference_model(run.directory.sae_dir)  # SAE-Lens' format, for a later rescoring
     sae = SAELensView(trained, run.preset.model_name, run.preset.hook_layer,
                       run.preset.context_length, f"sae_lens_{family}",
                       MATRYOSHKA_WIDTHS if family == "matryoshka" else ()).to(run.preset.device)
@@ -118,7 +119,8 @@ def score_sae_lens(run: ExperimentRun, trained, family: str, k: int, cfg, lm, he
                                          "k": float(k), **training},
                             trainer=f"sae_lens SAETrainer ({family})")
     print(f"[frontier] {run.directory.path.name}: EV {stats['explained_variance']:.3f}, L0 {stats['l0_total']:.1f}")
-    outcome = evaluate_sae(run.directory, sae, lm, run.preset, heldout, run.env.cache_dir, SAE_LENS_EVALS)
+    outcome = evaluate_sae(run.directory, sae, lm, run.preset, heldout, run.env.cache_dir,
+                           tuple(name for name in SAE_LENS_EVALS if name in run.env.evaluations))
     run.directory.set_status("finished", seconds=time.time() - run.started,
                              phase_seconds={"training": seconds, **outcome.done})
 
