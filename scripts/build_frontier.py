@@ -62,9 +62,15 @@ OUR_GROUPS = ("training", *(e for e in EVALUATIONS if e != "hierarchy"))
 """What a finished point of ours holds (a vanilla SAE has no hierarchy group)."""
 
 
+def wanted_groups(groups: tuple[str, ...]) -> tuple[str, ...]:
+    """`groups` less the evaluations EXPERIMENT_EVALS leaves out (training is always wanted)."""
+    asked = read_run_environment({"EXPERIMENT_PRESET": "embedded", **os.environ}).evaluations
+    return tuple(g for g in groups if g == "training" or g in asked)
+
+
 def matching_run(folder: Path, cfg) -> bool:
     """A finished run folder trained with exactly `cfg` (seed 0 of the seeds can reuse run_0/2)."""
-    return holds_finished_run(folder, OUR_GROUPS, cfg)
+    return holds_finished_run(folder, wanted_groups(OUR_GROUPS), cfg)
 
 
 def our_point(folder: Path, env, variant: str, overrides: dict, reuse: Path | None = None) -> Path:
@@ -84,7 +90,7 @@ def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict,
                    overrides: dict | None = None) -> Path:
     """Train one SAE-Lens SAE on the study's activations and score it like a run (its budget,
     batch, width and lr are the `baseline` Config's, with `overrides`)."""
-    if holds_finished_run(folder, ("training", *SAE_LENS_EVALS)):
+    if holds_finished_run(folder, wanted_groups(("training", *SAE_LENS_EVALS))):
         print(f"[frontier] {folder.name}: finished before")
         return folder
     cfg = E.make_config("baseline", env.preset.name, env.training_tokens, overrides)
@@ -110,7 +116,7 @@ def sae_lens_point(folder: Path, env, family: str, k: int, lm_holder: dict,
 def score_sae_lens(run: ExperimentRun, trained, family: str, k: int, cfg, lm, heldout, seconds: float,
                    **training) -> None:
     """A trained SAE-Lens SAE's training group and evaluations in its run folder, as a run's."""
-    trained.save_inference_model(run.directory.sae_dir)  # SAE-Lens' format, for a later rescoring
+    trained.save_model(run.directory.sae_dir)  # SAE-Lens' inference format, for a later rescoring
     sae = SAELensView(trained, run.preset.model_name, run.preset.hook_layer,
                       run.preset.context_length, f"sae_lens_{family}",
                       MATRYOSHKA_WIDTHS if family == "matryoshka" else ()).to(run.preset.device)
@@ -148,7 +154,8 @@ class Point:
     def finished(self, env) -> Path | None:
         """The folder holding this point finished (its own, or the run it may reuse), else None."""
         if self.sae_lens:
-            return self.folder if holds_finished_run(self.folder, ("training", *SAE_LENS_EVALS)) else None
+            return (self.folder if holds_finished_run(self.folder, wanted_groups(("training", *SAE_LENS_EVALS)))
+                    else None)
         cfg = self.config(env)
         for folder in (self.reuse, self.folder):
             if folder is not None and matching_run(folder, cfg):
